@@ -1,0 +1,49 @@
+"""Apothic: a self-hostable serverless runtime for Python.
+
+``import apothic`` stays light: it never imports the control plane, the worker or
+SurrealDB.
+"""
+
+from apothic import exceptions
+from apothic.app import App
+from apothic.config import ClientConfig
+from apothic.functions import Function, RemoteFunction
+from apothic.job import Job
+from apothic.models import (
+    AppInfo,
+    DeploymentInfo,
+    DeploymentStatus,
+    JobEndEvent,
+    JobEvent,
+    JobInfo,
+    JobLogEvent,
+    JobQueuedEvent,
+    JobResultEvent,
+    JobRunningEvent,
+    JobSnapshotEvent,
+    JobStatus,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "App",
+    "AppInfo",
+    "ClientConfig",
+    "DeploymentInfo",
+    "DeploymentStatus",
+    "Function",
+    "Job",
+    "JobEndEvent",
+    "JobEvent",
+    "JobInfo",
+    "JobLogEvent",
+    "JobQueuedEvent",
+    "JobResultEvent",
+    "JobRunningEvent",
+    "JobSnapshotEvent",
+    "JobStatus",
+    "RemoteFunction",
+    "__version__",
+    "exceptions",
+]

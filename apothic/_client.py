@@ -1,0 +1,375 @@
+"""The client transport: the only SDK module that touches gRPC stubs.
+
+One long-lived channel per (event loop, address, key). Every RPC error is mapped to an
+exception from :mod:`apothic.exceptions` here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import AsyncIterator
+from datetime import datetime, timezone
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from apothic import _serialization as ser
+from apothic._proto.v1 import (
+    app_service_pb2 as app_pb,
+)
+from apothic._proto.v1 import (
+    app_service_pb2_grpc as app_grpc,
+)
+from apothic._proto.v1 import (
+    function_service_pb2 as fn_pb,
+)
+from apothic._proto.v1 import (
+    function_service_pb2_grpc as fn_grpc,
+)
+from apothic._proto.v1 import types_pb2 as pb
+from apothic.config import ClientConfig, load_client_config
+from apothic.exceptions import InvalidConfigError, from_grpc_error
+from apothic.options import FunctionDefinition
+from apothic.models import (
+    AppInfo,
+    DeploymentEvent,
+    DeploymentInfo,
+    DeploymentStatus,
+    JobEndEvent,
+    JobEvent,
+    JobInfo,
+    JobLogEvent,
+    JobQueuedEvent,
+    JobResultEvent,
+    JobRunningEvent,
+    JobSnapshotEvent,
+    JobStatus,
+    Outcome,
+)
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+FORMAT_TO_PB = {ser.CLOUDPICKLE: pb.PAYLOAD_FORMAT_CLOUDPICKLE, ser.JSON: pb.PAYLOAD_FORMAT_JSON}
+FORMAT_FROM_PB = {v: k for k, v in FORMAT_TO_PB.items()}
+STATUS_FROM_PB = {
+    pb.JOB_STATUS_QUEUED: JobStatus.QUEUED,
+    pb.JOB_STATUS_RUNNING: JobStatus.RUNNING,
+    pb.JOB_STATUS_SUCCEEDED: JobStatus.SUCCEEDED,
+    pb.JOB_STATUS_FAILED: JobStatus.FAILED,
+    pb.JOB_STATUS_CANCELLED: JobStatus.CANCELLED,
+    pb.JOB_STATUS_TIMED_OUT: JobStatus.TIMED_OUT,
+}
+STATUS_TO_PB = {v: k for k, v in STATUS_FROM_PB.items()}
+DEPLOYMENT_STATUS_FROM_PB = {
+    pb.DEPLOYMENT_STATUS_LIVE: DeploymentStatus.LIVE,
+    pb.DEPLOYMENT_STATUS_SUPERSEDED: DeploymentStatus.SUPERSEDED,
+    pb.DEPLOYMENT_STATUS_STOPPED: DeploymentStatus.STOPPED,
+}
+LOG_STREAM_FROM_PB = {
+    pb.LOG_STREAM_STDOUT: "stdout",
+    pb.LOG_STREAM_STDERR: "stderr",
+    pb.LOG_STREAM_SYSTEM: "system",
+}
+
+
+def _time(ts: Any) -> datetime | None:
+    if ts is None or (ts.seconds == 0 and ts.nanos == 0):
+        return None
+    return ts.ToDatetime(tzinfo=timezone.utc)
+
+
+def _error_info(err: pb.RemoteError) -> ser.ErrorInfo:
+    return ser.ErrorInfo(type=err.type, message=err.message, traceback=err.traceback, pickled=err.pickled)
+
+
+def _outcome(job_id: str, status: int, result: pb.JobResult, reason: str, attempt: int) -> Outcome:
+    which = result.WhichOneof("outcome")
+    return Outcome(
+        job_id=job_id,
+        status=STATUS_FROM_PB.get(status, JobStatus.FAILED),
+        value_format=FORMAT_FROM_PB.get(result.value.format, ser.CLOUDPICKLE),
+        value_data=result.value.data if which == "value" else b"",
+        error=_error_info(result.error) if which == "error" else None,
+        reason=reason,
+        attempt=attempt,
+    )
+
+
+def job_from_pb(job: pb.Job) -> JobInfo:
+    """Converts a Job message."""
+    status = STATUS_FROM_PB.get(job.status, JobStatus.QUEUED)
+    outcome = None
+    if status.is_final:
+        outcome = _outcome(job.job_id, job.status, job.result, job.reason, job.attempt)
+    return JobInfo(
+        job_id=job.job_id,
+        app_name=job.app_name,
+        function_name=job.function_name,
+        deployment_id=job.deployment_id,
+        status=status,
+        attempt=job.attempt,
+        reason=job.reason,
+        created_at=_time(job.created_at),
+        started_at=_time(job.started_at),
+        ended_at=_time(job.ended_at),
+        outcome=outcome,
+    )
+
+
+def event_from_pb(ev: pb.JobEvent) -> JobEvent:
+    """Converts a JobEvent message to its typed event."""
+    base = {
+        "job_id": ev.job_id,
+        "seq": ev.seq,
+        "time": _time(ev.time),
+        "app_name": ev.app_name,
+        "function_name": ev.function_name,
+    }
+    which = ev.WhichOneof("event")
+    if which == "snapshot":
+        return JobSnapshotEvent(**base, job=job_from_pb(ev.snapshot.job))
+    if which == "queued":
+        return JobQueuedEvent(**base)
+    if which == "running":
+        r = ev.running
+        return JobRunningEvent(**base, attempt=r.attempt, worker_id=r.worker_id, container_id=r.container_id)
+    if which == "log":
+        return JobLogEvent(**base, stream=LOG_STREAM_FROM_PB.get(ev.log.stream, "stdout"), data=ev.log.data)
+    if which == "result":
+        res = ev.result
+        kind = res.WhichOneof("outcome")
+        return JobResultEvent(
+            **base,
+            ok=kind == "value",
+            value_format=FORMAT_FROM_PB.get(res.value.format, ser.CLOUDPICKLE),
+            value_data=res.value.data,
+            error=_error_info(res.error) if kind == "error" else None,
+        )
+    if which == "end":
+        return JobEndEvent(
+            **base, status=STATUS_FROM_PB.get(ev.end.status, JobStatus.FAILED), reason=ev.end.reason
+        )
+    return JobEvent(**base)
+
+
+def deployment_from_pb(dep: pb.Deployment) -> DeploymentInfo:
+    """Converts a Deployment message."""
+    return DeploymentInfo(
+        deployment_id=dep.deployment_id,
+        app_name=dep.app_name,
+        version=dep.version,
+        status=DEPLOYMENT_STATUS_FROM_PB.get(dep.status, DeploymentStatus.STOPPED),
+        ephemeral=dep.ephemeral,
+        function_names=tuple(f.name for f in dep.functions),
+        created_at=_time(dep.created_at),
+        updated_at=_time(dep.updated_at),
+    )
+
+
+def function_ref(app_name: str, function_name: str, deployment_id: str = "") -> pb.FunctionRef:
+    """Builds a FunctionRef message."""
+    return pb.FunctionRef(app_name=app_name, function_name=function_name, deployment_id=deployment_id)
+
+
+class Client:
+    """A connection to one control plane, bound to the event loop that created it."""
+
+    def __init__(self, config: ClientConfig) -> None:
+        self.config = config
+        self._channel = grpc.aio.insecure_channel(config.base_url, options=CHANNEL_OPTIONS)
+        self._metadata = (("authorization", f"Bearer {config.api_key}"),)
+        self._fn = fn_grpc.FunctionServiceStub(self._channel)
+        self._app = app_grpc.AppServiceStub(self._channel)
+
+    async def close(self) -> None:
+        """Closes the channel."""
+        await self._channel.close()
+
+    async def _unary(self, method: Any, request: Any, timeout: float | None = None) -> Any:
+        try:
+            return await method(request, metadata=self._metadata, timeout=timeout)
+        except grpc.aio.AioRpcError as err:
+            raise from_grpc_error(err) from None
+
+    async def _stream(self, method: Any, request: Any) -> AsyncIterator[Any]:
+        call = method(request, metadata=self._metadata)
+        try:
+            async for item in call:
+                yield item
+        except grpc.aio.AioRpcError as err:
+            raise from_grpc_error(err) from None
+        finally:
+            call.cancel()
+
+    # -- functions and jobs -------------------------------------------------------------
+
+    async def invoke(self, ref: pb.FunctionRef, args: bytes, fmt: str = ser.CLOUDPICKLE) -> Outcome:
+        """Calls a function and waits for how its job ended."""
+        resp = await self._unary(
+            self._fn.InvokeFunction,
+            fn_pb.InvokeFunctionRequest(function=ref, args=pb.Payload(format=FORMAT_TO_PB[fmt], data=args)),
+        )
+        return _outcome(resp.job_id, resp.status, resp.result, resp.reason, resp.attempt)
+
+    async def spawn(self, ref: pb.FunctionRef, args: bytes, fmt: str = ser.CLOUDPICKLE) -> str:
+        """Creates a job and returns its id once it is durable."""
+        resp = await self._unary(
+            self._fn.SpawnFunction,
+            fn_pb.SpawnFunctionRequest(function=ref, args=pb.Payload(format=FORMAT_TO_PB[fmt], data=args)),
+        )
+        return str(resp.job_id)
+
+    async def get_job(self, job_id: str) -> JobInfo:
+        """Returns a job's state."""
+        resp = await self._unary(self._fn.GetJob, fn_pb.GetJobRequest(job_id=job_id))
+        return job_from_pb(resp.job)
+
+    async def wait_job(self, job_id: str, timeout_s: float) -> tuple[JobInfo, bool]:
+        """Waits up to ``timeout_s`` for a job to end; returns its state and whether it ended."""
+        resp = await self._unary(self._fn.WaitJob, fn_pb.WaitJobRequest(job_id=job_id, timeout_s=timeout_s))
+        return job_from_pb(resp.job), bool(resp.done)
+
+    async def cancel_job(self, job_id: str) -> JobInfo:
+        """Cancels a job."""
+        resp = await self._unary(self._fn.CancelJob, fn_pb.CancelJobRequest(job_id=job_id))
+        return job_from_pb(resp.job)
+
+    async def job_logs(self, job_id: str) -> list[JobLogEvent]:
+        """Returns a job's log events so far."""
+        resp = await self._unary(self._fn.GetJobLogs, fn_pb.GetJobLogsRequest(job_id=job_id))
+        return [e for e in map(event_from_pb, resp.events) if isinstance(e, JobLogEvent)]
+
+    async def watch_job(self, job_id: str, *, snapshot: bool, after_seq: int = 0) -> AsyncIterator[JobEvent]:
+        """Streams a job's events until its end event."""
+        req = fn_pb.WatchJobRequest(job_id=job_id, snapshot=snapshot, after_seq=after_seq)
+        async for resp in self._stream(self._fn.WatchJob, req):
+            yield event_from_pb(resp.event)
+
+    async def list_jobs(self, *, app_name: str = "", status: JobStatus | None = None, limit: int = 50) -> list[JobInfo]:
+        """Lists recent jobs, newest first."""
+        req = fn_pb.ListJobsRequest(
+            app_name=app_name, status=STATUS_TO_PB[status] if status else 0, limit=limit
+        )
+        resp = await self._unary(self._fn.ListJobs, req)
+        return [job_from_pb(j) for j in resp.jobs]
+
+    # -- apps and deployments -----------------------------------------------------------
+
+    async def deploy(
+        self, app_name: str, functions: list[FunctionDefinition], archive: bytes, *, ephemeral: bool
+    ) -> DeploymentInfo:
+        """Deploys an app and returns the committed deployment."""
+        specs = [
+            pb.FunctionSpec(
+                name=f.name,
+                module=f.module,
+                qualname=f.qualname,
+                pickled_function=f.pickled_function,
+                timeout_s=f.timeout_s,
+                startup_timeout_s=f.startup_timeout_s,
+                max_containers=f.max_containers,
+                scaledown_window_s=f.scaledown_window_s,
+                options_json=f.options_json,
+            )
+            for f in functions
+        ]
+        req = app_pb.DeployAppRequest(
+            app_name=app_name, functions=specs, source_archive=archive, ephemeral=ephemeral
+        )
+        resp = await self._unary(self._app.DeployApp, req)
+        return deployment_from_pb(resp.deployment)
+
+    async def get_deployment(self, deployment_id: str) -> DeploymentInfo:
+        """Returns one deployment."""
+        resp = await self._unary(self._app.GetDeployment, app_pb.GetDeploymentRequest(deployment_id=deployment_id))
+        return deployment_from_pb(resp.deployment)
+
+    async def list_deployments(self, app_name: str = "", limit: int = 100) -> list[DeploymentInfo]:
+        """Lists deployments, newest first."""
+        resp = await self._unary(
+            self._app.ListDeployments, app_pb.ListDeploymentsRequest(app_name=app_name, limit=limit)
+        )
+        return [deployment_from_pb(d) for d in resp.deployments]
+
+    async def stop_deployment(self, deployment_id: str) -> DeploymentInfo:
+        """Stops a deployment."""
+        resp = await self._unary(self._app.StopDeployment, app_pb.StopDeploymentRequest(deployment_id=deployment_id))
+        return deployment_from_pb(resp.deployment)
+
+    async def delete_deployment(self, deployment_id: str) -> None:
+        """Deletes a deployment."""
+        await self._unary(self._app.DeleteDeployment, app_pb.DeleteDeploymentRequest(deployment_id=deployment_id))
+
+    async def heartbeat_deployment(self, deployment_id: str) -> float:
+        """Keeps an ephemeral deployment alive; returns its lease in seconds."""
+        resp = await self._unary(
+            self._app.HeartbeatDeployment, app_pb.HeartbeatDeploymentRequest(deployment_id=deployment_id)
+        )
+        return float(resp.lease_s)
+
+    async def watch_deployment(self, deployment_id: str, *, snapshot: bool) -> AsyncIterator[DeploymentEvent]:
+        """Streams a deployment's events."""
+        req = app_pb.WatchDeploymentRequest(deployment_id=deployment_id, snapshot=snapshot)
+        async for resp in self._stream(self._app.WatchDeployment, req):
+            ev = resp.event
+            yield DeploymentEvent(
+                deployment_id=ev.deployment_id,
+                seq=ev.seq,
+                time=_time(ev.time),
+                kind=ev.kind,
+                deployment=deployment_from_pb(ev.deployment) if ev.HasField("deployment") else None,
+            )
+
+    async def list_apps(self) -> list[AppInfo]:
+        """Lists apps."""
+        resp = await self._unary(self._app.ListApps, app_pb.ListAppsRequest())
+        return [
+            AppInfo(
+                name=a.name,
+                live_deployment_id=a.live_deployment_id,
+                version=a.version,
+                status=DEPLOYMENT_STATUS_FROM_PB.get(a.status, DeploymentStatus.STOPPED),
+                function_names=tuple(a.function_names),
+                updated_at=_time(a.updated_at),
+            )
+            for a in resp.apps
+        ]
+
+    async def watch_app(self, app_name: str) -> AsyncIterator[JobEvent]:
+        """Streams the events of every job of an app."""
+        async for resp in self._stream(self._app.WatchApp, app_pb.WatchAppRequest(app_name=app_name)):
+            yield event_from_pb(resp.event)
+
+
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], Client]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def get_client(config: ClientConfig | None = None) -> Client:
+    """Returns the shared client for the running loop and the resolved configuration.
+
+    Raises:
+        InvalidConfigError: no control plane is configured.
+    """
+    if config is None:
+        config = load_client_config()
+        if config is None:
+            raise InvalidConfigError(
+                "no Apothic control plane is configured: run `apothic up`, or set "
+                "APOTHIC_BASE_URL and APOTHIC_API_KEY"
+            )
+    per_loop = _clients.setdefault(asyncio.get_running_loop(), {})
+    key = (config.base_url, config.api_key)
+    client = per_loop.get(key)
+    if client is None:
+        client = per_loop[key] = Client(config)
+    return client

@@ -1,0 +1,2 @@
+"""Generated gRPC stubs (``apothic._proto.v1``). Never edit by hand: run
+``python -m apothic._proto.generate``."""

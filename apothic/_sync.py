@@ -1,0 +1,111 @@
+"""The blocking facade: one background event loop runs the async core for blocking callers.
+
+The SDK is written async-first. A blocking method runs its coroutine on this loop and waits;
+calling one from inside a running event loop raises an error that names the ``.aio`` form.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import threading
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from typing import Any, TypeVar
+
+from apothic.exceptions import BlockingInAsyncContextError
+
+T = TypeVar("T")
+
+_lock = threading.Lock()
+_loop: asyncio.AbstractEventLoop | None = None
+_thread: threading.Thread | None = None
+
+
+def _ensure_loop() -> asyncio.AbstractEventLoop:
+    global _loop, _thread
+    with _lock:
+        if _loop is None or _loop.is_closed():
+            loop = asyncio.new_event_loop()
+            ready = threading.Event()
+
+            def run() -> None:
+                asyncio.set_event_loop(loop)
+                loop.call_soon(ready.set)
+                loop.run_forever()
+
+            _thread = threading.Thread(target=run, name="apothic-sync-loop", daemon=True)
+            _thread.start()
+            ready.wait()
+            _loop = loop
+        return _loop
+
+
+def _shutdown() -> None:
+    loop = _loop
+    if loop is not None and loop.is_running():
+        loop.call_soon_threadsafe(loop.stop)
+
+
+atexit.register(_shutdown)
+
+
+def background_loop() -> asyncio.AbstractEventLoop:
+    """The loop blocking calls run on."""
+    return _ensure_loop()
+
+
+def _check_not_in_loop(what: str) -> None:
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    if running is not _loop:
+        raise BlockingInAsyncContextError(
+            f"{what} blocks, and was called inside a running event loop; "
+            f"use the async form instead: `await ….aio.{what.split('.')[-1].rstrip('()')}(...)`"
+        )
+
+
+def run_sync(coro: Coroutine[Any, Any, T], what: str) -> T:
+    """Runs ``coro`` on the background loop and returns its result.
+
+    Args:
+        coro: the async implementation.
+        what: the blocking method's name, for the error raised inside an event loop.
+
+    Raises:
+        BlockingInAsyncContextError: called from inside a running event loop.
+    """
+    try:
+        _check_not_in_loop(what)
+    except BlockingInAsyncContextError:
+        coro.close()
+        raise
+    loop = _ensure_loop()
+    if threading.current_thread() is _thread:
+        coro.close()
+        raise BlockingInAsyncContextError(f"{what} cannot block the SDK's own event loop")
+    future = asyncio.run_coroutine_threadsafe(coro, loop)
+    try:
+        return future.result()
+    except KeyboardInterrupt:
+        future.cancel()
+        raise
+
+
+def iter_sync(aiter: AsyncIterator[T], what: str) -> Iterator[T]:
+    """Iterates an async iterator from blocking code, one item at a time."""
+    _check_not_in_loop(what)
+    loop = _ensure_loop()
+    agen = aiter.__aiter__()
+    try:
+        while True:
+            future = asyncio.run_coroutine_threadsafe(agen.__anext__(), loop)  # type: ignore[arg-type]
+            try:
+                yield future.result()
+            except StopAsyncIteration:
+                return
+    finally:
+        aclose = getattr(agen, "aclose", None)
+        if aclose is not None:
+            asyncio.run_coroutine_threadsafe(aclose(), loop).result()

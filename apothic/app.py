@@ -1,0 +1,209 @@
+"""``App``: a named group of functions that deploys as one."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, ParamSpec, TypeVar, overload
+
+import cloudpickle
+
+from apothic import _source
+from apothic._client import get_client
+from apothic._sync import run_sync
+from apothic.config import ClientConfig
+from apothic.exceptions import InvalidConfigError, UsageError
+from apothic.functions import Function
+from apothic.models import DeploymentInfo
+from apothic.options import FunctionDefinition, definition, validate_options
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: Seconds between heartbeats that keep an ephemeral run's deployment alive.
+HEARTBEAT_INTERVAL_S = 5.0
+
+
+class _AppAio:
+    """Async forms of :class:`App`'s methods (``await app.aio.deploy()``)."""
+
+    def __init__(self, app: App) -> None:
+        self._app = app
+
+    async def deploy(self, *, ephemeral: bool = False) -> str:
+        """Deploys the app and returns the deployment id once it has committed.
+
+        Args:
+            ephemeral: an ephemeral deployment stops when this client stops heartbeating;
+                :meth:`App.run` uses it.
+        """
+        app = self._app
+        if not app.functions:
+            raise UsageError(f"app {app.name!r} has no functions to deploy; decorate one with @app.function()")
+        defs = app._definitions()
+        modules = {f.raw_function.__module__ for f in app.functions.values()} - {"__main__"}
+        archive = _source.build_archive(modules)
+        info = await get_client(app._client).deploy(app.name, defs, archive, ephemeral=ephemeral)
+        app.deployment_id = info.deployment_id
+        app.deployment = info
+        return info.deployment_id
+
+    async def stop(self) -> None:
+        """Stops this process's deployment of the app."""
+        app = self._app
+        if app.deployment_id:
+            await get_client(app._client).stop_deployment(app.deployment_id)
+
+    @contextlib.asynccontextmanager
+    async def run(self) -> AsyncIterator[App]:
+        """Deploys the app ephemerally for the block, heartbeating, and stops it after."""
+        await self.deploy(ephemeral=True)
+        client = get_client(self._app._client)
+        deployment_id = self._app.deployment_id or ""
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(HEARTBEAT_INTERVAL_S)
+                with contextlib.suppress(Exception):
+                    await client.heartbeat_deployment(deployment_id)
+
+        task = asyncio.create_task(beat())
+        try:
+            yield self._app
+        finally:
+            task.cancel()
+            with contextlib.suppress(Exception):
+                await client.stop_deployment(deployment_id)
+
+
+class App:
+    """A named group of functions, deployed together.
+
+    Example::
+
+        app = apothic.App("hello")
+
+        @app.function(timeout_s=60)
+        def square(x: int) -> int:
+            return x * x
+
+        @app.local_entrypoint()
+        def main():
+            print(square.remote(7))
+
+    Args:
+        name: the app's name; deploys of the same name replace the live version.
+        client: where to deploy; defaults to the configured control plane.
+    """
+
+    def __init__(self, name: str, *, client: ClientConfig | None = None) -> None:
+        if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_" for c in name):
+            raise InvalidConfigError(f"app name must be letters, digits, '-' or '_', got {name!r}")
+        self.name = name
+        self.functions: dict[str, Function[Any, Any]] = {}
+        self.local_entrypoints: dict[str, Callable[..., Any]] = {}
+        self.deployment_id: str | None = None
+        self.deployment: DeploymentInfo | None = None
+        self._client = client
+        self.aio = _AppAio(self)
+
+    def __repr__(self) -> str:
+        return f"App({self.name!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (App, (self.name,))
+
+    @overload
+    def function(self, _func: Callable[P, R], /) -> Function[P, R]: ...
+
+    @overload
+    def function(self, _func: None = None, /, **options: Any) -> Callable[[Callable[P, R]], Function[P, R]]: ...
+
+    def function(self, _func: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+        """Registers a function to run on the runtime.
+
+        Works as ``@app.function`` and ``@app.function(...)``. Options (all keyword):
+        ``name``, ``timeout_s``, ``startup_timeout_s``, ``retries``, ``max_containers``,
+        ``min_containers``, ``buffer_containers``, ``scaledown_window_s``, ``keep_warm_s``,
+        ``concurrent_requests``, ``tasks_per_container``, ``max_pending_tasks``, ``cpu``,
+        ``memory_mb``, ``disk_mb``, ``gpu``, ``region``, ``arch``, ``max_cost_per_hour``,
+        ``verified``, ``labels``, ``offer_filters``, ``env``, ``serialized``.
+
+        Returns:
+            A :class:`Function` handle that keeps the function's signature.
+
+        Raises:
+            InvalidConfigError: an option is invalid, or the name is already taken.
+        """
+        try:
+            opts = validate_options(**options)
+        except TypeError as exc:
+            raise InvalidConfigError(f"@app.function: {exc}") from None
+
+        def decorate(func: Callable[P, R]) -> Function[P, R]:
+            if isinstance(func, Function):
+                raise InvalidConfigError(f"{func.function_name} is already an Apothic function")
+            if not callable(func):
+                raise InvalidConfigError(f"@app.function must decorate a function, got {func!r}")
+            name = opts.name or func.__name__
+            if name in self.functions:
+                raise InvalidConfigError(f"app {self.name!r} already has a function named {name!r}")
+            handle: Function[P, R] = Function(self, func, name, opts)
+            self.functions[name] = handle
+            return handle
+
+        if _func is not None:
+            return decorate(_func)
+        return decorate
+
+    def local_entrypoint(self, _func: Callable[..., Any] | None = None, /, *, name: str | None = None) -> Any:
+        """Marks a function that ``apothic run FILE`` calls locally after deploying.
+
+        Works with or without parentheses.
+        """
+
+        def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+            self.local_entrypoints[name or func.__name__] = func
+            return func
+
+        if _func is not None:
+            return decorate(_func)
+        return decorate
+
+    def _definitions(self) -> list[FunctionDefinition]:
+        defs = []
+        for name, fn in self.functions.items():
+            raw = fn.raw_function
+            by_value = raw.__module__ == "__main__" or fn.options.serialized or "<locals>" in raw.__qualname__
+            defs.append(
+                definition(
+                    name,
+                    fn.options,
+                    module="" if by_value else raw.__module__,
+                    qualname=raw.__qualname__,
+                    pickled=cloudpickle.dumps(raw) if by_value else b"",
+                )
+            )
+        return defs
+
+    def deploy(self) -> str:
+        """Deploys the app and returns the deployment id once it has committed."""
+        return run_sync(self.aio.deploy(), "App.deploy()")
+
+    def stop(self) -> None:
+        """Stops this process's deployment of the app."""
+        run_sync(self.aio.stop(), "App.stop()")
+
+    @contextlib.contextmanager
+    def run(self) -> Iterator[App]:
+        """Deploys the app ephemerally for the ``with`` block and stops it afterwards."""
+        cm = self.aio.run()
+        run_sync(cm.__aenter__(), "App.run()")
+        try:
+            yield self
+        except BaseException as exc:
+            run_sync(cm.__aexit__(type(exc), exc, exc.__traceback__), "App.run()")
+            raise
+        else:
+            run_sync(cm.__aexit__(None, None, None), "App.run()")

@@ -1,0 +1,1 @@
+"""The `apothic` command line."""

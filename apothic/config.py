@@ -1,0 +1,193 @@
+"""Configuration: the one module that reads environment variables and the config file.
+
+Client side (SDK and CLI), first match wins:
+
+==========================  ===========================================================
+``APOTHIC_BASE_URL``        control-plane gRPC address, ``host:port``
+``APOTHIC_API_KEY``         API key, ``ak-<id>.<secret>``
+``APOTHIC_PROFILE``         profile of the config file to use (default: its ``active``)
+``APOTHIC_CONFIG``          config file path (default ``$APOTHIC_HOME/config.toml``)
+``APOTHIC_HOME``            client home (default ``~/.apothic``)
+==========================  ===========================================================
+
+Control plane (``apothic server`` / ``apothic up``; flags override):
+
+==========================  ===========================================================
+``APOTHIC_STATE_DIR``       state directory (default ``$APOTHIC_HOME``)
+``APOTHIC_DB_URL``          SurrealDB URL: ``surrealkv://PATH`` (default, under the state
+                            dir), ``mem://``, or ``ws://host:port`` for a server/cluster
+``APOTHIC_HOST``            address to listen on (default ``127.0.0.1``)
+``APOTHIC_GRPC_PORT``       gRPC port (default ``50051``; 0 picks a free one)
+==========================  ===========================================================
+
+Worker (``apothic worker``):
+
+==========================  ===========================================================
+``APOTHIC_WORKER_ID``       stable worker id (default: derived from host and state dir)
+``APOTHIC_WORKER_LABELS``   free-form labels, ``k=v,k=v``, added to the worker's offer
+==========================  ===========================================================
+
+Inside a container the worker sets ``APOTHIC_BASE_URL``, ``APOTHIC_API_KEY`` and
+``APOTHIC_CONTAINER_ID`` so user code can call other functions.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from apothic.exceptions import InvalidConfigError
+
+DEFAULT_PROFILE = "default"
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Where the SDK connects and with which key."""
+
+    base_url: str
+    api_key: str
+    profile: str = ""
+
+
+def home_dir() -> Path:
+    """The client home directory (``APOTHIC_HOME`` or ``~/.apothic``)."""
+    return Path(os.environ.get("APOTHIC_HOME") or Path.home() / ".apothic")
+
+
+def config_path() -> Path:
+    """The client config file path."""
+    explicit = os.environ.get("APOTHIC_CONFIG")
+    return Path(explicit) if explicit else home_dir() / "config.toml"
+
+
+def _read_config_file(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+
+
+def load_client_config(
+    *, base_url: str | None = None, api_key: str | None = None, profile: str | None = None
+) -> ClientConfig | None:
+    """Resolves the client configuration: arguments, then environment, then config file.
+
+    Args:
+        base_url: explicit control-plane address; wins over everything else.
+        api_key: explicit API key.
+        profile: profile name in the config file.
+
+    Returns:
+        The configuration, or None when nothing names a control plane.
+
+    Raises:
+        InvalidConfigError: the config file is malformed or names a missing profile.
+    """
+    base_url = base_url or os.environ.get("APOTHIC_BASE_URL") or None
+    api_key = api_key or os.environ.get("APOTHIC_API_KEY") or None
+    chosen = profile or os.environ.get("APOTHIC_PROFILE") or None
+    if base_url and api_key:
+        return ClientConfig(base_url=base_url, api_key=api_key, profile=chosen or "")
+    data = _read_config_file(config_path())
+    profiles = data.get("profiles", {})
+    name = chosen or data.get("active") or (DEFAULT_PROFILE if DEFAULT_PROFILE in profiles else None)
+    if name is None and len(profiles) == 1:
+        name = next(iter(profiles))
+    if name is not None and name not in profiles:
+        if chosen:
+            raise InvalidConfigError(
+                f"profile {name!r} is not in {config_path()}; known profiles: {sorted(profiles)}"
+            )
+        name = None
+    section = profiles.get(name, {}) if name else {}
+    base_url = base_url or section.get("base_url")
+    api_key = api_key or section.get("api_key")
+    if not base_url:
+        return None
+    return ClientConfig(base_url=base_url, api_key=api_key or "", profile=name or "")
+
+
+def write_profile(name: str, *, base_url: str, api_key: str, activate: bool = True) -> Path:
+    """Writes (or replaces) a profile in the client config file and returns its path."""
+    path = config_path()
+    data = _read_config_file(path)
+    profiles = dict(data.get("profiles", {}))
+    profiles[name] = {"base_url": base_url, "api_key": api_key}
+    active = name if activate or not data.get("active") else data["active"]
+    lines = [f'active = "{active}"', ""]
+    for pname, section in sorted(profiles.items()):
+        lines.append(f"[profiles.{pname}]")
+        for key, value in section.items():
+            lines.append(f'{key} = "{value}"')
+        lines.append("")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+    path.chmod(0o600)
+    return path
+
+
+@dataclass(frozen=True)
+class ServerEnv:
+    """Control-plane settings found in the environment (flags override them)."""
+
+    state_dir: Path
+    db_url: str | None
+    host: str
+    grpc_port: int
+
+
+def server_env() -> ServerEnv:
+    """Reads the control plane's environment variables."""
+    state_dir = Path(os.environ.get("APOTHIC_STATE_DIR") or home_dir())
+    port = os.environ.get("APOTHIC_GRPC_PORT", "50051")
+    try:
+        grpc_port = int(port)
+    except ValueError as exc:
+        raise InvalidConfigError(f"APOTHIC_GRPC_PORT must be an integer, got {port!r}") from exc
+    return ServerEnv(
+        state_dir=state_dir,
+        db_url=os.environ.get("APOTHIC_DB_URL") or None,
+        host=os.environ.get("APOTHIC_HOST", "127.0.0.1"),
+        grpc_port=grpc_port,
+    )
+
+
+@dataclass(frozen=True)
+class WorkerEnv:
+    """Worker settings found in the environment."""
+
+    worker_id: str | None
+    labels: dict[str, str]
+
+
+def parse_labels(text: str) -> dict[str, str]:
+    """Parses ``k=v,k=v`` into a dict.
+
+    Raises:
+        InvalidConfigError: an entry has no ``=``.
+    """
+    labels: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key:
+            raise InvalidConfigError(f"label {part!r} must look like key=value")
+        labels[key.strip()] = value.strip()
+    return labels
+
+
+def worker_env() -> WorkerEnv:
+    """Reads the worker's environment variables."""
+    return WorkerEnv(
+        worker_id=os.environ.get("APOTHIC_WORKER_ID") or None,
+        labels=parse_labels(os.environ.get("APOTHIC_WORKER_LABELS", "")),
+    )
+
+
+def container_id() -> str | None:
+    """The container id when running inside an Apothic container, else None."""
+    return os.environ.get("APOTHIC_CONTAINER_ID") or None

@@ -1,0 +1,117 @@
+"""``Job``: a handle on one call of a function."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from apothic._client import get_client
+from apothic._sync import iter_sync, run_sync
+from apothic.config import ClientConfig
+from apothic.models import JobEvent, JobInfo, JobStatus
+
+#: A WaitJob call waits at most this long before the SDK asks again (keeps RPCs short).
+_WAIT_SLICE_S = 30.0
+
+
+class _JobAio:
+    """The async forms of :class:`Job`'s methods (``job.aio.wait()``…)."""
+
+    def __init__(self, job: Job) -> None:
+        self._job = job
+
+    async def info(self) -> JobInfo:
+        """Returns the job's full state."""
+        return await get_client(self._job._config).get_job(self._job.job_id)
+
+    async def status(self) -> JobStatus:
+        """Returns the job's status."""
+        return (await self.info()).status
+
+    async def logs(self) -> str:
+        """Returns everything the job printed so far, stdout and stderr interleaved."""
+        events = await get_client(self._job._config).job_logs(self._job.job_id)
+        return "".join(e.data for e in events)
+
+    async def wait(self, timeout: float | None = None) -> Any:
+        """Waits for the job to end and returns its value.
+
+        Args:
+            timeout: seconds to wait at most; None waits as long as it takes.
+
+        Raises:
+            TimeoutError: the job had not ended within ``timeout``.
+            Exception: what the job ended with (see :meth:`apothic.models.Outcome.unwrap`).
+        """
+        client = get_client(self._job._config)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            left = _WAIT_SLICE_S if deadline is None else max(0.0, min(_WAIT_SLICE_S, deadline - loop.time()))
+            info, done = await client.wait_job(self._job.job_id, left)
+            if done and info.outcome is not None:
+                return info.outcome.unwrap()
+            if deadline is not None and loop.time() >= deadline:
+                raise TimeoutError(f"job {self._job.job_id} is still {info.status} after {timeout}s")
+
+    async def cancel(self) -> JobStatus:
+        """Cancels the job; returns its status afterwards."""
+        return (await get_client(self._job._config).cancel_job(self._job.job_id)).status
+
+    async def watch(self, *, snapshot: bool = True, after_seq: int = 0) -> AsyncIterator[JobEvent]:
+        """Streams the job's events until its ``job.end`` event.
+
+        Args:
+            snapshot: first yield a ``job.snapshot`` event with the job as it stands.
+            after_seq: resume after this event number.
+        """
+        async for event in get_client(self._job._config).watch_job(
+            self._job.job_id, snapshot=snapshot, after_seq=after_seq
+        ):
+            yield event
+
+
+class Job:
+    """One call of a function, running or ended. Returned by ``fn.spawn(...)``.
+
+    Attributes:
+        job_id: the job's id (``jobs:…``).
+    """
+
+    def __init__(self, job_id: str, *, client: ClientConfig | None = None) -> None:
+        self.job_id = job_id
+        self._config = client
+        self.aio = _JobAio(self)
+
+    @classmethod
+    def from_id(cls, job_id: str, *, client: ClientConfig | None = None) -> Job:
+        """A handle on an existing job."""
+        return cls(job_id, client=client)
+
+    def __repr__(self) -> str:
+        return f"Job({self.job_id!r})"
+
+    def info(self) -> JobInfo:
+        """Returns the job's full state."""
+        return run_sync(self.aio.info(), "Job.info()")
+
+    def status(self) -> JobStatus:
+        """Returns the job's status."""
+        return run_sync(self.aio.status(), "Job.status()")
+
+    def logs(self) -> str:
+        """Returns everything the job printed so far."""
+        return run_sync(self.aio.logs(), "Job.logs()")
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """Waits for the job to end and returns its value (see :meth:`_JobAio.wait`)."""
+        return run_sync(self.aio.wait(timeout), "Job.wait()")
+
+    def cancel(self) -> JobStatus:
+        """Cancels the job; returns its status afterwards."""
+        return run_sync(self.aio.cancel(), "Job.cancel()")
+
+    def watch(self, *, snapshot: bool = True, after_seq: int = 0) -> Iterator[JobEvent]:
+        """Yields the job's events until its ``job.end`` event (see :meth:`_JobAio.watch`)."""
+        return iter_sync(self.aio.watch(snapshot=snapshot, after_seq=after_seq), "Job.watch()")

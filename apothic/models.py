@@ -1,0 +1,208 @@
+"""Plain data the SDK hands back: jobs, their events, deployments and apps.
+
+Frozen dataclasses, never protobuf messages.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from apothic import _serialization as ser
+from apothic.exceptions import FunctionTimeoutError, JobCancelledError, JobError, JobFailedError
+
+
+class JobStatus(str, enum.Enum):
+    """Where a job stands. ``queued`` → ``running`` → one of the four final states."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+
+    @property
+    def is_final(self) -> bool:
+        """Whether the job has ended."""
+        return self in _FINAL
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_FINAL = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.TIMED_OUT}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a job ended: its value or its error."""
+
+    job_id: str
+    status: JobStatus
+    value_format: str = ser.CLOUDPICKLE
+    value_data: bytes = b""
+    error: ser.ErrorInfo | None = None
+    reason: str = ""
+    attempt: int = 0
+
+    def unwrap(self) -> Any:
+        """Returns the job's value, or raises what it ended with.
+
+        Raises:
+            FunctionTimeoutError: the attempt timed out.
+            JobCancelledError: the job was cancelled.
+            JobFailedError: the runtime failed the job.
+            Exception: the user's own exception, re-created, with the remote traceback.
+        """
+        if self.status is JobStatus.SUCCEEDED:
+            return ser.loads_value(self.value_format, self.value_data)
+        where = f"job {self.job_id}"
+        if self.status is JobStatus.TIMED_OUT:
+            raise FunctionTimeoutError(f"{where} timed out: {self.reason}", job_id=self.job_id, reason=self.reason)
+        if self.status is JobStatus.CANCELLED:
+            raise JobCancelledError(f"{where} was cancelled: {self.reason}", job_id=self.job_id, reason=self.reason)
+        if self.error is not None and self.error.type:
+            raise ser.rebuild_exception(self.error, job_id=self.job_id)
+        if self.status is JobStatus.FAILED:
+            raise JobFailedError(f"{where} failed: {self.reason}", job_id=self.job_id, reason=self.reason)
+        raise JobError(f"{where} has not ended (status {self.status})", job_id=self.job_id)
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """A job's state."""
+
+    job_id: str
+    app_name: str
+    function_name: str
+    deployment_id: str
+    status: JobStatus
+    attempt: int
+    reason: str
+    created_at: datetime | None
+    started_at: datetime | None
+    ended_at: datetime | None
+    outcome: Outcome | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One entry of a job's event log. ``kind`` is ``job.<name>``; ``seq`` counts 1, 2, 3…"""
+
+    job_id: str
+    seq: int
+    time: datetime | None
+    app_name: str
+    function_name: str
+
+    kind = "job.event"
+
+
+@dataclass(frozen=True)
+class JobSnapshotEvent(JobEvent):
+    """The job as it stands, sent first by ``watch(snapshot=True)``."""
+
+    job: JobInfo | None = None
+    kind = "job.snapshot"
+
+
+@dataclass(frozen=True)
+class JobQueuedEvent(JobEvent):
+    """The job was accepted."""
+
+    kind = "job.queued"
+
+
+@dataclass(frozen=True)
+class JobRunningEvent(JobEvent):
+    """An attempt started."""
+
+    attempt: int = 0
+    worker_id: str = ""
+    container_id: str = ""
+    kind = "job.running"
+
+
+@dataclass(frozen=True)
+class JobLogEvent(JobEvent):
+    """Output the job printed. ``stream`` is ``stdout``, ``stderr`` or ``system``."""
+
+    stream: str = "stdout"
+    data: str = ""
+    kind = "job.log"
+
+
+@dataclass(frozen=True)
+class JobResultEvent(JobEvent):
+    """The value or the error of the last attempt."""
+
+    ok: bool = False
+    value_format: str = ser.CLOUDPICKLE
+    value_data: bytes = field(default=b"", repr=False)
+    error: ser.ErrorInfo | None = None
+
+    kind = "job.result"
+
+    def value(self) -> Any:
+        """Decodes the returned value (only when ``ok``)."""
+        return ser.loads_value(self.value_format, self.value_data)
+
+
+@dataclass(frozen=True)
+class JobEndEvent(JobEvent):
+    """The job's last event."""
+
+    status: JobStatus = JobStatus.SUCCEEDED
+    reason: str = ""
+    kind = "job.end"
+
+
+class DeploymentStatus(str, enum.Enum):
+    """What a deployment is doing."""
+
+    LIVE = "live"
+    SUPERSEDED = "superseded"
+    STOPPED = "stopped"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class DeploymentInfo:
+    """One deployed version of an app."""
+
+    deployment_id: str
+    app_name: str
+    version: int
+    status: DeploymentStatus
+    ephemeral: bool
+    function_names: tuple[str, ...]
+    created_at: datetime | None
+    updated_at: datetime | None
+
+
+@dataclass(frozen=True)
+class DeploymentEvent:
+    """A change to a deployment (``deployment.snapshot``, ``.created``, ``.stopped``…)."""
+
+    deployment_id: str
+    seq: int
+    time: datetime | None
+    kind: str
+    deployment: DeploymentInfo | None
+
+
+@dataclass(frozen=True)
+class AppInfo:
+    """An app and its live version."""
+
+    name: str
+    live_deployment_id: str
+    version: int
+    status: DeploymentStatus
+    function_names: tuple[str, ...]
+    updated_at: datetime | None

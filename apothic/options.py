@@ -1,0 +1,137 @@
+"""Validation of ``@app.function`` options, and the deployable definition built from them."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from apothic.exceptions import InvalidConfigError
+
+OFFER_FILTER_OPS = ("eq", "neq", "gt", "lt", "gte", "lte", "in", "notin")
+
+
+@dataclass(frozen=True)
+class FunctionOptions:
+    """Every option ``@app.function`` accepts, validated.
+
+    Options the runtime does not act on yet are still validated and shipped in the
+    deployment spec, so a later runtime honours them without a code change.
+    """
+
+    name: str | None = None
+    timeout_s: float = 300.0
+    startup_timeout_s: float = 60.0
+    retries: int = 0
+    max_containers: int | None = None
+    min_containers: int = 0
+    buffer_containers: int = 0
+    scaledown_window_s: float = 60.0
+    keep_warm_s: float = 0.0
+    concurrent_requests: int = 1
+    tasks_per_container: int | None = None
+    max_pending_tasks: int | None = None
+    cpu: float | None = None
+    memory_mb: int | None = None
+    disk_mb: int | None = None
+    gpu: str | None = None
+    region: str | None = None
+    arch: str | None = None
+    max_cost_per_hour: float | None = None
+    verified: bool | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    offer_filters: tuple[tuple[str, str, Any], ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    serialized: bool = False
+
+
+def _positive(name: str, value: Any, *, integer: bool = False, allow_zero: bool = False) -> None:
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind):
+        what = "an integer" if integer else "a number"
+        raise InvalidConfigError(f"{name} must be {what}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidConfigError(f"{name} must be finite, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = "zero or more" if allow_zero else "greater than zero"
+        raise InvalidConfigError(f"{name} must be {bound}, got {value!r}")
+
+
+def validate_options(**kwargs: Any) -> FunctionOptions:
+    """Validates decorator options.
+
+    Raises:
+        InvalidConfigError: an option has the wrong type or is out of range; the message
+            names the option and what it accepts.
+    """
+    opts = FunctionOptions(**{k: v for k, v in kwargs.items() if v is not None})
+    if opts.name is not None and (not isinstance(opts.name, str) or not opts.name.isidentifier()):
+        raise InvalidConfigError(f"name must be a Python identifier, got {opts.name!r}")
+    _positive("timeout_s", opts.timeout_s)
+    _positive("startup_timeout_s", opts.startup_timeout_s)
+    _positive("retries", opts.retries, integer=True, allow_zero=True)
+    _positive("min_containers", opts.min_containers, integer=True, allow_zero=True)
+    _positive("buffer_containers", opts.buffer_containers, integer=True, allow_zero=True)
+    _positive("scaledown_window_s", opts.scaledown_window_s)
+    _positive("keep_warm_s", opts.keep_warm_s, allow_zero=True)
+    _positive("concurrent_requests", opts.concurrent_requests, integer=True)
+    for opt in ("max_containers", "tasks_per_container", "max_pending_tasks", "memory_mb", "disk_mb"):
+        if getattr(opts, opt) is not None:
+            _positive(opt, getattr(opts, opt), integer=True)
+    for opt in ("cpu", "max_cost_per_hour"):
+        if getattr(opts, opt) is not None:
+            _positive(opt, getattr(opts, opt))
+    for opt in ("gpu", "region", "arch"):
+        value = getattr(opts, opt)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise InvalidConfigError(f"{opt} must be a non-empty string, got {value!r}")
+    if opts.max_containers is not None and opts.min_containers > opts.max_containers:
+        raise InvalidConfigError(
+            f"min_containers ({opts.min_containers}) exceeds max_containers ({opts.max_containers})"
+        )
+    for what, mapping in (("labels", opts.labels), ("env", opts.env)):
+        if not isinstance(mapping, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()
+        ):
+            raise InvalidConfigError(f"{what} must be a dict of strings to strings, got {mapping!r}")
+    filters = []
+    for item in opts.offer_filters:
+        if not (isinstance(item, (tuple, list)) and len(item) == 3 and item[1] in OFFER_FILTER_OPS):
+            raise InvalidConfigError(
+                f"offer filter {item!r} must be (field, op, value) with op one of {', '.join(OFFER_FILTER_OPS)}"
+            )
+        filters.append(tuple(item))
+    return FunctionOptions(**{**asdict(opts), "offer_filters": tuple(filters)})
+
+
+@dataclass(frozen=True)
+class FunctionDefinition:
+    """What a deploy sends for one function."""
+
+    name: str
+    module: str
+    qualname: str
+    pickled_function: bytes
+    timeout_s: float
+    startup_timeout_s: float
+    max_containers: int
+    scaledown_window_s: float
+    options_json: str
+
+
+def definition(
+    name: str, options: FunctionOptions, *, module: str, qualname: str, pickled: bytes
+) -> FunctionDefinition:
+    """Builds the deployable definition of a function from its validated options."""
+    return FunctionDefinition(
+        name=name,
+        module=module,
+        qualname=qualname,
+        pickled_function=pickled,
+        timeout_s=float(options.timeout_s),
+        startup_timeout_s=float(options.startup_timeout_s),
+        max_containers=options.max_containers or 0,
+        scaledown_window_s=float(options.scaledown_window_s),
+        options_json=json.dumps(asdict(options), sort_keys=True, default=repr),
+    )

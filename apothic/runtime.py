@@ -1,0 +1,181 @@
+"""A whole Apothic runtime in one process: control plane plus local workers.
+
+``apothic up`` and ``apothic run`` use it, and so does :mod:`apothic.testing`. Importing this
+module is cheap; the server and worker are imported when a runtime starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import threading
+from concurrent.futures import Future
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from apothic.config import ClientConfig
+
+if TYPE_CHECKING:
+    from apothic.server.server import ControlPlane
+    from apothic.worker.agent import Worker
+
+log = logging.getLogger("apothic.runtime")
+
+LOCAL_ACCOUNT = "local"
+
+
+class LocalRuntime:
+    """A control plane and ``workers`` local workers (process executor).
+
+    Use it as a context manager (runs on a background thread) or ``await rt.astart()`` on
+    your own loop.
+
+    Args:
+        db_url: SurrealDB URL; ``mem://`` keeps nothing, ``""`` means surrealkv under
+            ``state_dir``.
+        state_dir: state directory (a temporary one when None).
+        host: address to listen on.
+        port: gRPC port; 0 picks a free one.
+        workers: how many local workers to start.
+        api_key: reuse this key when it is still valid (``apothic up`` across restarts).
+    """
+
+    def __init__(
+        self,
+        *,
+        db_url: str = "mem://",
+        state_dir: Path | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        workers: int = 1,
+        api_key: str | None = None,
+    ) -> None:
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if state_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="apothic-")
+            state_dir = Path(self._tmp.name)
+        self.state_dir = Path(state_dir)
+        self.db_url = db_url
+        self.host = host
+        self.port = port
+        self.worker_count = workers
+        self.api_key = api_key or ""
+        self.plane: ControlPlane | None = None
+        self.workers: list[Worker] = []
+        self._worker_tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of the control plane."""
+        assert self.plane is not None, "the runtime is not started"
+        return self.plane.address
+
+    @property
+    def config(self) -> ClientConfig:
+        """Client configuration for this runtime."""
+        return ClientConfig(base_url=self.address, api_key=self.api_key, profile="local")
+
+    async def astart(self) -> None:
+        """Starts the control plane and the workers on the running loop."""
+        from apothic.server.errors import Unauthenticated
+        from apothic.server.server import create_server
+        from apothic.server.settings import ServerSettings
+
+        self.plane = create_server(
+            ServerSettings(db_url=self.db_url, state_dir=self.state_dir, host=self.host, grpc_port=self.port)
+        )
+        await self.plane.start()
+        accounts = self.plane.accounts
+        account = await accounts.ensure_account(LOCAL_ACCOUNT)
+        if self.api_key:
+            try:
+                if await accounts.verify(self.api_key) != account:
+                    self.api_key = ""
+            except Unauthenticated:
+                self.api_key = ""
+        if not self.api_key:
+            self.api_key = await accounts.create_key(account)
+        for i in range(self.worker_count):
+            await self.add_worker(f"workers:local{i}")
+
+    async def add_worker(self, worker_id: str, *, labels: dict[str, str] | None = None) -> Worker:
+        """Starts one more local worker and waits until its session is open."""
+        from apothic.worker.agent import Worker
+        from apothic.worker.settings import WorkerSettings
+
+        worker = Worker(
+            WorkerSettings(
+                base_url=self.address,
+                api_key=self.api_key,
+                worker_id=worker_id,
+                state_dir=self.state_dir / "worker" / worker_id.replace(":", "_"),
+                labels=labels or {},
+            )
+        )
+        self.workers.append(worker)
+        self._worker_tasks.append(asyncio.create_task(worker.run(), name=f"apothic-{worker_id}"))
+        await asyncio.wait_for(worker.connected.wait(), 30)
+        return worker
+
+    async def astop(self) -> None:
+        """Stops the workers, then the control plane."""
+        for worker in self.workers:
+            await worker.stop()
+        if self._worker_tasks:
+            await asyncio.wait(self._worker_tasks, timeout=10)
+        if self.plane is not None:
+            await self.plane.stop(grace=1.0)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    # -- on a background thread -------------------------------------------------------
+
+    def _call(self, coro: Any) -> Any:
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def start(self) -> LocalRuntime:
+        """Starts the runtime on its own thread and event loop."""
+        started: Future[None] = Future()
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            loop.run_forever()
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="apothic-runtime", daemon=True)
+        self._thread.start()
+        try:
+            self._call(self.astart())
+        except BaseException:
+            self.stop()
+            raise
+        started.set_result(None)
+        return self
+
+    def stop(self) -> None:
+        """Stops a runtime started with :meth:`start`."""
+        if self._loop is None:
+            return
+        try:
+            self._call(self.astop())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            if self._thread is not None:
+                self._thread.join(10)
+            self._loop = None
+
+    def run_coroutine(self, coro: Any) -> Any:
+        """Runs a coroutine on the runtime's loop (tests use it to reach into the server)."""
+        return self._call(coro)
+
+    def __enter__(self) -> LocalRuntime:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,365 @@
+"""Jobs: the state machine, the gap-free event log, waits and watches.
+
+A job lives in memory while it is active (and a while after) and in the store as its
+durable record. ``spawn`` answers only after the job committed; ``invoke`` (a warm
+``remote()``) answers with the result itself and writes the record behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from apothic.server import ids
+from apothic.server.errors import InvalidArgument, NotFound
+from apothic.server.hub import Signal, Topics
+from apothic.server.models import (
+    FINAL_JOB_STATUSES,
+    JOB_CANCELLED,
+    JOB_FAILED,
+    JOB_QUEUED,
+    JOB_RUNNING,
+    DeploymentRecord,
+    Event,
+    FunctionSpecRecord,
+    JobRecord,
+    utcnow,
+)
+
+if TYPE_CHECKING:
+    from apothic.server.scheduler import Scheduler
+    from apothic.server.store import Store
+
+log = logging.getLogger("apothic.server.jobs")
+
+#: Output kept per job; beyond it a notice is logged and the rest dropped.
+LOG_LIMIT_BYTES = 1024 * 1024
+#: Unpersisted events that make an active job flush its event log early.
+FLUSH_EVERY_EVENTS = 64
+#: Seconds an ended job stays in memory for fast waits and watches.
+RETAIN_ENDED_S = 30.0
+#: Longest a WaitJob call may wait.
+MAX_WAIT_S = 300.0
+
+
+@dataclass(eq=False)
+class LiveJob:
+    """A job the control plane is working on."""
+
+    record: JobRecord
+    deployment: DeploymentRecord
+    spec: FunctionSpecRecord
+    durable: bool
+    events: list[Event] = field(default_factory=list)
+    persisted: int = 0
+    record_dirty: bool = True
+    log_bytes: int = 0
+    log_truncated: bool = False
+    changed: Signal = field(default_factory=Signal)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    container_id: str = ""
+
+    @property
+    def job_id(self) -> str:
+        return self.record.job_id
+
+    @property
+    def final(self) -> bool:
+        return self.record.status in FINAL_JOB_STATUSES
+
+
+class JobManager:
+    """Owns every active job. The scheduler reports progress through ``mark_*`` methods."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.scheduler: Scheduler | None = None
+        self._live: dict[str, LiveJob] = {}
+        self.app_topics: Topics[Event] = Topics()
+        self._evictions: set[asyncio.Task[None]] = set()
+
+    # -- creation --------------------------------------------------------------------
+
+    def _new(
+        self,
+        account: str,
+        dep: DeploymentRecord,
+        spec: FunctionSpecRecord,
+        args_format: str,
+        args: bytes,
+        result_format: str,
+        *,
+        durable: bool,
+    ) -> LiveJob:
+        now = utcnow()
+        record = JobRecord(
+            job_id=ids.new_id("jobs"),
+            account=account,
+            app_name=dep.app_name,
+            function_name=spec.name,
+            deployment_id=dep.deployment_id,
+            status=JOB_QUEUED,
+            attempt=0,
+            reason="",
+            args_format=args_format,
+            args=args,
+            result_format=result_format,
+            result=None,
+            created_at=now,
+        )
+        job = LiveJob(record=record, deployment=dep, spec=spec, durable=durable)
+        self._live[record.job_id] = job
+        self._append(job, "job.queued", {})
+        return job
+
+    async def invoke(
+        self,
+        account: str,
+        dep: DeploymentRecord,
+        spec: FunctionSpecRecord,
+        args_format: str,
+        args: bytes,
+        result_format: str,
+    ) -> LiveJob:
+        """Runs a job and waits for it; its record is written behind."""
+        job = self._new(account, dep, spec, args_format, args, result_format, durable=False)
+        assert self.scheduler is not None
+        self.scheduler.submit(job)
+        try:
+            await job.done.wait()
+        except asyncio.CancelledError:
+            if not job.final:
+                self.cancel(job, "the caller went away before the call finished")
+            raise
+        return job
+
+    async def spawn(
+        self,
+        account: str,
+        dep: DeploymentRecord,
+        spec: FunctionSpecRecord,
+        args_format: str,
+        args: bytes,
+        result_format: str,
+    ) -> LiveJob:
+        """Creates a job, commits it, then queues it; returns once it is durable."""
+        job = self._new(account, dep, spec, args_format, args, result_format, durable=True)
+        try:
+            await self.store.commit(self._flush_statements(job))
+        except BaseException:
+            self._live.pop(job.job_id, None)
+            raise
+        assert self.scheduler is not None
+        self.scheduler.submit(job)
+        return job
+
+    def adopt(self, record: JobRecord, dep: DeploymentRecord, spec: FunctionSpecRecord, events: list[Event]) -> LiveJob:
+        """Takes back an unfinished job found in the store after a restart and re-queues it."""
+        job = LiveJob(record=record, deployment=dep, spec=spec, durable=True, events=events, persisted=len(events))
+        record.last_seq = max([record.last_seq, *(e.seq for e in events)])
+        self._live[record.job_id] = job
+        if record.status == JOB_RUNNING:
+            self._append(
+                job,
+                "job.log",
+                {"stream": "system", "data": f"attempt {record.attempt} was lost: the control plane restarted\n"},
+            )
+        record.status = JOB_QUEUED
+        job.record_dirty = True
+        self._flush(job)
+        assert self.scheduler is not None
+        self.scheduler.submit(job)
+        return job
+
+    # -- events ----------------------------------------------------------------------
+
+    def _append(self, job: LiveJob, kind: str, data: dict[str, Any]) -> Event:
+        rec = job.record
+        rec.last_seq += 1
+        event = Event(rec.job_id, rec.last_seq, utcnow(), kind, data)
+        job.events.append(event)
+        job.changed.fire()
+        self.app_topics.publish(f"{rec.account}/{rec.app_name}", event)
+        return event
+
+    def _flush_statements(self, job: LiveJob) -> list[Any]:
+        stmts: list[Any] = []
+        if job.record_dirty:
+            stmts += self.store.update_job_statements(job.record)
+            job.record_dirty = False
+        if job.persisted < len(job.events):
+            stmts += self.store.job_event_statements(job.record.account, job.events[job.persisted :])
+            job.persisted = len(job.events)
+        return stmts
+
+    def _flush(self, job: LiveJob) -> None:
+        stmts = self._flush_statements(job)
+        if stmts:
+            self.store.write_behind(stmts)
+
+    def mark_running(self, job: LiveJob, worker_id: str, container_id: str) -> int:
+        """Starts a new attempt; returns its number."""
+        rec = job.record
+        rec.attempt += 1
+        rec.status = JOB_RUNNING
+        rec.started_at = utcnow()
+        job.record_dirty = True
+        job.container_id = container_id
+        self._append(job, "job.running", {"attempt": rec.attempt, "worker_id": worker_id, "container_id": container_id})
+        if job.durable:
+            self._flush(job)
+        return rec.attempt
+
+    def add_log(self, job: LiveJob, attempt: int, stream: str, data: str) -> None:
+        """Appends output, up to the per-job limit."""
+        if job.final or attempt != job.record.attempt or job.log_truncated:
+            return
+        size = len(data.encode("utf-8", "replace"))
+        if job.log_bytes + size > LOG_LIMIT_BYTES:
+            room = LOG_LIMIT_BYTES - job.log_bytes
+            if room > 0:
+                self._append(job, "job.log", {"stream": stream, "data": data[:room]})
+            job.log_truncated = True
+            self._append(
+                job,
+                "job.log",
+                {"stream": "system", "data": f"\n[output truncated: this job printed more than {LOG_LIMIT_BYTES:,} bytes]\n"},
+            )
+        else:
+            job.log_bytes += size
+            self._append(job, "job.log", {"stream": stream, "data": data})
+        if len(job.events) - job.persisted >= FLUSH_EVERY_EVENTS:
+            self._flush(job)
+
+    def finish(self, job: LiveJob, status: str, result: dict[str, Any] | None, reason: str) -> None:
+        """Ends the job: result event (when there is one), end event, durable record."""
+        if job.final:
+            return
+        rec = job.record
+        rec.status = status
+        rec.reason = reason
+        rec.result = result
+        rec.ended_at = utcnow()
+        job.record_dirty = True
+        if result is not None:
+            self._append(job, "job.result", result)
+        self._append(job, "job.end", {"status": status, "reason": reason})
+        job.done.set()
+        self._flush(job)
+        task = asyncio.get_running_loop().create_task(self._evict_later(job))
+        self._evictions.add(task)
+        task.add_done_callback(self._evictions.discard)
+
+    async def _evict_later(self, job: LiveJob) -> None:
+        await asyncio.sleep(RETAIN_ENDED_S)
+        self._live.pop(job.job_id, None)
+
+    def fail(self, job: LiveJob, reason: str) -> None:
+        """Ends the job as failed by the runtime (no user error)."""
+        self.finish(job, JOB_FAILED, None, reason)
+
+    # -- queries ---------------------------------------------------------------------
+
+    def live(self, job_id: str) -> LiveJob | None:
+        return self._live.get(job_id)
+
+    async def get(self, account: str, job_id: str) -> JobRecord:
+        """A job's record, from memory or the store.
+
+        Raises:
+            NotFound: no such job in this account.
+        """
+        ids.key_of(job_id, "jobs")
+        job = self._live.get(job_id)
+        record = job.record if job is not None else await self.store.get_job(job_id)
+        if record is None or record.account != account:
+            raise NotFound(f"job {job_id!r} not found")
+        return record
+
+    async def wait(self, account: str, job_id: str, timeout_s: float) -> tuple[JobRecord, bool]:
+        """Waits up to ``timeout_s`` for a job to end."""
+        if timeout_s < 0:
+            raise InvalidArgument(f"timeout_s must be zero or more, got {timeout_s}")
+        record = await self.get(account, job_id)
+        job = self._live.get(job_id)
+        if job is not None and not job.final and timeout_s > 0:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(job.done.wait(), min(timeout_s, MAX_WAIT_S))
+            record = job.record
+        return record, record.status in FINAL_JOB_STATUSES
+
+    def cancel(self, job: LiveJob, reason: str = "cancelled by the user") -> None:
+        """Cancels a queued or running job."""
+        if job.final:
+            return
+        assert self.scheduler is not None
+        self.scheduler.cancel(job)
+        self.finish(job, JOB_CANCELLED, None, reason)
+
+    async def cancel_by_id(self, account: str, job_id: str) -> JobRecord:
+        record = await self.get(account, job_id)
+        job = self._live.get(job_id)
+        if job is not None:
+            self.cancel(job)
+            return job.record
+        return record
+
+    async def events(self, account: str, job_id: str, after_seq: int = 0) -> list[Event]:
+        """The job's events after ``after_seq``."""
+        await self.get(account, job_id)
+        job = self._live.get(job_id)
+        if job is not None and (not job.events or job.events[0].seq == 1):
+            return [e for e in job.events if e.seq > after_seq]
+        return await self.store.job_events(job_id, after_seq)
+
+    async def watch(
+        self, account: str, job_id: str, *, snapshot: bool, after_seq: int
+    ) -> AsyncIterator[tuple[Event | None, JobRecord]]:
+        """Yields ``(None, record)`` first when ``snapshot``, then each event after
+        ``after_seq`` until the job's end event."""
+        record = await self.get(account, job_id)
+        if after_seq < 0:
+            raise InvalidArgument(f"after_seq must be zero or more, got {after_seq}")
+        last = after_seq
+        job = self._live.get(job_id)
+        if snapshot:
+            last = max(last, record.last_seq)
+            yield None, record
+        if job is None:
+            for event in await self.store.job_events(job_id, last):
+                yield event, record
+            return
+        while True:
+            waiter = job.changed.waiter()
+            if job.events and job.events[0].seq > last + 1:
+                # Our in-memory log starts later (adopted job): read the rest from the store.
+                for event in await self.store.job_events(job_id, last):
+                    if event.seq >= job.events[0].seq:
+                        break
+                    last = event.seq
+                    yield event, job.record
+            for event in job.events[max(0, last - job.events[0].seq + 1) :] if job.events else ():
+                if event.seq > last:
+                    last = event.seq
+                    yield event, job.record
+            if job.final and last >= job.record.last_seq:
+                return
+            await waiter.wait()
+
+    async def list(self, account: str, app_name: str, status: str, limit: int) -> list[JobRecord]:
+        if not 0 <= limit <= 1000:
+            raise InvalidArgument(f"limit must be between 0 and 1000, got {limit}")
+        await self.store.drain()
+        return await self.store.list_jobs(account, app_name, status, limit or 50)
+
+    async def close(self) -> None:
+        """Fails in-flight invokes (UNAVAILABLE for their callers) and flushes records."""
+        for job in list(self._live.values()):
+            if not job.final and not job.durable:
+                job.done.set()
+        for task in list(self._evictions):
+            task.cancel()

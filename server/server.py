@@ -1,0 +1,157 @@
+"""Builds and runs the control plane: store, services, gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+from typing import IO
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from apothic._proto.v1 import app_service_pb2, function_service_pb2, worker_service_pb2
+from apothic._proto.v1 import app_service_pb2_grpc as app_grpc
+from apothic._proto.v1 import function_service_pb2_grpc as fn_grpc
+from apothic._proto.v1 import worker_service_pb2_grpc as w_grpc
+from apothic.server.auth import Accounts, AuthInterceptor
+from apothic.server.deployments import DeploymentManager
+from apothic.server.jobs import JobManager
+from apothic.server.models import JOB_FAILED
+from apothic.server.scheduler import Scheduler
+from apothic.server.servicers.apps import AppServicer
+from apothic.server.servicers.functions import FunctionServicer
+from apothic.server.servicers.workers import WorkerServicer
+from apothic.server.settings import ServerSettings
+from apothic.server.store import Store
+
+log = logging.getLogger("apothic.server")
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+SERVICE_NAMES = (
+    function_service_pb2.DESCRIPTOR.services_by_name["FunctionService"].full_name,
+    app_service_pb2.DESCRIPTOR.services_by_name["AppService"].full_name,
+    worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
+)
+
+
+class StateDirLocked(RuntimeError):
+    """Another control plane already uses this state directory."""
+
+
+class ControlPlane:
+    """A running control plane. Build one with :func:`create_server`."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.store = Store(settings.resolved_db_url())
+        self.accounts = Accounts(self.store)
+        self.jobs = JobManager(self.store)
+        self.scheduler = Scheduler(self.jobs)
+        self.deployments = DeploymentManager(self.store)
+        self.deployments.scheduler = self.scheduler
+        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+        self._lock_file: IO[str] | None = None
+
+    @property
+    def address(self) -> str:
+        """``host:port`` clients and workers dial."""
+        return f"{self.settings.host}:{self.port}"
+
+    def _lock_state_dir(self) -> None:
+        url = self.settings.resolved_db_url()
+        if not url.startswith(("surrealkv://", "rocksdb://", "file://")):
+            return
+        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        path = self.settings.state_dir / "control-plane.lock"
+        handle = open(path, "a+")  # noqa: SIM115 - held for the process's life
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise StateDirLocked(
+                f"another control plane is using {self.settings.state_dir}; stop it or pass another --state-dir"
+            ) from None
+        handle.truncate(0)
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._lock_file = handle
+
+    async def start(self) -> None:
+        """Opens the store, recovers unfinished jobs and starts serving."""
+        self._lock_state_dir()
+        await self.store.open()
+        await self.deployments.load()
+        self.scheduler.start()
+        self.deployments.start_reaper()
+        await self._recover_jobs()
+        server = grpc.aio.server(
+            interceptors=[AuthInterceptor(self.accounts)],
+            options=[
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+            ],
+        )
+        fn_grpc.add_FunctionServiceServicer_to_server(FunctionServicer(self.deployments, self.jobs), server)
+        app_grpc.add_AppServiceServicer_to_server(AppServicer(self.deployments, self.jobs), server)
+        w_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(self.scheduler, self.deployments), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        self.port = server.add_insecure_port(f"{self.settings.host}:{self.settings.grpc_port}")
+        await server.start()
+        self.server = server
+        for name in ("", *SERVICE_NAMES):
+            await self._set_health(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("control plane listening on %s (db %s)", self.address, self.store.url)
+
+    async def _set_health(self, name: str, status: int) -> None:
+        result = self.health.set(name, status)
+        if asyncio.iscoroutine(result):
+            await result
+
+    async def _recover_jobs(self) -> None:
+        for record in await self.store.unfinished_jobs():
+            try:
+                dep, spec = await self.deployments.resolve(
+                    record.account, record.app_name, record.function_name, record.deployment_id
+                )
+            except Exception as exc:
+                record.status = JOB_FAILED
+                record.reason = f"the job could not be resumed after a restart: {exc}"
+                await self.store.commit(self.store.update_job_statements(record))
+                continue
+            events = await self.store.job_events(record.job_id)
+            self.jobs.adopt(record, dep, spec, events)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Health goes NOT_SERVING, in-flight RPCs get ``grace`` seconds, writes are flushed."""
+        for name in ("", *SERVICE_NAMES):
+            with contextlib.suppress(Exception):
+                await self._set_health(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.jobs.close()
+        if self.server is not None:
+            await self.server.stop(self.settings.shutdown_grace_s if grace is None else grace)
+        await self.scheduler.stop()
+        await self.deployments.close()
+        await self.store.close()
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    async def wait(self) -> None:
+        """Waits until the gRPC server stops."""
+        if self.server is not None:
+            await self.server.wait_for_termination()
+
+
+def create_server(settings: ServerSettings) -> ControlPlane:
+    """Builds a control plane; ``await plane.start()`` runs it."""
+    return ControlPlane(settings)

@@ -1,0 +1,103 @@
+"""AppService: deploy apps and manage their deployments."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc.aio
+
+from apothic._proto.v1 import app_service_pb2 as app_pb
+from apothic._proto.v1 import app_service_pb2_grpc as app_grpc
+from apothic._proto.v1 import types_pb2 as pb
+from apothic.server.auth import current_account
+from apothic.server.deployments import DeploymentManager, validate_name
+from apothic.server.errors import NotFound
+from apothic.server.jobs import JobManager
+from apothic.server.servicers import convert
+
+
+class AppServicer(app_grpc.AppServiceServicer):
+    def __init__(self, deployments: DeploymentManager, jobs: JobManager) -> None:
+        self.deployments = deployments
+        self.jobs = jobs
+
+    async def DeployApp(self, request: app_pb.DeployAppRequest, context: grpc.aio.ServicerContext) -> app_pb.DeployAppResponse:
+        dep = await self.deployments.deploy(
+            current_account.get(),
+            request.app_name,
+            [convert.spec_from_pb(f) for f in request.functions],
+            request.source_archive,
+            ephemeral=request.ephemeral,
+        )
+        return app_pb.DeployAppResponse(deployment=convert.deployment_to_pb(dep))
+
+    async def GetDeployment(
+        self, request: app_pb.GetDeploymentRequest, context: grpc.aio.ServicerContext
+    ) -> app_pb.GetDeploymentResponse:
+        dep = await self.deployments.get(current_account.get(), request.deployment_id)
+        return app_pb.GetDeploymentResponse(deployment=convert.deployment_to_pb(dep))
+
+    async def ListDeployments(
+        self, request: app_pb.ListDeploymentsRequest, context: grpc.aio.ServicerContext
+    ) -> app_pb.ListDeploymentsResponse:
+        deps = await self.deployments.list(current_account.get(), request.app_name, request.limit)
+        return app_pb.ListDeploymentsResponse(deployments=[convert.deployment_to_pb(d) for d in deps])
+
+    async def StopDeployment(
+        self, request: app_pb.StopDeploymentRequest, context: grpc.aio.ServicerContext
+    ) -> app_pb.StopDeploymentResponse:
+        dep = await self.deployments.stop(current_account.get(), request.deployment_id)
+        return app_pb.StopDeploymentResponse(deployment=convert.deployment_to_pb(dep))
+
+    async def DeleteDeployment(
+        self, request: app_pb.DeleteDeploymentRequest, context: grpc.aio.ServicerContext
+    ) -> app_pb.DeleteDeploymentResponse:
+        await self.deployments.delete(current_account.get(), request.deployment_id)
+        return app_pb.DeleteDeploymentResponse()
+
+    async def HeartbeatDeployment(
+        self, request: app_pb.HeartbeatDeploymentRequest, context: grpc.aio.ServicerContext
+    ) -> app_pb.HeartbeatDeploymentResponse:
+        lease = await self.deployments.heartbeat(current_account.get(), request.deployment_id)
+        return app_pb.HeartbeatDeploymentResponse(lease_s=lease)
+
+    async def WatchDeployment(
+        self, request: app_pb.WatchDeploymentRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[app_pb.WatchDeploymentResponse]:
+        async for event, dep in self.deployments.watch(
+            current_account.get(), request.deployment_id, snapshot=request.snapshot
+        ):
+            yield app_pb.WatchDeploymentResponse(
+                event=pb.DeploymentEvent(
+                    deployment_id=event.object_id,
+                    seq=event.seq,
+                    time=convert.timestamp(event.time),
+                    kind=event.kind,
+                    deployment=convert.deployment_to_pb(dep),
+                )
+            )
+
+    async def ListApps(self, request: app_pb.ListAppsRequest, context: grpc.aio.ServicerContext) -> app_pb.ListAppsResponse:
+        apps = await self.deployments.list_apps(current_account.get())
+        return app_pb.ListAppsResponse(apps=[convert.app_to_pb(a, d) for a, d in apps])
+
+    async def WatchApp(
+        self, request: app_pb.WatchAppRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[app_pb.WatchAppResponse]:
+        account = current_account.get()
+        validate_name("app", request.app_name)
+        if not any(a.name == request.app_name for a, _ in await self.deployments.list_apps(account)):
+            raise NotFound(f"app {request.app_name!r} not found")
+        topic = f"{account}/{request.app_name}"
+        sub = self.jobs.app_topics.subscribe(topic)
+        try:
+            while True:
+                event = await sub.queue.get()
+                if event is None:
+                    return
+                live = self.jobs.live(event.object_id)
+                if live is None:
+                    continue
+                yield app_pb.WatchAppResponse(event=convert.job_event_to_pb(event, live.record))
+        finally:
+            self.jobs.app_topics.unsubscribe(topic, sub)

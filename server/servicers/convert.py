@@ -1,0 +1,185 @@
+"""Conversions between the control plane's records and protobuf messages."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from apothic._proto.v1 import types_pb2 as pb
+from apothic.server.errors import InvalidArgument
+from apothic.server.models import (
+    DEPLOYMENT_LIVE,
+    DEPLOYMENT_STOPPED,
+    DEPLOYMENT_SUPERSEDED,
+    JOB_CANCELLED,
+    JOB_FAILED,
+    JOB_QUEUED,
+    JOB_RUNNING,
+    JOB_SUCCEEDED,
+    JOB_TIMED_OUT,
+    AppRecord,
+    DeploymentRecord,
+    Event,
+    FunctionSpecRecord,
+    JobRecord,
+)
+
+FORMAT_NAMES = {pb.PAYLOAD_FORMAT_CLOUDPICKLE: "cloudpickle", pb.PAYLOAD_FORMAT_JSON: "json"}
+FORMAT_CODES = {v: k for k, v in FORMAT_NAMES.items()}
+JOB_STATUS_CODES = {
+    JOB_QUEUED: pb.JOB_STATUS_QUEUED,
+    JOB_RUNNING: pb.JOB_STATUS_RUNNING,
+    JOB_SUCCEEDED: pb.JOB_STATUS_SUCCEEDED,
+    JOB_FAILED: pb.JOB_STATUS_FAILED,
+    JOB_CANCELLED: pb.JOB_STATUS_CANCELLED,
+    JOB_TIMED_OUT: pb.JOB_STATUS_TIMED_OUT,
+}
+JOB_STATUS_NAMES = {v: k for k, v in JOB_STATUS_CODES.items()}
+DEPLOYMENT_STATUS_CODES = {
+    DEPLOYMENT_LIVE: pb.DEPLOYMENT_STATUS_LIVE,
+    DEPLOYMENT_SUPERSEDED: pb.DEPLOYMENT_STATUS_SUPERSEDED,
+    DEPLOYMENT_STOPPED: pb.DEPLOYMENT_STATUS_STOPPED,
+}
+LOG_STREAM_CODES = {"stdout": pb.LOG_STREAM_STDOUT, "stderr": pb.LOG_STREAM_STDERR, "system": pb.LOG_STREAM_SYSTEM}
+LOG_STREAM_NAMES = {v: k for k, v in LOG_STREAM_CODES.items()}
+
+
+def timestamp(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def payload_format(payload: pb.Payload, what: str) -> str:
+    """The format name of a payload; UNSPECIFIED means cloudpickle."""
+    if payload.format == pb.PAYLOAD_FORMAT_UNSPECIFIED:
+        return "cloudpickle"
+    name = FORMAT_NAMES.get(payload.format)
+    if name is None:
+        raise InvalidArgument(f"{what} has unknown payload format {payload.format}")
+    return name
+
+
+def result_to_pb(result: dict[str, Any] | None) -> pb.JobResult:
+    if not result:
+        return pb.JobResult()
+    if "error" in result:
+        e = result["error"]
+        return pb.JobResult(
+            error=pb.RemoteError(type=e["type"], message=e["message"], traceback=e["traceback"], pickled=e["pickled"])
+        )
+    return pb.JobResult(value=pb.Payload(format=FORMAT_CODES[result["format"]], data=result["data"]))
+
+
+def result_from_pb(result: pb.JobResult) -> dict[str, Any] | None:
+    which = result.WhichOneof("outcome")
+    if which == "value":
+        return {"format": FORMAT_NAMES.get(result.value.format, "cloudpickle"), "data": result.value.data}
+    if which == "error":
+        e = result.error
+        return {"error": {"type": e.type, "message": e.message, "traceback": e.traceback, "pickled": e.pickled}}
+    return None
+
+
+def job_to_pb(job: JobRecord) -> pb.Job:
+    return pb.Job(
+        job_id=job.job_id,
+        app_name=job.app_name,
+        function_name=job.function_name,
+        deployment_id=job.deployment_id,
+        status=JOB_STATUS_CODES[job.status],
+        attempt=job.attempt,
+        reason=job.reason,
+        created_at=timestamp(job.created_at),
+        started_at=timestamp(job.started_at),
+        ended_at=timestamp(job.ended_at),
+        result=result_to_pb(job.result),
+    )
+
+
+def job_event_to_pb(event: Event | None, job: JobRecord) -> pb.JobEvent:
+    """A job event; ``None`` stands for a snapshot of ``job``."""
+    if event is None:
+        return pb.JobEvent(
+            job_id=job.job_id,
+            seq=job.last_seq,
+            app_name=job.app_name,
+            function_name=job.function_name,
+            snapshot=pb.JobSnapshot(job=job_to_pb(job)),
+        )
+    msg = pb.JobEvent(
+        job_id=event.object_id,
+        seq=event.seq,
+        time=timestamp(event.time),
+        app_name=job.app_name,
+        function_name=job.function_name,
+    )
+    d = event.data
+    if event.kind == "job.queued":
+        msg.queued.SetInParent()
+    elif event.kind == "job.running":
+        msg.running.CopyFrom(pb.JobRunning(attempt=d["attempt"], worker_id=d["worker_id"], container_id=d["container_id"]))
+    elif event.kind == "job.log":
+        msg.log.CopyFrom(pb.JobLog(stream=LOG_STREAM_CODES.get(d["stream"], pb.LOG_STREAM_STDOUT), data=d["data"]))
+    elif event.kind == "job.result":
+        msg.result.CopyFrom(result_to_pb(d))
+    elif event.kind == "job.end":
+        msg.end.CopyFrom(pb.JobEnd(status=JOB_STATUS_CODES[d["status"]], reason=d.get("reason", "")))
+    return msg
+
+
+def spec_from_pb(spec: pb.FunctionSpec) -> FunctionSpecRecord:
+    return FunctionSpecRecord(
+        name=spec.name,
+        module=spec.module,
+        qualname=spec.qualname,
+        pickled_function=spec.pickled_function,
+        timeout_s=spec.timeout_s,
+        startup_timeout_s=spec.startup_timeout_s or 60.0,
+        max_containers=spec.max_containers,
+        scaledown_window_s=spec.scaledown_window_s or 60.0,
+        options_json=spec.options_json,
+    )
+
+
+def spec_to_pb(spec: FunctionSpecRecord) -> pb.FunctionSpec:
+    return pb.FunctionSpec(
+        name=spec.name,
+        module=spec.module,
+        qualname=spec.qualname,
+        pickled_function=spec.pickled_function,
+        timeout_s=spec.timeout_s,
+        startup_timeout_s=spec.startup_timeout_s,
+        max_containers=spec.max_containers,
+        scaledown_window_s=spec.scaledown_window_s,
+        options_json=spec.options_json,
+    )
+
+
+def deployment_to_pb(dep: DeploymentRecord) -> pb.Deployment:
+    return pb.Deployment(
+        deployment_id=dep.deployment_id,
+        app_name=dep.app_name,
+        version=dep.version,
+        status=DEPLOYMENT_STATUS_CODES[dep.status],
+        ephemeral=dep.ephemeral,
+        functions=[spec_to_pb(f) for f in dep.functions],
+        created_at=timestamp(dep.created_at),
+        updated_at=timestamp(dep.updated_at),
+        archive_sha256=dep.archive_sha256,
+    )
+
+
+def app_to_pb(app: AppRecord, dep: DeploymentRecord | None) -> pb.App:
+    return pb.App(
+        name=app.name,
+        live_deployment_id=app.live_deployment,
+        version=app.version,
+        status=DEPLOYMENT_STATUS_CODES[dep.status] if dep else pb.DEPLOYMENT_STATUS_STOPPED,
+        function_names=[f.name for f in dep.functions] if dep else [],
+        updated_at=timestamp(app.updated_at),
+    )

@@ -1,0 +1,144 @@
+"""WorkerService: one bidirectional session per worker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import grpc.aio
+
+from apothic._proto.v1 import types_pb2 as pb
+from apothic._proto.v1 import worker_service_pb2 as w_pb
+from apothic._proto.v1 import worker_service_pb2_grpc as w_grpc
+from apothic.server import ids
+from apothic.server.deployments import DeploymentManager
+from apothic.server.errors import InvalidArgument
+from apothic.server.scheduler import (
+    CancelInput,
+    Command,
+    RunInput,
+    Scheduler,
+    StartContainer,
+    StopContainer,
+    WorkerHandle,
+)
+from apothic.server.servicers import convert
+
+log = logging.getLogger("apothic.server.workers")
+
+HEARTBEAT_INTERVAL_S = 5.0
+
+
+def _offer_dict(offer: pb.Offer) -> dict[str, object]:
+    return {
+        "cpu_cores": offer.cpu_cores,
+        "memory_mb": offer.memory_mb,
+        "disk_mb": offer.disk_mb,
+        "gpus": [{"name": g.name, "count": g.count, "vram_mb": g.vram_mb} for g in offer.gpus],
+        "arch": offer.arch,
+        "region": offer.region,
+        "cost_per_hour": offer.cost_per_hour,
+        "verified": offer.verified,
+        "labels": dict(offer.labels),
+        "hostname": offer.hostname,
+    }
+
+
+class WorkerServicer(w_grpc.WorkerServiceServicer):
+    def __init__(self, scheduler: Scheduler, deployments: DeploymentManager) -> None:
+        self.scheduler = scheduler
+        self.deployments = deployments
+
+    async def _message(self, cmd: Command) -> w_pb.SessionResponse:
+        if isinstance(cmd, RunInput):
+            return w_pb.SessionResponse(
+                run_input=w_pb.RunInput(
+                    container_id=cmd.container_id,
+                    job_id=cmd.job_id,
+                    attempt=cmd.attempt,
+                    args=pb.Payload(format=convert.FORMAT_CODES[cmd.args_format], data=cmd.args),
+                    result_format=convert.FORMAT_CODES[cmd.result_format],
+                    timeout_s=cmd.timeout_s,
+                )
+            )
+        if isinstance(cmd, StartContainer):
+            return w_pb.SessionResponse(
+                start_container=w_pb.StartContainer(
+                    container_id=cmd.container_id,
+                    deployment_id=cmd.deployment_id,
+                    app_name=cmd.app_name,
+                    function=convert.spec_to_pb(cmd.spec),
+                    source_archive=await self.deployments.archive(cmd.archive_sha256),
+                    archive_sha256=cmd.archive_sha256,
+                )
+            )
+        if isinstance(cmd, StopContainer):
+            return w_pb.SessionResponse(
+                stop_container=w_pb.StopContainer(container_id=cmd.container_id, reason=cmd.reason)
+            )
+        if isinstance(cmd, CancelInput):
+            return w_pb.SessionResponse(cancel_input=w_pb.CancelInput(job_id=cmd.job_id, container_id=cmd.container_id))
+        raise TypeError(f"unknown command {cmd!r}")
+
+    def _handle(self, msg: w_pb.SessionRequest) -> None:
+        which = msg.WhichOneof("message")
+        sched = self.scheduler
+        if which == "input_result":
+            r = msg.input_result
+            sched.input_finished(
+                r.container_id,
+                r.job_id,
+                r.attempt,
+                convert.JOB_STATUS_NAMES.get(r.status, "failed"),
+                convert.result_from_pb(r.result),
+                r.reason,
+            )
+        elif which == "input_log":
+            lg = msg.input_log
+            sched.input_log(lg.job_id, lg.attempt, convert.LOG_STREAM_NAMES.get(lg.stream, "stdout"), lg.data)
+        elif which == "container_ready":
+            sched.container_ready(msg.container_ready.container_id)
+        elif which == "container_exited":
+            ex = msg.container_exited
+            sched.container_exited(ex.container_id, ex.reason, startup_failed=ex.startup_failed)
+
+    async def _read(self, requests: AsyncIterator[w_pb.SessionRequest], worker: WorkerHandle) -> None:
+        try:
+            async for msg in requests:
+                self._handle(msg)
+        except (asyncio.CancelledError, grpc.aio.AioRpcError):
+            pass
+        except Exception:
+            log.exception("worker %s: session reader failed", worker.worker_id)
+        finally:
+            worker.outbox.put_nowait(None)  # type: ignore[arg-type]
+
+    async def Session(
+        self, request_iterator: AsyncIterator[w_pb.SessionRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[w_pb.SessionResponse]:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("message") != "hello":
+            raise InvalidArgument("a worker session must start with a hello message")
+        hello = first.hello
+        if not hello.worker_id:
+            raise InvalidArgument("the worker hello must carry a worker_id")
+        worker = self.scheduler.worker_connected(hello.worker_id, _offer_dict(hello.offer))
+        log.info("worker %s connected (%s cores)", hello.worker_id, hello.offer.cpu_cores)
+        yield w_pb.SessionResponse(
+            welcome=w_pb.SessionWelcome(session_id=ids.new_id("sessions"), heartbeat_interval_s=HEARTBEAT_INTERVAL_S)
+        )
+        reader = asyncio.create_task(self._read(request_iterator, worker))
+        try:
+            while True:
+                cmd = await worker.outbox.get()
+                if cmd is None:
+                    break
+                yield await self._message(cmd)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            log.info("worker %s disconnected", worker.worker_id)
+            self.scheduler.worker_lost(worker, "its session ended")

@@ -1,0 +1,32 @@
+"""Control-plane settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """How a control plane runs.
+
+    Attributes:
+        db_url: SurrealDB URL (``mem://``, ``surrealkv://PATH``, ``ws://…``). Empty means
+            ``surrealkv://`` under ``state_dir``.
+        state_dir: directory for the embedded database and the lock file.
+        host: address to listen on.
+        grpc_port: gRPC port; 0 picks a free one.
+        shutdown_grace_s: seconds in-flight RPCs get on shutdown.
+    """
+
+    db_url: str = ""
+    state_dir: Path = field(default_factory=lambda: Path.home() / ".apothic")
+    host: str = "127.0.0.1"
+    grpc_port: int = 50051
+    shutdown_grace_s: float = 5.0
+
+    def resolved_db_url(self) -> str:
+        """The database URL, defaulting to an embedded store under the state directory."""
+        if self.db_url:
+            return self.db_url
+        return f"surrealkv://{(self.state_dir / 'db').resolve()}"

@@ -1,0 +1,479 @@
+"""The Store: every SurrealQL query the control plane runs lives here.
+
+Writes go through one group-commit writer: statements queued by concurrent callers are
+flushed together in one transaction. ``commit`` waits until the caller's statements are
+durable; ``write_behind`` queues them and returns at once (hot paths whose caller's
+acknowledgement is something else, such as a result already delivered).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from surrealdb import AsyncSurreal, RecordID
+
+from apothic.server.models import (
+    DEPLOYMENT_LIVE,
+    DEPLOYMENT_STOPPED,
+    DEPLOYMENT_SUPERSEDED,
+    FINAL_JOB_STATUSES,
+    AppRecord,
+    DeploymentRecord,
+    Event,
+    FunctionSpecRecord,
+    JobRecord,
+)
+
+log = logging.getLogger("apothic.server.store")
+
+SCHEMA_PATH = Path(__file__).with_name("schema.surql")
+NAMESPACE = "apothic"
+DATABASE = "main"
+MAX_BATCH = 512
+_VAR_RE = re.compile(r"\$([A-Za-z_]\w*)")
+
+Statement = tuple[str, dict[str, Any]]
+
+
+def _key(object_id: str) -> str:
+    return object_id.partition(":")[2]
+
+
+def _rid(table: str, object_id: str) -> RecordID:
+    return RecordID(table, _key(object_id))
+
+
+class _GroupCommitter:
+    """Flushes queued statements in shared transactions, in the order they were queued."""
+
+    def __init__(self, db: Any) -> None:
+        self._db = db
+        self._pending: list[tuple[list[Statement], asyncio.Future[None] | None]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="apothic-group-commit")
+
+    async def stop(self) -> None:
+        await self.drain()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def drain(self) -> None:
+        """Waits until everything queued so far is flushed."""
+        while self._pending or not self._idle.is_set():
+            await self._idle.wait()
+            await asyncio.sleep(0)
+
+    def submit(self, statements: list[Statement], future: asyncio.Future[None] | None) -> None:
+        self._pending.append((statements, future))
+        self._idle.clear()
+        self._wake.set()
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._pending:
+                    batch: list[tuple[list[Statement], asyncio.Future[None] | None]] = []
+                    count = 0
+                    while self._pending and (count < MAX_BATCH or not batch):
+                        item = self._pending.pop(0)
+                        batch.append(item)
+                        count += len(item[0])
+                    await self._flush(batch)
+                self._idle.set()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # pragma: no cover - a bug here must be loud
+            log.exception("group committer died")
+            raise
+
+    async def _flush(self, batch: list[tuple[list[Statement], asyncio.Future[None] | None]]) -> None:
+        parts: list[str] = []
+        params: dict[str, Any] = {}
+        index = 0
+        for statements, _ in batch:
+            for sql, vars_ in statements:
+                prefix = f"s{index}_"
+                parts.append(_VAR_RE.sub(lambda m, p=prefix: f"${p}{m.group(1)}", sql))
+                params.update({prefix + k: v for k, v in vars_.items()})
+                index += 1
+        try:
+            await self._db.query("BEGIN TRANSACTION;\n" + ";\n".join(parts) + ";\nCOMMIT TRANSACTION;", params)
+        except Exception:
+            if len(batch) == 1:
+                self._settle(batch[0][1], *self._error())
+                return
+            # One bad group must not fail its neighbours: retry each on its own.
+            for statements, future in batch:
+                try:
+                    await self._flush_one(statements)
+                    self._settle(future, None)
+                except Exception as exc:
+                    self._settle(future, exc)
+            return
+        for _, future in batch:
+            self._settle(future, None)
+
+    async def _flush_one(self, statements: list[Statement]) -> None:
+        await self._flush_direct(self._db, statements)
+
+    @staticmethod
+    async def _flush_direct(db: Any, statements: list[Statement]) -> None:
+        parts, params = [], {}
+        for index, (sql, vars_) in enumerate(statements):
+            prefix = f"s{index}_"
+            parts.append(_VAR_RE.sub(lambda m, p=prefix: f"${p}{m.group(1)}", sql))
+            params.update({prefix + k: v for k, v in vars_.items()})
+        await db.query("BEGIN TRANSACTION;\n" + ";\n".join(parts) + ";\nCOMMIT TRANSACTION;", params)
+
+    @staticmethod
+    def _error() -> tuple[BaseException | None]:
+        import sys
+
+        return (sys.exc_info()[1],)
+
+    @staticmethod
+    def _settle(future: asyncio.Future[None] | None, exc: BaseException | None) -> None:
+        if future is None:
+            if exc is not None:
+                log.error("write-behind failed: %s", exc)
+            return
+        if future.done():
+            return
+        if exc is None:
+            future.set_result(None)
+        else:
+            future.set_exception(exc)
+
+
+def _spec_to_doc(spec: FunctionSpecRecord) -> dict[str, Any]:
+    return asdict(spec)
+
+
+def _spec_from_doc(doc: dict[str, Any]) -> FunctionSpecRecord:
+    return FunctionSpecRecord(**{k: doc[k] for k in FunctionSpecRecord.__dataclass_fields__})
+
+
+def _deployment_from_doc(doc: dict[str, Any]) -> DeploymentRecord:
+    return DeploymentRecord(
+        deployment_id=f"deployments:{doc['id'].id}",
+        account=doc["account"],
+        app_name=doc["app_name"],
+        version=doc["version"],
+        status=doc["status"],
+        ephemeral=doc["ephemeral"],
+        functions=[_spec_from_doc(f) for f in doc["functions"]],
+        archive_sha256=doc["archive_sha256"],
+        created_at=doc["created_at"],
+        updated_at=doc["updated_at"],
+        expires_at=doc.get("expires_at"),
+        last_seq=doc.get("last_seq", 0),
+    )
+
+
+def _job_doc(job: JobRecord) -> dict[str, Any]:
+    doc = asdict(job)
+    doc.pop("job_id")
+    doc["deployment"] = doc.pop("deployment_id")
+    return {k: v for k, v in doc.items() if v is not None}
+
+
+def _job_from_doc(doc: dict[str, Any]) -> JobRecord:
+    return JobRecord(
+        job_id=f"jobs:{doc['id'].id}",
+        account=doc["account"],
+        app_name=doc["app_name"],
+        function_name=doc["function_name"],
+        deployment_id=doc["deployment"],
+        status=doc["status"],
+        attempt=doc["attempt"],
+        reason=doc["reason"],
+        args_format=doc["args_format"],
+        args=doc["args"],
+        result_format=doc["result_format"],
+        result=doc.get("result"),
+        created_at=doc["created_at"],
+        started_at=doc.get("started_at"),
+        ended_at=doc.get("ended_at"),
+        last_seq=doc.get("last_seq", 0),
+    )
+
+
+class Store:
+    """The control plane's state in SurrealDB.
+
+    Args:
+        url: ``mem://``, ``surrealkv:///abs/path`` or ``ws://host:port``.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._db: Any = None
+        self._committer: _GroupCommitter | None = None
+
+    async def open(self) -> None:
+        """Connects, selects the namespace and applies the schema."""
+        self._db = AsyncSurreal(self.url)
+        if hasattr(self._db, "connect"):
+            await self._db.connect()
+        await self._db.use(NAMESPACE, DATABASE)
+        await self._db.query(SCHEMA_PATH.read_text())
+        self._committer = _GroupCommitter(self._db)
+        self._committer.start()
+
+    async def close(self) -> None:
+        """Flushes pending writes and disconnects."""
+        if self._committer is not None:
+            await self._committer.stop()
+        if self._db is not None:
+            with contextlib.suppress(Exception):
+                await self._db.close()
+
+    async def _q(self, sql: str, params: dict[str, Any] | None = None) -> Any:
+        return await self._db.query(sql, params or {})
+
+    async def commit(self, statements: list[Statement]) -> None:
+        """Queues statements and waits until they are durable."""
+        assert self._committer is not None
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._committer.submit(statements, future)
+        await future
+
+    def write_behind(self, statements: list[Statement]) -> None:
+        """Queues statements to commit soon; errors are logged."""
+        assert self._committer is not None
+        self._committer.submit(statements, None)
+
+    async def drain(self) -> None:
+        """Waits until all queued writes are flushed."""
+        if self._committer is not None:
+            await self._committer.drain()
+
+    # -- accounts and keys -----------------------------------------------------------
+
+    async def create_account(self, account_id: str, name: str, now: datetime) -> None:
+        await self.commit(
+            [("CREATE $id CONTENT $doc RETURN NONE", {"id": _rid("account", account_id), "doc": {"name": name, "created_at": now}})]
+        )
+
+    async def find_account(self, name: str) -> str | None:
+        rows = await self._q("SELECT id FROM account WHERE name = $name LIMIT 1", {"name": name})
+        return f"accounts:{rows[0]['id'].id}" if rows else None
+
+    async def create_api_key(self, key_id: str, account_id: str, salt: str, digest: str, now: datetime) -> None:
+        doc = {"account": account_id, "salt": salt, "hash": digest, "created_at": now, "revoked": False}
+        await self.commit([("CREATE $id CONTENT $doc RETURN NONE", {"id": RecordID("api_key", key_id), "doc": doc})])
+
+    async def get_api_key(self, key_id: str) -> dict[str, Any] | None:
+        row = await self._q("SELECT * FROM ONLY $id", {"id": RecordID("api_key", key_id)})
+        return row or None
+
+    # -- archives, apps and deployments -------------------------------------------------
+
+    async def get_archive(self, sha256: str) -> bytes | None:
+        row = await self._q("SELECT data FROM ONLY $id", {"id": RecordID("archive", sha256)})
+        return row["data"] if row else None
+
+    def deployment_event_statement(self, account: str, event: Event) -> Statement:
+        """The statement that appends a deployment event and bumps the deployment's seq."""
+        return (
+            "CREATE $id CONTENT $doc RETURN NONE; UPDATE $dep SET last_seq = $seq RETURN NONE",
+            {
+                "id": RecordID("deployment_event", [_key(event.object_id), event.seq]),
+                "doc": {"account": account, "deployment": event.object_id, "seq": event.seq, "time": event.time, "kind": event.kind},
+                "dep": _rid("deployment", event.object_id),
+                "seq": event.seq,
+            },
+        )
+
+    async def save_deployment(
+        self,
+        dep: DeploymentRecord,
+        archive: bytes,
+        superseded: list[tuple[DeploymentRecord, Event]],
+        created: Event,
+    ) -> None:
+        """Stores a new live deployment, its archive, its app and what it supersedes, in one
+        transaction."""
+        doc = asdict(dep)
+        for k in ("deployment_id", "expires_at"):
+            doc.pop(k)
+        doc["functions"] = [_spec_to_doc(f) for f in dep.functions]
+        if dep.expires_at is not None:
+            doc["expires_at"] = dep.expires_at
+        stmts: list[Statement] = [
+            (
+                "IF record::exists($aid) == false { CREATE $aid CONTENT $adoc RETURN NONE }",
+                {"aid": RecordID("archive", dep.archive_sha256), "adoc": {"data": archive, "created_at": dep.created_at}},
+            ),
+            ("CREATE $id CONTENT $doc RETURN NONE", {"id": _rid("deployment", dep.deployment_id), "doc": doc}),
+            (
+                "UPSERT $app CONTENT $adoc RETURN NONE",
+                {
+                    "app": RecordID("app", [dep.account, dep.app_name]),
+                    "adoc": {
+                        "account": dep.account,
+                        "name": dep.app_name,
+                        "live_deployment": dep.deployment_id,
+                        "version": dep.version,
+                        "updated_at": dep.updated_at,
+                    },
+                },
+            ),
+            self.deployment_event_statement(dep.account, created),
+        ]
+        for old, event in superseded:
+            stmts.append(
+                (
+                    "UPDATE $id SET status = $status, updated_at = $now RETURN NONE",
+                    {"id": _rid("deployment", old.deployment_id), "status": old.status, "now": old.updated_at},
+                )
+            )
+            stmts.append(self.deployment_event_statement(old.account, event))
+        await self.commit(stmts)
+
+    async def set_deployment_status(self, dep: DeploymentRecord, event: Event) -> None:
+        """Updates a deployment's status and appends its event."""
+        await self.commit(
+            [
+                (
+                    "UPDATE $id SET status = $status, updated_at = $now RETURN NONE",
+                    {"id": _rid("deployment", dep.deployment_id), "status": dep.status, "now": dep.updated_at},
+                ),
+                self.deployment_event_statement(dep.account, event),
+            ]
+        )
+
+    async def set_deployment_expiry(self, deployment_id: str, expires_at: datetime) -> None:
+        self.write_behind(
+            [("UPDATE $id SET expires_at = $at RETURN NONE", {"id": _rid("deployment", deployment_id), "at": expires_at})]
+        )
+
+    async def delete_deployment(self, dep: DeploymentRecord) -> None:
+        """Deletes a deployment, its events, and its app row when it was the live one."""
+        await self.commit(
+            [
+                ("DELETE $id RETURN NONE", {"id": _rid("deployment", dep.deployment_id)}),
+                ("DELETE deployment_event WHERE deployment = $dep RETURN NONE", {"dep": dep.deployment_id}),
+                (
+                    "DELETE app WHERE account = $acct AND name = $name AND live_deployment = $dep RETURN NONE",
+                    {"acct": dep.account, "name": dep.app_name, "dep": dep.deployment_id},
+                ),
+            ]
+        )
+
+    async def get_deployment(self, deployment_id: str) -> DeploymentRecord | None:
+        row = await self._q("SELECT * FROM ONLY $id", {"id": _rid("deployment", deployment_id)})
+        return _deployment_from_doc(row) if row else None
+
+    async def list_deployments(self, account: str, app_name: str, limit: int) -> list[DeploymentRecord]:
+        where = "account = $acct" + (" AND app_name = $app" if app_name else "")
+        rows = await self._q(
+            f"SELECT * FROM deployment WHERE {where} ORDER BY created_at DESC LIMIT $limit",
+            {"acct": account, "app": app_name, "limit": limit},
+        )
+        return [_deployment_from_doc(r) for r in rows]
+
+    async def live_deployments(self) -> list[DeploymentRecord]:
+        """Every live deployment of every account (loaded at start)."""
+        rows = await self._q("SELECT * FROM deployment WHERE status = $s", {"s": DEPLOYMENT_LIVE})
+        return [_deployment_from_doc(r) for r in rows]
+
+    async def list_apps(self, account: str) -> list[AppRecord]:
+        rows = await self._q("SELECT * FROM app WHERE account = $acct ORDER BY name", {"acct": account})
+        return [
+            AppRecord(
+                account=r["account"],
+                name=r["name"],
+                live_deployment=r["live_deployment"],
+                version=r["version"],
+                updated_at=r["updated_at"],
+            )
+            for r in rows
+        ]
+
+    async def deployment_events(self, deployment_id: str, after_seq: int) -> list[Event]:
+        rows = await self._q(
+            "SELECT * FROM deployment_event WHERE deployment = $dep AND seq > $after ORDER BY seq",
+            {"dep": deployment_id, "after": after_seq},
+        )
+        return [Event(deployment_id, r["seq"], r["time"], r["kind"]) for r in rows]
+
+    # -- jobs ------------------------------------------------------------------------
+
+    def create_job_statements(self, job: JobRecord) -> list[Statement]:
+        """Statements that create a job record."""
+        return [("CREATE $id CONTENT $doc RETURN NONE", {"id": _rid("job", job.job_id), "doc": _job_doc(job)})]
+
+    def update_job_statements(self, job: JobRecord) -> list[Statement]:
+        """Statements that write a job's current state over its record."""
+        return [("UPSERT $id CONTENT $doc RETURN NONE", {"id": _rid("job", job.job_id), "doc": _job_doc(job)})]
+
+    def job_event_statements(self, account: str, events: list[Event]) -> list[Statement]:
+        """Statements that append job events; a repeated seq fails the write."""
+        return [
+            (
+                "CREATE $id CONTENT $doc RETURN NONE",
+                {
+                    "id": RecordID("job_event", [_key(e.object_id), e.seq]),
+                    "doc": {"account": account, "seq": e.seq, "time": e.time, "kind": e.kind, "data": e.data},
+                },
+            )
+            for e in events
+        ]
+
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        row = await self._q("SELECT * FROM ONLY $id", {"id": _rid("job", job_id)})
+        return _job_from_doc(row) if row else None
+
+    async def list_jobs(self, account: str, app_name: str, status: str, limit: int) -> list[JobRecord]:
+        where = ["account = $acct"]
+        if app_name:
+            where.append("app_name = $app")
+        if status:
+            where.append("status = $status")
+        rows = await self._q(
+            f"SELECT * FROM job WHERE {' AND '.join(where)} ORDER BY created_at DESC LIMIT $limit",
+            {"acct": account, "app": app_name, "status": status, "limit": limit},
+        )
+        return [_job_from_doc(r) for r in rows]
+
+    async def job_events(self, job_id: str, after_seq: int = 0) -> list[Event]:
+        key = _key(job_id)
+        rows = await self._q(
+            "SELECT * FROM job_event:[$k, $lo]..=[$k, $hi]",
+            {"k": key, "lo": after_seq + 1, "hi": 2**62},
+        )
+        return [Event(job_id, r["seq"], r["time"], r["kind"], r.get("data") or {}) for r in rows]
+
+    async def unfinished_jobs(self) -> list[JobRecord]:
+        """Jobs not yet in a final state (re-queued after a restart)."""
+        rows = await self._q(
+            "SELECT * FROM job WHERE status NOT IN $final ORDER BY created_at", {"final": sorted(FINAL_JOB_STATUSES)}
+        )
+        return [_job_from_doc(r) for r in rows]
+
+    async def stopped_expired_deployments(self, now: datetime) -> list[DeploymentRecord]:
+        rows = await self._q(
+            "SELECT * FROM deployment WHERE status = $live AND ephemeral = true AND expires_at < $now",
+            {"live": DEPLOYMENT_LIVE, "now": now},
+        )
+        return [_deployment_from_doc(r) for r in rows]
+
+
+__all__ = ["DEPLOYMENT_STOPPED", "DEPLOYMENT_SUPERSEDED", "Store"]

@@ -1,0 +1,1 @@
+"""The Apothic worker (``apothic.worker``): dials the control plane, runs containers."""

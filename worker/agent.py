@@ -1,0 +1,231 @@
+"""The worker agent: one session to the control plane, reconnecting with backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator
+
+import grpc
+import grpc.aio
+
+from apothic._proto.v1 import types_pb2 as pb
+from apothic._proto.v1 import worker_service_pb2 as w_pb
+from apothic._proto.v1 import worker_service_pb2_grpc as w_grpc
+from apothic.worker import offer as offer_mod
+from apothic.worker.containers import (
+    ContainerManager,
+    ContainerSpec,
+    Exited,
+    Log,
+    Ready,
+    Report,
+    Result,
+)
+from apothic.worker.settings import WorkerSettings
+
+log = logging.getLogger("apothic.worker")
+
+_FORMATS = {pb.PAYLOAD_FORMAT_CLOUDPICKLE: "cloudpickle", pb.PAYLOAD_FORMAT_JSON: "json"}
+_FORMAT_CODES = {v: k for k, v in _FORMATS.items()}
+_STATUS_CODES = {
+    "succeeded": pb.JOB_STATUS_SUCCEEDED,
+    "failed": pb.JOB_STATUS_FAILED,
+    "timed_out": pb.JOB_STATUS_TIMED_OUT,
+    "cancelled": pb.JOB_STATUS_CANCELLED,
+}
+_STREAM_CODES = {"stdout": pb.LOG_STREAM_STDOUT, "stderr": pb.LOG_STREAM_STDERR, "system": pb.LOG_STREAM_SYSTEM}
+_CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+def _to_message(report: Report) -> w_pb.SessionRequest:
+    if isinstance(report, Log):
+        return w_pb.SessionRequest(
+            input_log=w_pb.InputLog(
+                job_id=report.job_id, attempt=report.attempt, stream=_STREAM_CODES[report.stream], data=report.data
+            )
+        )
+    if isinstance(report, Result):
+        if report.error is not None:
+            etype, emsg, etb, epk = report.error
+            result = pb.JobResult(error=pb.RemoteError(type=etype, message=emsg, traceback=etb, pickled=epk))
+        elif report.status == "succeeded":
+            result = pb.JobResult(value=pb.Payload(format=_FORMAT_CODES[report.value_format], data=report.value))
+        else:
+            result = pb.JobResult()
+        return w_pb.SessionRequest(
+            input_result=w_pb.InputResult(
+                job_id=report.job_id,
+                attempt=report.attempt,
+                container_id=report.container_id,
+                status=_STATUS_CODES[report.status],
+                result=result,
+                reason=report.reason,
+            )
+        )
+    if isinstance(report, Ready):
+        return w_pb.SessionRequest(container_ready=w_pb.ContainerReady(container_id=report.container_id))
+    assert isinstance(report, Exited)
+    return w_pb.SessionRequest(
+        container_exited=w_pb.ContainerExited(
+            container_id=report.container_id,
+            exit_code=report.exit_code,
+            reason=report.reason,
+            startup_failed=report.startup_failed,
+        )
+    )
+
+
+class Worker:
+    """Runs containers for one control plane. ``await worker.run()`` until ``stop()``."""
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        env = {
+            k: v
+            for k, v in __import__("os").environ.items()
+            if not k.startswith("APOTHIC_") or k in ("APOTHIC_HOME",)
+        }
+        env["APOTHIC_BASE_URL"] = settings.base_url
+        env["APOTHIC_API_KEY"] = settings.api_key
+        self.containers = ContainerManager(settings.state_dir, self._report, env, settings.stop_grace_s)
+        self._outbox: asyncio.Queue[w_pb.SessionRequest | None] | None = None
+        self._stopping = asyncio.Event()
+        self.connected = asyncio.Event()
+        self.sessions = 0
+
+    def _report(self, report: Report) -> None:
+        if self._outbox is not None:
+            self._outbox.put_nowait(_to_message(report))
+
+    async def run(self) -> None:
+        """Holds a session, reconnecting with backoff, until :meth:`stop`."""
+        backoff = 0.1
+        offer = offer_mod.detect(self.settings.state_dir, self.settings.labels)
+        while not self._stopping.is_set():
+            try:
+                await self._session(offer)
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as err:
+                if err.code() == grpc.StatusCode.UNAUTHENTICATED:
+                    log.error("worker: the control plane rejected the API key: %s", err.details())
+                else:
+                    log.info("worker: session ended (%s); reconnecting", err.code().name)
+            except Exception:
+                log.exception("worker: session failed; reconnecting")
+            finally:
+                self.connected.clear()
+                self._outbox = None
+                await self.containers.stop_all("the worker lost its control-plane session")
+            if self._stopping.is_set():
+                break
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), backoff * (1 + random.random() / 2))
+            backoff = min(backoff * 2, self.settings.max_backoff_s)
+
+    async def stop(self) -> None:
+        """Ends the session and stops every container."""
+        self._stopping.set()
+        if self._outbox is not None:
+            self._outbox.put_nowait(None)
+
+    async def _outgoing(self, hello: w_pb.SessionRequest) -> AsyncIterator[w_pb.SessionRequest]:
+        assert self._outbox is not None
+        outbox = self._outbox
+        yield hello
+        while True:
+            msg = await outbox.get()
+            if msg is None:
+                return
+            yield msg
+
+    async def _heartbeat(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            if self._outbox is not None:
+                self._outbox.put_nowait(
+                    w_pb.SessionRequest(heartbeat=w_pb.WorkerHeartbeat(running_containers=len(self.containers.containers)))
+                )
+
+    async def _session(self, offer: offer_mod.Offer) -> None:
+        s = self.settings
+        hello = w_pb.SessionRequest(
+            hello=w_pb.WorkerHello(
+                worker_id=s.worker_id,
+                version="0.1.0",
+                offer=pb.Offer(
+                    cpu_cores=offer.cpu_cores,
+                    memory_mb=offer.memory_mb,
+                    disk_mb=offer.disk_mb,
+                    gpus=[pb.Gpu(name=g.name, count=g.count, vram_mb=g.vram_mb) for g in offer.gpus],
+                    arch=offer.arch,
+                    hostname=offer.hostname,
+                    labels=offer.labels,
+                ),
+            )
+        )
+        self._outbox = asyncio.Queue()
+        async with grpc.aio.insecure_channel(s.base_url, options=_CHANNEL_OPTIONS) as channel:
+            stub = w_grpc.WorkerServiceStub(channel)
+            call = stub.Session(self._outgoing(hello), metadata=(("authorization", f"Bearer {s.api_key}"),))
+            heartbeat: asyncio.Task[None] | None = None
+            tasks: set[asyncio.Task[None]] = set()
+            try:
+                async for msg in call:
+                    which = msg.WhichOneof("message")
+                    if which == "run_input":
+                        r = msg.run_input
+                        self.containers.run(
+                            r.container_id,
+                            r.job_id,
+                            r.attempt,
+                            _FORMATS.get(r.args.format, "cloudpickle"),
+                            r.args.data,
+                            _FORMATS.get(r.result_format, "cloudpickle"),
+                            r.timeout_s,
+                        )
+                    elif which == "start_container":
+                        sc = msg.start_container
+                        spec = ContainerSpec(
+                            container_id=sc.container_id,
+                            deployment_id=sc.deployment_id,
+                            function_name=sc.function.name,
+                            module=sc.function.module,
+                            qualname=sc.function.qualname,
+                            pickled_function=sc.function.pickled_function,
+                            archive=sc.source_archive,
+                            archive_sha256=sc.archive_sha256,
+                            startup_timeout_s=sc.function.startup_timeout_s or 60.0,
+                        )
+                        task = asyncio.create_task(self.containers.start(spec))
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
+                    elif which == "stop_container":
+                        task = asyncio.create_task(
+                            self.containers.stop(msg.stop_container.container_id, msg.stop_container.reason)
+                        )
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
+                    elif which == "cancel_input":
+                        self.containers.cancel(msg.cancel_input.container_id, msg.cancel_input.job_id)
+                    elif which == "welcome":
+                        self.sessions += 1
+                        self.connected.set()
+                        log.info("worker %s: session open to %s", s.worker_id, s.base_url)
+                        heartbeat = asyncio.create_task(self._heartbeat(msg.welcome.heartbeat_interval_s or 5.0))
+            finally:
+                if heartbeat is not None:
+                    heartbeat.cancel()
+                for task in tasks:
+                    task.cancel()
+                call.cancel()

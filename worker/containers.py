@@ -1,0 +1,328 @@
+"""Containers on this worker: the process executor.
+
+Each container is one Python process (``python -m apothic._container``) that imports one
+function once and runs inputs sent over a socket pair. The manager enforces timeouts,
+cancels by stopping the process, caps output, and reports every exit with its reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import os
+import signal
+import socket
+import sys
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from apothic._container import protocol
+
+log = logging.getLogger("apothic.worker.containers")
+
+#: Output forwarded per attempt; the control plane keeps the same amount.
+LOG_LIMIT_BYTES = 1024 * 1024
+STDERR_TAIL_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    container_id: str
+    deployment_id: str
+    function_name: str
+    module: str
+    qualname: str
+    pickled_function: bytes
+    archive: bytes
+    archive_sha256: str
+    startup_timeout_s: float
+
+
+# Events reported to the control plane.
+@dataclass(frozen=True)
+class Ready:
+    container_id: str
+
+
+@dataclass(frozen=True)
+class Exited:
+    container_id: str
+    exit_code: int
+    reason: str
+    startup_failed: bool
+
+
+@dataclass(frozen=True)
+class Log:
+    job_id: str
+    attempt: int
+    stream: str
+    data: str
+
+
+@dataclass(frozen=True)
+class Result:
+    container_id: str
+    job_id: str
+    attempt: int
+    status: str  # succeeded | failed | timed_out
+    value_format: str
+    value: bytes
+    error: tuple[str, str, str, bytes] | None
+    reason: str
+
+
+Report = Ready | Exited | Log | Result
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = " (out of memory?)" if -code == signal.SIGKILL else ""
+        return f"the container process was killed by {name}{hint}"
+    return f"the container process exited with code {code}"
+
+
+class ProcessContainer:
+    """One container process and the task that pumps its frames."""
+
+    def __init__(self, spec: ContainerSpec, source_dir: Path, report: Callable[[Report], None], env: dict[str, str]) -> None:
+        self.spec = spec
+        self.source_dir = source_dir
+        self._report = report
+        self._env = env
+        self.proc: asyncio.subprocess.Process | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self.ready = False
+        self.job: tuple[str, int] | None = None
+        self._log_bytes = 0
+        self._log_truncated = False
+        self._timeout: asyncio.TimerHandle | None = None
+        self._exit_reason: str | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        parent, child = socket.socketpair()
+        env = dict(self._env)
+        env.update(
+            APOTHIC_CONTAINER_FD=str(child.fileno()),
+            APOTHIC_SOURCE_DIR=str(self.source_dir),
+            APOTHIC_CONTAINER_ID=self.spec.container_id,
+            PYTHONUNBUFFERED="1",
+        )
+        if self.spec.pickled_function:
+            path = self.source_dir.parent / f"{self.spec.container_id.replace(':', '_')}.pkl"
+            path.write_bytes(self.spec.pickled_function)
+            env["APOTHIC_PICKLED_FUNCTION"] = str(path)
+        else:
+            env["APOTHIC_MODULE"] = self.spec.module
+            env["APOTHIC_QUALNAME"] = self.spec.qualname
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "apothic._container",
+                env=env,
+                pass_fds=(child.fileno(),),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+            )
+        finally:
+            child.close()
+        reader, self._writer = await asyncio.open_unix_connection(sock=parent)
+        self._task = asyncio.create_task(self._pump(reader), name=f"container-{self.spec.container_id}")
+        loop = asyncio.get_running_loop()
+        loop.call_later(self.spec.startup_timeout_s, self._startup_deadline)
+
+    def _startup_deadline(self) -> None:
+        if not self.ready and self._exit_reason is None:
+            self.kill(f"the container did not become ready within {self.spec.startup_timeout_s:g}s")
+
+    def run(self, job_id: str, attempt: int, args_format: str, args: bytes, result_format: str, timeout_s: float) -> None:
+        """Sends one input to the container."""
+        self.job = (job_id, attempt)
+        self._log_bytes = 0
+        self._log_truncated = False
+        assert self._writer is not None
+        self._writer.write(protocol.encode((protocol.RUN, job_id, attempt, args_format, args, result_format)))
+        if timeout_s > 0:
+            self._timeout = asyncio.get_running_loop().call_later(timeout_s, self._timed_out, job_id, attempt, timeout_s)
+
+    def _timed_out(self, job_id: str, attempt: int, timeout_s: float) -> None:
+        if self.job != (job_id, attempt):
+            return
+        self.job = None
+        reason = f"the attempt ran longer than its timeout of {timeout_s:g}s"
+        self._report(Result(self.spec.container_id, job_id, attempt, "timed_out", "", b"", None, reason))
+        self.kill(f"its input timed out after {timeout_s:g}s")
+
+    def kill(self, reason: str) -> None:
+        """Stops the process at once."""
+        if self._exit_reason is None:
+            self._exit_reason = reason
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+    async def stop(self, reason: str, grace_s: float) -> None:
+        """Asks the process to exit, then kills it after ``grace_s``."""
+        if self._exit_reason is None:
+            self._exit_reason = reason
+        if self._writer is not None and not self._writer.is_closing():
+            with contextlib.suppress(Exception):
+                self._writer.write(protocol.encode((protocol.STOP,)))
+        if self.proc is not None:
+            try:
+                await asyncio.wait_for(self.proc.wait(), grace_s)
+            except asyncio.TimeoutError:
+                self.kill(reason)
+
+    def _on_log(self, job_id: str, attempt: int, stream: str, data: str) -> None:
+        if self.job != (job_id, attempt) or self._log_truncated:
+            return
+        size = len(data.encode("utf-8", "replace"))
+        if self._log_bytes + size > LOG_LIMIT_BYTES:
+            self._log_truncated = True
+            room = max(0, LOG_LIMIT_BYTES - self._log_bytes)
+            if room:
+                self._report(Log(job_id, attempt, stream, data[:room]))
+            self._report(
+                Log(job_id, attempt, "system", f"\n[output truncated: this job printed more than {LOG_LIMIT_BYTES:,} bytes]\n")
+            )
+            return
+        self._log_bytes += size
+        self._report(Log(job_id, attempt, stream, data))
+
+    async def _pump(self, reader: asyncio.StreamReader) -> None:
+        startup_error = ""
+        try:
+            while True:
+                try:
+                    header = await reader.readexactly(protocol.HEADER.size)
+                    (size,) = protocol.HEADER.unpack(header)
+                    msg: tuple[Any, ...] = __import__("pickle").loads(await reader.readexactly(size))
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    break
+                kind = msg[0]
+                if kind == protocol.LOG:
+                    self._on_log(msg[1], msg[2], msg[3], msg[4])
+                elif kind == protocol.RESULT:
+                    _, job_id, attempt, ok, fmt, payload = msg
+                    if self.job != (job_id, attempt):
+                        continue
+                    self.job = None
+                    if self._timeout is not None:
+                        self._timeout.cancel()
+                    if ok:
+                        self._report(Result(self.spec.container_id, job_id, attempt, "succeeded", fmt, payload, None, ""))
+                    else:
+                        self._report(
+                            Result(self.spec.container_id, job_id, attempt, "failed", "", b"", tuple(payload), f"{payload[0]}: {payload[1]}")
+                        )
+                elif kind == protocol.READY:
+                    self.ready = True
+                    self._report(Ready(self.spec.container_id))
+                elif kind == protocol.INIT_FAILED:
+                    startup_error = msg[1]
+        finally:
+            await self._finish(startup_error)
+
+    async def _finish(self, startup_error: str) -> None:
+        assert self.proc is not None
+        stderr = b""
+        if self.proc.stderr is not None:
+            with contextlib.suppress(Exception):
+                stderr = await asyncio.wait_for(self.proc.stderr.read(), 5)
+        code = await self.proc.wait()
+        if self._timeout is not None:
+            self._timeout.cancel()
+        if startup_error:
+            reason = f"importing the function failed:\n{startup_error}"
+        elif self._exit_reason is not None:
+            reason = self._exit_reason
+        else:
+            reason = _describe_exit(code)
+            tail = stderr[-STDERR_TAIL_BYTES:].decode("utf-8", "replace").strip()
+            if tail:
+                reason += f"; its last output:\n{tail}"
+        self._report(Exited(self.spec.container_id, code, reason, startup_failed=not self.ready))
+
+
+class ContainerManager:
+    """Starts, feeds and stops this worker's containers."""
+
+    def __init__(self, state_dir: Path, report: Callable[[Report], None], env: dict[str, str], grace_s: float) -> None:
+        self.state_dir = state_dir
+        self._report = report
+        self._env = env
+        self._grace_s = grace_s
+        self.containers: dict[str, ProcessContainer] = {}
+
+    def _source_dir(self, sha: str, archive: bytes) -> Path:
+        target = self.state_dir / "archives" / sha
+        if not target.exists():
+            tmp = target.with_name(f".{sha}.{os.getpid()}.tmp")
+            tmp.mkdir(parents=True, exist_ok=True)
+            with zipfile.ZipFile(io.BytesIO(archive)) as zf:
+                zf.extractall(tmp)
+            with contextlib.suppress(OSError):
+                tmp.rename(target)
+        return target
+
+    def _on_report(self, report: Report) -> None:
+        if isinstance(report, Exited):
+            self.containers.pop(report.container_id, None)
+        self._report(report)
+
+    async def start(self, spec: ContainerSpec) -> None:
+        try:
+            source = self._source_dir(spec.archive_sha256, spec.archive) if spec.archive else self.state_dir / "empty"
+            source.mkdir(parents=True, exist_ok=True)
+            container = ProcessContainer(spec, source, self._on_report, self._env)
+            self.containers[spec.container_id] = container
+            await container.start()
+        except Exception as exc:
+            log.exception("container %s failed to start", spec.container_id)
+            self.containers.pop(spec.container_id, None)
+            self._report(Exited(spec.container_id, -1, f"the worker could not start the container: {exc}", True))
+
+    def run(self, container_id: str, job_id: str, attempt: int, args_format: str, args: bytes, result_format: str, timeout_s: float) -> None:
+        container = self.containers.get(container_id)
+        if container is None or not container.ready:
+            self._report(
+                Result(container_id, job_id, attempt, "failed", "", b"", None, f"container {container_id} is not running on this worker")
+            )
+            return
+        container.run(job_id, attempt, args_format, args, result_format, timeout_s)
+
+    def cancel(self, container_id: str, job_id: str) -> None:
+        container = self.containers.get(container_id)
+        if container is not None:
+            container.job = None
+            container.kill(f"job {job_id} was cancelled")
+
+    async def stop(self, container_id: str, reason: str) -> None:
+        container = self.containers.get(container_id)
+        if container is not None:
+            await container.stop(reason, self._grace_s)
+
+    async def stop_all(self, reason: str) -> None:
+        """Stops every container (the session ended, or the worker is shutting down)."""
+        containers = list(self.containers.values())
+        for c in containers:
+            c.kill(reason)
+        for c in containers:
+            if c._task is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(c._task), 5)
+        self.containers.clear()

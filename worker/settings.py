@@ -1,0 +1,28 @@
+"""Worker settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """How a worker runs.
+
+    Attributes:
+        base_url: control-plane gRPC address.
+        api_key: API key the worker authenticates with (also handed to its containers).
+        worker_id: stable id across reconnects.
+        state_dir: where source archives are unpacked.
+        labels: free-form labels added to the offer.
+        max_backoff_s: longest wait between reconnect attempts.
+    """
+
+    base_url: str
+    api_key: str
+    worker_id: str
+    state_dir: Path
+    labels: dict[str, str] = field(default_factory=dict)
+    max_backoff_s: float = 5.0
+    stop_grace_s: float = 2.0
