@@ -343,10 +343,20 @@ class Client:
             for a in resp.apps
         ]
 
-    async def watch_app(self, app_name: str) -> AsyncIterator[JobEvent]:
-        """Streams the events of every job of an app."""
-        async for resp in self._stream(self._app.WatchApp, app_pb.WatchAppRequest(app_name=app_name)):
-            yield event_from_pb(resp.event)
+    async def watch_app(self, app_name: str, subscribed: asyncio.Event | None = None) -> AsyncIterator[JobEvent]:
+        """Streams the events of every job of an app; sets ``subscribed`` once the server
+        has subscribed, so no later event is missed."""
+        call = self._app.WatchApp(app_pb.WatchAppRequest(app_name=app_name), metadata=self._metadata)
+        try:
+            await call.initial_metadata()
+            if subscribed is not None:
+                subscribed.set()
+            async for resp in call:
+                yield event_from_pb(resp.event)
+        except grpc.aio.AioRpcError as err:
+            raise from_grpc_error(err) from None
+        finally:
+            call.cancel()
 
 
 _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], Client]] = (

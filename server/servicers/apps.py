@@ -91,6 +91,7 @@ class AppServicer(app_grpc.AppServiceServicer):
         topic = f"{account}/{request.app_name}"
         sub = self.jobs.app_topics.subscribe(topic)
         try:
+            await context.send_initial_metadata((("apothic-subscribed", "1"),))
             while True:
                 event = await sub.queue.get()
                 if event is None:

@@ -1,0 +1,143 @@
+"""``apothic run``: run an app file ephemerally, or call a deployed function by name."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import threading
+import time
+from typing import Any
+
+import typer
+
+from apothic.cli._render import console, err_console, print_event
+
+
+class _AppWatcher:
+    """Prints an app's job events live, from the SDK's background loop."""
+
+    def __init__(self, app_name: str) -> None:
+        self.app_name = app_name
+        self.open_jobs: set[str] = set()
+        self.subscribed = threading.Event()
+        self._future: Any = None
+
+    async def _watch(self) -> None:
+        from apothic._client import get_client
+        from apothic.models import JobEndEvent, JobQueuedEvent
+
+        subscribed = asyncio.Event()
+        subscribed_task = asyncio.create_task(subscribed.wait())
+        subscribed_task.add_done_callback(lambda _: self.subscribed.set())
+        async for event in get_client().watch_app(self.app_name, subscribed):
+            if isinstance(event, JobQueuedEvent):
+                self.open_jobs.add(event.job_id)
+            elif isinstance(event, JobEndEvent):
+                self.open_jobs.discard(event.job_id)
+            print_event(event)
+
+    def start(self) -> None:
+        from apothic._sync import background_loop
+
+        self._future = asyncio.run_coroutine_threadsafe(self._watch(), background_loop())
+        self.subscribed.wait(5)
+
+    def stop(self, drain_s: float = 1.0) -> None:
+        deadline = time.monotonic() + drain_s
+        while self.open_jobs and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if self._future is not None:
+            self._future.cancel()
+
+
+def run_file(target: str, app_name: str | None) -> None:
+    """Deploys the file's app ephemerally, runs its entrypoint, and stops it."""
+    from apothic.cli._load import find_app, load_module
+    from apothic.config import load_client_config
+
+    file, _, entry = target.partition("::")
+    runtime = None
+    if load_client_config() is None:
+        from apothic.runtime import LocalRuntime
+
+        with console.status("No control plane configured: starting an embedded runtime…", spinner="dots"):
+            runtime = LocalRuntime(db_url="mem://").start()
+        os.environ["APOTHIC_BASE_URL"] = runtime.address
+        os.environ["APOTHIC_API_KEY"] = runtime.api_key
+        console.print(f"[dim]embedded runtime at {runtime.address} (stops when this run ends)[/dim]")
+    try:
+        app = find_app(load_module(file), app_name)
+        func = _pick_entrypoint(app, entry)
+        with console.status(f"Deploying [bold]{app.name}[/bold]…", spinner="dots"):
+            ctx = app.run()
+            ctx.__enter__()
+        console.print(f"[green]✓[/green] App [bold]{app.name}[/bold] running ({app.deployment_id})")
+        watcher = _AppWatcher(app.name)
+        watcher.start()
+        try:
+            result = func()
+        except BaseException as exc:
+            watcher.stop(drain_s=0.3)
+            ctx.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        watcher.stop()
+        ctx.__exit__(None, None, None)
+        if result is not None:
+            console.print(f"[bold]result:[/bold] {result!r}")
+        console.print(f"[green]✓[/green] App [bold]{app.name}[/bold] stopped")
+    finally:
+        if runtime is not None:
+            runtime.stop()
+
+
+def _pick_entrypoint(app: Any, entry: str) -> Any:
+    if entry:
+        if entry in app.local_entrypoints:
+            return app.local_entrypoints[entry]
+        if entry in app.functions:
+            fn = app.functions[entry]
+            return lambda: fn.remote()
+        raise typer.BadParameter(
+            f"app {app.name!r} has no entrypoint or function {entry!r} "
+            f"(entrypoints: {sorted(app.local_entrypoints)}, functions: {sorted(app.functions)})"
+        )
+    if len(app.local_entrypoints) == 1:
+        return next(iter(app.local_entrypoints.values()))
+    if not app.local_entrypoints:
+        raise typer.BadParameter(f"app {app.name!r} has no @app.local_entrypoint(); name a function with FILE::function")
+    raise typer.BadParameter(f"app {app.name!r} has several entrypoints; pick one with FILE::name ({sorted(app.local_entrypoints)})")
+
+
+def run_function(app_name: str, function_name: str, payload: str, *, watch: bool, as_json: bool) -> None:
+    """Calls a deployed function with JSON arguments and prints its JSON result."""
+    from apothic import _serialization as ser
+    from apothic._client import function_ref, get_client
+    from apothic._sync import run_sync
+    from apothic.job import Job
+
+    try:
+        json.loads(payload)
+    except ValueError as exc:
+        raise typer.BadParameter(f"--payload is not valid JSON: {exc}") from None
+    data = payload.encode()
+    ser.loads_args(ser.JSON, data)  # validates the shape before anything is sent
+    ref = function_ref(app_name, function_name)
+
+    async def invoke() -> Any:
+        return await get_client().invoke(ref, data, ser.JSON)
+
+    async def spawn() -> str:
+        return await get_client().spawn(ref, data, ser.JSON)
+
+    if watch:
+        job = Job(run_sync(spawn(), "apothic run"))
+        err_console.print(f"[dim]job {job.job_id}[/dim]")
+        for event in job.watch(snapshot=False):
+            print_event(event, show_job=False)
+        value = job.wait()
+    else:
+        value = run_sync(invoke(), "apothic run").unwrap()
+    with contextlib.suppress(TypeError):
+        typer.echo(json.dumps(value) if as_json or not isinstance(value, str) else value)
