@@ -4,7 +4,7 @@
 SurrealDB.
 """
 
-from apothic import exceptions
+from apothic import config, exceptions
 from apothic.app import App
 from apothic.config import ClientConfig
 from apothic.functions import Function, RemoteFunction
@@ -45,5 +45,6 @@ __all__ = [
     "JobStatus",
     "RemoteFunction",
     "__version__",
+    "config",
     "exceptions",
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import AsyncIterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -31,7 +31,6 @@ from apothic._proto.v1 import (
 from apothic._proto.v1 import types_pb2 as pb
 from apothic.config import ClientConfig, load_client_config
 from apothic.exceptions import InvalidConfigError, from_grpc_error
-from apothic.options import FunctionDefinition
 from apothic.models import (
     AppInfo,
     DeploymentEvent,
@@ -48,6 +47,7 @@ from apothic.models import (
     JobStatus,
     Outcome,
 )
+from apothic.options import FunctionDefinition
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 CHANNEL_OPTIONS = [
@@ -83,7 +83,7 @@ LOG_STREAM_FROM_PB = {
 def _time(ts: Any) -> datetime | None:
     if ts is None or (ts.seconds == 0 and ts.nanos == 0):
         return None
-    return ts.ToDatetime(tzinfo=timezone.utc)
+    return ts.ToDatetime(tzinfo=UTC)
 
 
 def _error_info(err: pb.RemoteError) -> ser.ErrorInfo:
@@ -154,9 +154,7 @@ def event_from_pb(ev: pb.JobEvent) -> JobEvent:
             error=_error_info(res.error) if kind == "error" else None,
         )
     if which == "end":
-        return JobEndEvent(
-            **base, status=STATUS_FROM_PB.get(ev.end.status, JobStatus.FAILED), reason=ev.end.reason
-        )
+        return JobEndEvent(**base, status=STATUS_FROM_PB.get(ev.end.status, JobStatus.FAILED), reason=ev.end.reason)
     return JobEvent(**base)
 
 
@@ -255,9 +253,7 @@ class Client:
 
     async def list_jobs(self, *, app_name: str = "", status: JobStatus | None = None, limit: int = 50) -> list[JobInfo]:
         """Lists recent jobs, newest first."""
-        req = fn_pb.ListJobsRequest(
-            app_name=app_name, status=STATUS_TO_PB[status] if status else 0, limit=limit
-        )
+        req = fn_pb.ListJobsRequest(app_name=app_name, status=STATUS_TO_PB[status] if status else 0, limit=limit)
         resp = await self._unary(self._fn.ListJobs, req)
         return [job_from_pb(j) for j in resp.jobs]
 
@@ -281,9 +277,7 @@ class Client:
             )
             for f in functions
         ]
-        req = app_pb.DeployAppRequest(
-            app_name=app_name, functions=specs, source_archive=archive, ephemeral=ephemeral
-        )
+        req = app_pb.DeployAppRequest(app_name=app_name, functions=specs, source_archive=archive, ephemeral=ephemeral)
         resp = await self._unary(self._app.DeployApp, req)
         return deployment_from_pb(resp.deployment)
 
@@ -374,8 +368,7 @@ def get_client(config: ClientConfig | None = None) -> Client:
         config = load_client_config()
         if config is None:
             raise InvalidConfigError(
-                "no Apothic control plane is configured: run `apothic up`, or set "
-                "APOTHIC_BASE_URL and APOTHIC_API_KEY"
+                "no Apothic control plane is configured: run `apothic up`, or set APOTHIC_BASE_URL and APOTHIC_API_KEY"
             )
     per_loop = _clients.setdefault(asyncio.get_running_loop(), {})
     key = (config.base_url, config.api_key)

@@ -92,9 +92,7 @@ def loads_args(fmt: str, data: bytes) -> tuple[tuple, dict]:
             args, kwargs = value.get("args", []), value.get("kwargs", {})
             if isinstance(args, list) and isinstance(kwargs, dict):
                 return tuple(args), kwargs
-        raise SerializationError(
-            'JSON arguments must be an array or an object {"args": [...], "kwargs": {...}}'
-        )
+        raise SerializationError('JSON arguments must be an array or an object {"args": [...], "kwargs": {...}}')
     try:
         args, kwargs = pickle.loads(data)
     except Exception as exc:

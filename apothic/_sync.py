@@ -60,9 +60,10 @@ def _check_not_in_loop(what: str) -> None:
     except RuntimeError:
         return
     if running is not _loop:
+        owner, _, method = what.rpartition(".")
+        async_form = f"await {owner}.aio.{method.removesuffix('()')}(...)" if owner else f"the .aio form of {what}"
         raise BlockingInAsyncContextError(
-            f"{what} blocks, and was called inside a running event loop; "
-            f"use the async form instead: `await ….aio.{what.split('.')[-1].rstrip('()')}(...)`"
+            f"{what} blocks, and was called inside a running event loop; use `{async_form}` instead"
         )
 
 

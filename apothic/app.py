@@ -189,11 +189,11 @@ class App:
 
     def deploy(self) -> str:
         """Deploys the app and returns the deployment id once it has committed."""
-        return run_sync(self.aio.deploy(), "App.deploy()")
+        return run_sync(self.aio.deploy(), "app.deploy()")
 
     def stop(self) -> None:
         """Stops this process's deployment of the app."""
-        run_sync(self.aio.stop(), "App.stop()")
+        run_sync(self.aio.stop(), "app.stop()")
 
     @contextlib.contextmanager
     def run(self) -> Iterator[App]:

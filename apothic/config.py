@@ -100,9 +100,7 @@ def load_client_config(
         name = next(iter(profiles))
     if name is not None and name not in profiles:
         if chosen:
-            raise InvalidConfigError(
-                f"profile {name!r} is not in {config_path()}; known profiles: {sorted(profiles)}"
-            )
+            raise InvalidConfigError(f"profile {name!r} is not in {config_path()}; known profiles: {sorted(profiles)}")
         name = None
     section = profiles.get(name, {}) if name else {}
     base_url = base_url or section.get("base_url")

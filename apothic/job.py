@@ -94,24 +94,24 @@ class Job:
 
     def info(self) -> JobInfo:
         """Returns the job's full state."""
-        return run_sync(self.aio.info(), "Job.info()")
+        return run_sync(self.aio.info(), "job.info()")
 
     def status(self) -> JobStatus:
         """Returns the job's status."""
-        return run_sync(self.aio.status(), "Job.status()")
+        return run_sync(self.aio.status(), "job.status()")
 
     def logs(self) -> str:
         """Returns everything the job printed so far."""
-        return run_sync(self.aio.logs(), "Job.logs()")
+        return run_sync(self.aio.logs(), "job.logs()")
 
     def wait(self, timeout: float | None = None) -> Any:
         """Waits for the job to end and returns its value (see :meth:`_JobAio.wait`)."""
-        return run_sync(self.aio.wait(timeout), "Job.wait()")
+        return run_sync(self.aio.wait(timeout), "job.wait()")
 
     def cancel(self) -> JobStatus:
         """Cancels the job; returns its status afterwards."""
-        return run_sync(self.aio.cancel(), "Job.cancel()")
+        return run_sync(self.aio.cancel(), "job.cancel()")
 
     def watch(self, *, snapshot: bool = True, after_seq: int = 0) -> Iterator[JobEvent]:
         """Yields the job's events until its ``job.end`` event (see :meth:`_JobAio.watch`)."""
-        return iter_sync(self.aio.watch(snapshot=snapshot, after_seq=after_seq), "Job.watch()")
+        return iter_sync(self.aio.watch(snapshot=snapshot, after_seq=after_seq), "job.watch()")

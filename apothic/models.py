@@ -14,7 +14,7 @@ from apothic import _serialization as ser
 from apothic.exceptions import FunctionTimeoutError, JobCancelledError, JobError, JobFailedError
 
 
-class JobStatus(str, enum.Enum):
+class JobStatus(enum.StrEnum):
     """Where a job stands. ``queued`` → ``running`` → one of the four final states."""
 
     QUEUED = "queued"
@@ -160,7 +160,7 @@ class JobEndEvent(JobEvent):
     kind = "job.end"
 
 
-class DeploymentStatus(str, enum.Enum):
+class DeploymentStatus(enum.StrEnum):
     """What a deployment is doing."""
 
     LIVE = "live"

@@ -122,6 +122,10 @@ class LocalRuntime:
 
     async def astop(self) -> None:
         """Stops the workers, then the control plane."""
+        if self.plane is not None:
+            # Before the workers go: jobs they were running must stay durable and resume on
+            # the next start, not be failed as "worker lost".
+            await self.plane.jobs.close()
         for worker in self.workers:
             await worker.stop()
         if self._worker_tasks:

@@ -1,8 +1,8 @@
 """Quickstart: deploy two functions and call them every way the SDK offers.
 
-    apothic run examples/quickstart.py           # ephemeral: deploy, run main(), stop
-    apothic deploy examples/quickstart.py        # keep it live; then:
-    apothic run square --app-name quickstart --payload '[7]'
+apothic run examples/quickstart.py           # ephemeral: deploy, run main(), stop
+apothic deploy examples/quickstart.py        # keep it live; then:
+apothic run square --app-name quickstart --payload '[7]'
 """
 
 import time

@@ -190,7 +190,9 @@ class DeploymentManager:
             names = ", ".join(sorted(f.name for f in dep.functions))
             raise NotFound(f"app {dep.app_name!r} has no function {function_name!r} (it has: {names})")
         if dep.status == DEPLOYMENT_STOPPED:
-            raise FailedPrecondition(f"deployment {dep.deployment_id} of app {dep.app_name!r} is stopped; deploy it again")
+            raise FailedPrecondition(
+                f"deployment {dep.deployment_id} of app {dep.app_name!r} is stopped; deploy it again"
+            )
         return dep, spec
 
     async def archive(self, sha256: str) -> bytes:
@@ -248,7 +250,9 @@ class DeploymentManager:
             await self.store.set_deployment_expiry(deployment_id, dep.expires_at)
         return EPHEMERAL_LEASE_S
 
-    async def watch(self, account: str, deployment_id: str, *, snapshot: bool) -> AsyncIterator[tuple[Event, DeploymentRecord]]:
+    async def watch(
+        self, account: str, deployment_id: str, *, snapshot: bool
+    ) -> AsyncIterator[tuple[Event, DeploymentRecord]]:
         """Yields a snapshot event (when asked), then live events until deletion."""
         dep = await self.get(account, deployment_id)
         sub = self.topics.subscribe(deployment_id)

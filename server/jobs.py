@@ -81,6 +81,8 @@ class JobManager:
         self._live: dict[str, LiveJob] = {}
         self.app_topics: Topics[Event] = Topics()
         self._evictions: set[asyncio.Task[None]] = set()
+        #: Set once the control plane is shutting down (see :meth:`close`).
+        self.closing = False
 
     # -- creation --------------------------------------------------------------------
 
@@ -227,7 +229,10 @@ class JobManager:
             self._append(
                 job,
                 "job.log",
-                {"stream": "system", "data": f"\n[output truncated: this job printed more than {LOG_LIMIT_BYTES:,} bytes]\n"},
+                {
+                    "stream": "system",
+                    "data": f"\n[output truncated: this job printed more than {LOG_LIMIT_BYTES:,} bytes]\n",
+                },
             )
         else:
             job.log_bytes += size
@@ -259,7 +264,14 @@ class JobManager:
         self._live.pop(job.job_id, None)
 
     def fail(self, job: LiveJob, reason: str) -> None:
-        """Ends the job as failed by the runtime (no user error)."""
+        """Ends the job as failed by the runtime (no user error).
+
+        While the control plane shuts down, a spawned job is not failed for losing its
+        worker or container: its durable record stays as it is and the next start
+        re-queues it.
+        """
+        if self.closing and job.durable:
+            return
         self.finish(job, JOB_FAILED, None, reason)
 
     # -- queries ---------------------------------------------------------------------
@@ -357,9 +369,19 @@ class JobManager:
         return await self.store.list_jobs(account, app_name, status, limit or 50)
 
     async def close(self) -> None:
-        """Fails in-flight invokes (UNAVAILABLE for their callers) and flushes records."""
+        """Fails in-flight invokes (UNAVAILABLE for their callers) and flushes records.
+
+        Unfinished spawned jobs keep their durable record (with their output so far) and
+        are re-queued by the next start. Safe to call more than once.
+        """
+        self.closing = True
         for job in list(self._live.values()):
-            if not job.final and not job.durable:
+            if job.final:
+                continue
+            if job.durable:
+                job.record_dirty = True
+                self._flush(job)
+            else:
                 job.done.set()
         for task in list(self._evictions):
             task.cancel()

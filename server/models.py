@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 JOB_QUEUED = "queued"
@@ -21,7 +21,7 @@ DEPLOYMENT_STOPPED = "stopped"
 
 def utcnow() -> datetime:
     """The server's clock."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)

@@ -144,6 +144,10 @@ class Scheduler:
     def submit(self, job: LiveJob) -> None:
         """Runs the job on an idle container, or queues it and scales up."""
         pool = self._pool(job)
+        if pool.closed:
+            # A call pinned to a superseded deployment whose containers are still busy
+            # retiring: a closed pool only stops containers, so the job would never run.
+            pool.closed = False
         while pool.idle:
             container = pool.idle.popleft()
             if container.state == "idle":

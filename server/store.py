@@ -50,6 +50,29 @@ def _rid(table: str, object_id: str) -> RecordID:
     return RecordID(table, _key(object_id))
 
 
+class StoreWriteError(RuntimeError):
+    """A transaction failed; the message is the error of the statement that caused it."""
+
+
+#: How SurrealDB reports the statements of a failed transaction that did not fail themselves.
+_NOT_EXECUTED = "not executed due to a failed transaction"
+
+
+async def _transact(db: Any, sql: str, params: dict[str, Any]) -> None:
+    """Runs one transaction and raises the error of the statement that failed it.
+
+    ``query()`` raises the first statement's error, which for a failed transaction is
+    usually only "not executed due to a failed transaction"; the cause comes later.
+    """
+    response = await db.query_raw(sql, params)
+    if response.get("error"):
+        error = response["error"]
+        raise StoreWriteError(str(error.get("message", error) if isinstance(error, dict) else error))
+    failures = [str(r.get("result")) for r in response.get("result") or () if r.get("status") == "ERR"]
+    if failures:
+        raise StoreWriteError(next((f for f in failures if _NOT_EXECUTED not in f), failures[0]))
+
+
 class _GroupCommitter:
     """Flushes queued statements in shared transactions, in the order they were queued."""
 
@@ -113,7 +136,7 @@ class _GroupCommitter:
                 params.update({prefix + k: v for k, v in vars_.items()})
                 index += 1
         try:
-            await self._db.query("BEGIN TRANSACTION;\n" + ";\n".join(parts) + ";\nCOMMIT TRANSACTION;", params)
+            await _transact(self._db, "BEGIN TRANSACTION;\n" + ";\n".join(parts) + ";\nCOMMIT TRANSACTION;", params)
         except Exception:
             if len(batch) == 1:
                 self._settle(batch[0][1], *self._error())
@@ -139,7 +162,7 @@ class _GroupCommitter:
             prefix = f"s{index}_"
             parts.append(_VAR_RE.sub(lambda m, p=prefix: f"${p}{m.group(1)}", sql))
             params.update({prefix + k: v for k, v in vars_.items()})
-        await db.query("BEGIN TRANSACTION;\n" + ";\n".join(parts) + ";\nCOMMIT TRANSACTION;", params)
+        await _transact(db, "BEGIN TRANSACTION;\n" + ";\n".join(parts) + ";\nCOMMIT TRANSACTION;", params)
 
     @staticmethod
     def _error() -> tuple[BaseException | None]:
@@ -268,7 +291,12 @@ class Store:
 
     async def create_account(self, account_id: str, name: str, now: datetime) -> None:
         await self.commit(
-            [("CREATE $id CONTENT $doc RETURN NONE", {"id": _rid("account", account_id), "doc": {"name": name, "created_at": now}})]
+            [
+                (
+                    "CREATE $id CONTENT $doc RETURN NONE",
+                    {"id": _rid("account", account_id), "doc": {"name": name, "created_at": now}},
+                )
+            ]
         )
 
     async def find_account(self, name: str) -> str | None:
@@ -295,7 +323,13 @@ class Store:
             "CREATE $id CONTENT $doc RETURN NONE; UPDATE $dep SET last_seq = $seq RETURN NONE",
             {
                 "id": RecordID("deployment_event", [_key(event.object_id), event.seq]),
-                "doc": {"account": account, "deployment": event.object_id, "seq": event.seq, "time": event.time, "kind": event.kind},
+                "doc": {
+                    "account": account,
+                    "deployment": event.object_id,
+                    "seq": event.seq,
+                    "time": event.time,
+                    "kind": event.kind,
+                },
                 "dep": _rid("deployment", event.object_id),
                 "seq": event.seq,
             },
@@ -319,7 +353,10 @@ class Store:
         stmts: list[Statement] = [
             (
                 "IF record::exists($aid) == false { CREATE $aid CONTENT $adoc RETURN NONE }",
-                {"aid": RecordID("archive", dep.archive_sha256), "adoc": {"data": archive, "created_at": dep.created_at}},
+                {
+                    "aid": RecordID("archive", dep.archive_sha256),
+                    "adoc": {"data": archive, "created_at": dep.created_at},
+                },
             ),
             ("CREATE $id CONTENT $doc RETURN NONE", {"id": _rid("deployment", dep.deployment_id), "doc": doc}),
             (
@@ -361,7 +398,12 @@ class Store:
 
     async def set_deployment_expiry(self, deployment_id: str, expires_at: datetime) -> None:
         self.write_behind(
-            [("UPDATE $id SET expires_at = $at RETURN NONE", {"id": _rid("deployment", deployment_id), "at": expires_at})]
+            [
+                (
+                    "UPDATE $id SET expires_at = $at RETURN NONE",
+                    {"id": _rid("deployment", deployment_id), "at": expires_at},
+                )
+            ]
         )
 
     async def delete_deployment(self, dep: DeploymentRecord) -> None:

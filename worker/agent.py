@@ -90,9 +90,7 @@ class Worker:
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
         env = {
-            k: v
-            for k, v in __import__("os").environ.items()
-            if not k.startswith("APOTHIC_") or k in ("APOTHIC_HOME",)
+            k: v for k, v in __import__("os").environ.items() if not k.startswith("APOTHIC_") or k in ("APOTHIC_HOME",)
         }
         env["APOTHIC_BASE_URL"] = settings.base_url
         env["APOTHIC_API_KEY"] = settings.api_key
@@ -154,7 +152,9 @@ class Worker:
             await asyncio.sleep(interval)
             if self._outbox is not None:
                 self._outbox.put_nowait(
-                    w_pb.SessionRequest(heartbeat=w_pb.WorkerHeartbeat(running_containers=len(self.containers.containers)))
+                    w_pb.SessionRequest(
+                        heartbeat=w_pb.WorkerHeartbeat(running_containers=len(self.containers.containers))
+                    )
                 )
 
     async def _session(self, offer: offer_mod.Offer) -> None:

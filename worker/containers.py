@@ -94,7 +94,9 @@ def _describe_exit(code: int) -> str:
 class ProcessContainer:
     """One container process and the task that pumps its frames."""
 
-    def __init__(self, spec: ContainerSpec, source_dir: Path, report: Callable[[Report], None], env: dict[str, str]) -> None:
+    def __init__(
+        self, spec: ContainerSpec, source_dir: Path, report: Callable[[Report], None], env: dict[str, str]
+    ) -> None:
         self.spec = spec
         self.source_dir = source_dir
         self._report = report
@@ -148,7 +150,9 @@ class ProcessContainer:
         if not self.ready and self._exit_reason is None:
             self.kill(f"the container did not become ready within {self.spec.startup_timeout_s:g}s")
 
-    def run(self, job_id: str, attempt: int, args_format: str, args: bytes, result_format: str, timeout_s: float) -> None:
+    def run(
+        self, job_id: str, attempt: int, args_format: str, args: bytes, result_format: str, timeout_s: float
+    ) -> None:
         """Sends one input to the container."""
         self.job = (job_id, attempt)
         self._log_bytes = 0
@@ -156,7 +160,9 @@ class ProcessContainer:
         assert self._writer is not None
         self._writer.write(protocol.encode((protocol.RUN, job_id, attempt, args_format, args, result_format)))
         if timeout_s > 0:
-            self._timeout = asyncio.get_running_loop().call_later(timeout_s, self._timed_out, job_id, attempt, timeout_s)
+            self._timeout = asyncio.get_running_loop().call_later(
+                timeout_s, self._timed_out, job_id, attempt, timeout_s
+            )
 
     def _timed_out(self, job_id: str, attempt: int, timeout_s: float) -> None:
         if self.job != (job_id, attempt):
@@ -184,7 +190,7 @@ class ProcessContainer:
         if self.proc is not None:
             try:
                 await asyncio.wait_for(self.proc.wait(), grace_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.kill(reason)
 
     def _on_log(self, job_id: str, attempt: int, stream: str, data: str) -> None:
@@ -197,7 +203,12 @@ class ProcessContainer:
             if room:
                 self._report(Log(job_id, attempt, stream, data[:room]))
             self._report(
-                Log(job_id, attempt, "system", f"\n[output truncated: this job printed more than {LOG_LIMIT_BYTES:,} bytes]\n")
+                Log(
+                    job_id,
+                    attempt,
+                    "system",
+                    f"\n[output truncated: this job printed more than {LOG_LIMIT_BYTES:,} bytes]\n",
+                )
             )
             return
         self._log_bytes += size
@@ -224,10 +235,21 @@ class ProcessContainer:
                     if self._timeout is not None:
                         self._timeout.cancel()
                     if ok:
-                        self._report(Result(self.spec.container_id, job_id, attempt, "succeeded", fmt, payload, None, ""))
+                        self._report(
+                            Result(self.spec.container_id, job_id, attempt, "succeeded", fmt, payload, None, "")
+                        )
                     else:
                         self._report(
-                            Result(self.spec.container_id, job_id, attempt, "failed", "", b"", tuple(payload), f"{payload[0]}: {payload[1]}")
+                            Result(
+                                self.spec.container_id,
+                                job_id,
+                                attempt,
+                                "failed",
+                                "",
+                                b"",
+                                tuple(payload),
+                                f"{payload[0]}: {payload[1]}",
+                            )
                         )
                 elif kind == protocol.READY:
                     self.ready = True
@@ -296,11 +318,29 @@ class ContainerManager:
             self.containers.pop(spec.container_id, None)
             self._report(Exited(spec.container_id, -1, f"the worker could not start the container: {exc}", True))
 
-    def run(self, container_id: str, job_id: str, attempt: int, args_format: str, args: bytes, result_format: str, timeout_s: float) -> None:
+    def run(
+        self,
+        container_id: str,
+        job_id: str,
+        attempt: int,
+        args_format: str,
+        args: bytes,
+        result_format: str,
+        timeout_s: float,
+    ) -> None:
         container = self.containers.get(container_id)
         if container is None or not container.ready:
             self._report(
-                Result(container_id, job_id, attempt, "failed", "", b"", None, f"container {container_id} is not running on this worker")
+                Result(
+                    container_id,
+                    job_id,
+                    attempt,
+                    "failed",
+                    "",
+                    b"",
+                    None,
+                    f"container {container_id} is not running on this worker",
+                )
             )
             return
         container.run(job_id, attempt, args_format, args, result_format, timeout_s)

@@ -8,6 +8,7 @@ Environment (set by the worker): ``APOTHIC_CONTAINER_FD`` (the socket to the wor
 from __future__ import annotations
 
 import asyncio
+import codecs
 import importlib
 import inspect
 import io
@@ -70,23 +71,66 @@ class _OutputForwarder(io.TextIOBase):
         self._size = 0
         if _Current.job_id:
             for i in range(0, len(data), CHUNK_CHARS):
-                self._channel.send((protocol.LOG, _Current.job_id, _Current.attempt, self._stream, data[i : i + CHUNK_CHARS]))
+                self._channel.send(
+                    (protocol.LOG, _Current.job_id, _Current.attempt, self._stream, data[i : i + CHUNK_CHARS])
+                )
 
 
-def _forward_fd(channel: protocol.BlockingChannel, fd: int, stream: str) -> None:
-    """Sends what C code and subprocesses write to ``fd`` as log frames."""
-    read_end, write_end = os.pipe()
-    os.dup2(write_end, fd)
-    os.close(write_end)
+#: Written to a forwarded fd to mark "everything before this was sent"; see _FdForwarder.
+_SYNC_MARK = b"\x1e\x1fapothic-sync\x1f\x1e"
 
-    def pump() -> None:
+
+class _FdForwarder:
+    """Sends what C code and subprocesses write to ``fd`` as log frames.
+
+    A thread reads the pipe that replaced ``fd``, so its output lags the writes; ``mark()``
+    then ``wait()`` make sure everything written before was sent, so output printed just
+    before a function returns is still attributed to its job.
+    """
+
+    def __init__(self, channel: protocol.BlockingChannel, fd: int, stream: str) -> None:
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, fd)
+        os.close(write_end)
+        self._channel = channel
+        self._fd = fd
+        self._stream = stream
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._synced = threading.Semaphore(0)
+        threading.Thread(target=self._pump, args=(read_end,), name=f"apothic-fd{fd}", daemon=True).start()
+
+    def mark(self) -> bool:
+        """Marks the current end of the output; False when the fd no longer takes writes."""
+        try:
+            os.write(self._fd, _SYNC_MARK)
+        except OSError:  # the user's code closed or broke the fd
+            return False
+        return True
+
+    def wait(self, timeout: float = 1.0) -> None:
+        """Waits until everything written before :meth:`mark` was sent."""
+        self._synced.acquire(timeout=timeout)
+
+    def _send(self, data: bytes) -> None:
+        text = self._decoder.decode(data)
+        if text and _Current.job_id:
+            self._channel.send((protocol.LOG, _Current.job_id, _Current.attempt, self._stream, text))
+
+    def _pump(self, read_end: int) -> None:
+        held = b""  # a possible beginning of a mark, split across reads
         with os.fdopen(read_end, "rb", buffering=0) as pipe:
             while chunk := pipe.read(65536):
-                if _Current.job_id:
-                    text = chunk.decode("utf-8", "replace")
-                    channel.send((protocol.LOG, _Current.job_id, _Current.attempt, stream, text))
-
-    threading.Thread(target=pump, name=f"apothic-fd{fd}", daemon=True).start()
+                data = held + chunk
+                while (at := data.find(_SYNC_MARK)) >= 0:
+                    self._send(data[:at])
+                    data = data[at + len(_SYNC_MARK) :]
+                    self._synced.release()
+                keep = next(
+                    (k for k in range(min(len(_SYNC_MARK) - 1, len(data)), 0, -1) if _SYNC_MARK.startswith(data[-k:])),
+                    0,
+                )
+                held = data[len(data) - keep :]
+                self._send(data[: len(data) - keep])
 
 
 def _load_function() -> Callable[..., Any]:
@@ -107,9 +151,7 @@ def _load_function() -> Callable[..., Any]:
     return getattr(target, "raw_function", target)  # a Function handle wraps the user's function
 
 
-def _run(
-    func: Callable[..., Any], loop: asyncio.AbstractEventLoop, msg: tuple[Any, ...]
-) -> tuple[Any, ...]:
+def _run(func: Callable[..., Any], loop: asyncio.AbstractEventLoop, msg: tuple[Any, ...]) -> tuple[Any, ...]:
     _, job_id, attempt, args_format, args, result_format = msg
     try:
         a, kw = ser.loads_args(args_format, args)
@@ -141,8 +183,7 @@ def main() -> None:
     stderr = _OutputForwarder(channel, "stderr")
     sys.stdout.flush()
     sys.stderr.flush()
-    _forward_fd(channel, 1, "stdout")
-    _forward_fd(channel, 2, "stderr")
+    fd_forwarders = (_FdForwarder(channel, 1, "stdout"), _FdForwarder(channel, 2, "stderr"))
     sys.stdout, sys.stderr = stdout, stderr  # type: ignore[assignment]
 
     def flusher() -> None:
@@ -163,6 +204,8 @@ def main() -> None:
             reply = _run(func, loop, msg)
             stdout.flush()
             stderr.flush()
+            for forwarder in [f for f in fd_forwarders if f.mark()]:
+                forwarder.wait()
             _Current.job_id = ""
             channel.send(reply)
     os._exit(0)

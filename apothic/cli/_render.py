@@ -88,7 +88,9 @@ def print_event(event: Any, *, show_job: bool = True) -> None:
             console.print(f"{prefix}[{style}]{text}[/{style}]" if style else f"{prefix}{text}")
     elif isinstance(event, JobSnapshotEvent) and event.job is not None:
         job = event.job
-        console.print(f"{prefix}[bold]snapshot[/bold] {status_text(job.status)} attempt {job.attempt} (seq {event.seq})")
+        console.print(
+            f"{prefix}[bold]snapshot[/bold] {status_text(job.status)} attempt {job.attempt} (seq {event.seq})"
+        )
     elif isinstance(event, JobQueuedEvent):
         console.print(f"{prefix}[yellow]queued[/yellow]")
     elif isinstance(event, JobRunningEvent):

@@ -195,7 +195,10 @@ def job_list(
     if as_json:
         typer.echo(to_json(jobs))
         return
-    rows = [[j.job_id, j.app_name, j.function_name, status_text(j.status), j.attempt, short_time(j.created_at)] for j in jobs]
+    rows = [
+        [j.job_id, j.app_name, j.function_name, status_text(j.status), j.attempt, short_time(j.created_at)]
+        for j in jobs
+    ]
     console.print(table("Jobs", ["job", "app", "function", "status", "attempt", "created"], rows))
 
 
@@ -217,7 +220,14 @@ def deployment_list(
         typer.echo(to_json(deps))
         return
     rows = [
-        [d.deployment_id, d.app_name, d.version, status_text(d.status), ", ".join(d.function_names), short_time(d.created_at)]
+        [
+            d.deployment_id,
+            d.app_name,
+            d.version,
+            status_text(d.status),
+            ", ".join(d.function_names),
+            short_time(d.created_at),
+        ]
         for d in deps
     ]
     console.print(table("Deployments", ["deployment", "app", "version", "status", "functions", "created"], rows))
@@ -245,7 +255,14 @@ def app_list(as_json: bool = JSON_OPT) -> None:
         typer.echo(to_json(apps))
         return
     rows = [
-        [a.name, a.version, status_text(a.status), a.live_deployment_id, ", ".join(a.function_names), short_time(a.updated_at)]
+        [
+            a.name,
+            a.version,
+            status_text(a.status),
+            a.live_deployment_id,
+            ", ".join(a.function_names),
+            short_time(a.updated_at),
+        ]
         for a in apps
     ]
     console.print(table("Apps", ["app", "version", "status", "deployment", "functions", "updated"], rows))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import os
 import threading
@@ -78,6 +79,8 @@ def run_file(target: str, app_name: str | None) -> None:
         watcher.start()
         try:
             result = func()
+            if inspect.isawaitable(result):
+                result = asyncio.run(result)
         except BaseException as exc:
             watcher.stop(drain_s=0.3)
             ctx.__exit__(type(exc), exc, exc.__traceback__)
@@ -106,8 +109,12 @@ def _pick_entrypoint(app: Any, entry: str) -> Any:
     if len(app.local_entrypoints) == 1:
         return next(iter(app.local_entrypoints.values()))
     if not app.local_entrypoints:
-        raise typer.BadParameter(f"app {app.name!r} has no @app.local_entrypoint(); name a function with FILE::function")
-    raise typer.BadParameter(f"app {app.name!r} has several entrypoints; pick one with FILE::name ({sorted(app.local_entrypoints)})")
+        raise typer.BadParameter(
+            f"app {app.name!r} has no @app.local_entrypoint(); name a function with FILE::function"
+        )
+    raise typer.BadParameter(
+        f"app {app.name!r} has several entrypoints; pick one with FILE::name ({sorted(app.local_entrypoints)})"
+    )
 
 
 def run_function(app_name: str, function_name: str, payload: str, *, watch: bool, as_json: bool) -> None:

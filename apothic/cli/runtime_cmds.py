@@ -96,7 +96,9 @@ def register(app: typer.Typer) -> None:
         port: int = typer.Option(None, "--port", help="gRPC port."),
         host: str = typer.Option(None, "--host", help="Address to listen on."),
         db_url: str = typer.Option(None, "--db-url", help="SurrealDB URL: surrealkv://PATH, mem://, ws://HOST:PORT."),
-        key_file: Path = typer.Option(None, "--key-file", help="Where the local API key is kept (default STATE_DIR/api-key)."),
+        key_file: Path = typer.Option(
+            None, "--key-file", help="Where the local API key is kept (default STATE_DIR/api-key)."
+        ),
         verbose: bool = typer.Option(False, "--verbose", "-v"),
     ) -> None:
         """Run only the control plane (workers connect with `apothic worker`)."""

@@ -21,7 +21,9 @@ class AppServicer(app_grpc.AppServiceServicer):
         self.deployments = deployments
         self.jobs = jobs
 
-    async def DeployApp(self, request: app_pb.DeployAppRequest, context: grpc.aio.ServicerContext) -> app_pb.DeployAppResponse:
+    async def DeployApp(
+        self, request: app_pb.DeployAppRequest, context: grpc.aio.ServicerContext
+    ) -> app_pb.DeployAppResponse:
         dep = await self.deployments.deploy(
             current_account.get(),
             request.app_name,
@@ -77,7 +79,9 @@ class AppServicer(app_grpc.AppServiceServicer):
                 )
             )
 
-    async def ListApps(self, request: app_pb.ListAppsRequest, context: grpc.aio.ServicerContext) -> app_pb.ListAppsResponse:
+    async def ListApps(
+        self, request: app_pb.ListAppsRequest, context: grpc.aio.ServicerContext
+    ) -> app_pb.ListAppsResponse:
         apps = await self.deployments.list_apps(current_account.get())
         return app_pb.ListAppsResponse(apps=[convert.app_to_pb(a, d) for a, d in apps])
 

@@ -122,7 +122,9 @@ def job_event_to_pb(event: Event | None, job: JobRecord) -> pb.JobEvent:
     if event.kind == "job.queued":
         msg.queued.SetInParent()
     elif event.kind == "job.running":
-        msg.running.CopyFrom(pb.JobRunning(attempt=d["attempt"], worker_id=d["worker_id"], container_id=d["container_id"]))
+        msg.running.CopyFrom(
+            pb.JobRunning(attempt=d["attempt"], worker_id=d["worker_id"], container_id=d["container_id"])
+        )
     elif event.kind == "job.log":
         msg.log.CopyFrom(pb.JobLog(stream=LOG_STREAM_CODES.get(d["stream"], pb.LOG_STREAM_STDOUT), data=d["data"]))
     elif event.kind == "job.result":

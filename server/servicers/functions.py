@@ -95,7 +95,9 @@ class FunctionServicer(fn_grpc.FunctionServiceServicer):
         ):
             yield fn_pb.WatchJobResponse(event=convert.job_event_to_pb(event, record))
 
-    async def ListJobs(self, request: fn_pb.ListJobsRequest, context: grpc.aio.ServicerContext) -> fn_pb.ListJobsResponse:
+    async def ListJobs(
+        self, request: fn_pb.ListJobsRequest, context: grpc.aio.ServicerContext
+    ) -> fn_pb.ListJobsResponse:
         status = convert.JOB_STATUS_NAMES.get(request.status, "") if request.status else ""
         records = await self.jobs.list(current_account.get(), request.app_name, status, request.limit)
         return fn_pb.ListJobsResponse(jobs=[convert.job_to_pb(r) for r in records])

@@ -1,0 +1,39 @@
+"""Deploys the apps in ``tests/e2e/apps`` once per session against the real runtime."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from types import ModuleType
+
+import pytest
+
+from apothic.runtime import LocalRuntime
+from tests.e2e.apps import basic, broken, failing
+
+
+def _deployed(module: ModuleType, runtime: LocalRuntime) -> Iterator[ModuleType]:
+    module.app._client = runtime.config
+    module.app.deploy()
+    try:
+        yield module
+    finally:
+        module.app.stop()
+        module.app._client = None
+
+
+@pytest.fixture(scope="session")
+def basic_app(apothic_runtime: LocalRuntime) -> Iterator[ModuleType]:
+    """``tests.e2e.apps.basic``, deployed."""
+    yield from _deployed(basic, apothic_runtime)
+
+
+@pytest.fixture(scope="session")
+def failing_app(apothic_runtime: LocalRuntime) -> Iterator[ModuleType]:
+    """``tests.e2e.apps.failing``, deployed."""
+    yield from _deployed(failing, apothic_runtime)
+
+
+@pytest.fixture(scope="session")
+def broken_app(apothic_runtime: LocalRuntime) -> Iterator[ModuleType]:
+    """``tests.e2e.apps.broken``, deployed (it fails to import in its container)."""
+    yield from _deployed(broken, apothic_runtime)

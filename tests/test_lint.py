@@ -1,0 +1,25 @@
+"""ruff stays clean on the project's own code."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _ruff() -> list[str]:
+    exe = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
+    return [exe]
+
+
+def test_ruff_check() -> None:
+    proc = subprocess.run(
+        [*_ruff(), "check", "apothic", "server", "worker", "tests", "examples"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
