@@ -57,9 +57,12 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
 ]
 
-FORMAT_TO_PB = {ser.CLOUDPICKLE: pb.PAYLOAD_FORMAT_CLOUDPICKLE, ser.JSON: pb.PAYLOAD_FORMAT_JSON}
-FORMAT_FROM_PB = {v: k for k, v in FORMAT_TO_PB.items()}
-STATUS_FROM_PB = {
+FORMAT_TO_PB: dict[str, pb.PayloadFormat.ValueType] = {
+    ser.CLOUDPICKLE: pb.PAYLOAD_FORMAT_CLOUDPICKLE,
+    ser.JSON: pb.PAYLOAD_FORMAT_JSON,
+}
+FORMAT_FROM_PB: dict[int, str] = {v: k for k, v in FORMAT_TO_PB.items()}
+STATUS_FROM_PB: dict[int, JobStatus] = {
     pb.JOB_STATUS_QUEUED: JobStatus.QUEUED,
     pb.JOB_STATUS_RUNNING: JobStatus.RUNNING,
     pb.JOB_STATUS_SUCCEEDED: JobStatus.SUCCEEDED,
@@ -67,13 +70,13 @@ STATUS_FROM_PB = {
     pb.JOB_STATUS_CANCELLED: JobStatus.CANCELLED,
     pb.JOB_STATUS_TIMED_OUT: JobStatus.TIMED_OUT,
 }
-STATUS_TO_PB = {v: k for k, v in STATUS_FROM_PB.items()}
-DEPLOYMENT_STATUS_FROM_PB = {
+STATUS_TO_PB: dict[JobStatus, int] = {v: k for k, v in STATUS_FROM_PB.items()}
+DEPLOYMENT_STATUS_FROM_PB: dict[int, DeploymentStatus] = {
     pb.DEPLOYMENT_STATUS_LIVE: DeploymentStatus.LIVE,
     pb.DEPLOYMENT_STATUS_SUPERSEDED: DeploymentStatus.SUPERSEDED,
     pb.DEPLOYMENT_STATUS_STOPPED: DeploymentStatus.STOPPED,
 }
-LOG_STREAM_FROM_PB = {
+LOG_STREAM_FROM_PB: dict[int, str] = {
     pb.LOG_STREAM_STDOUT: "stdout",
     pb.LOG_STREAM_STDERR: "stderr",
     pb.LOG_STREAM_SYSTEM: "system",
@@ -126,7 +129,7 @@ def job_from_pb(job: pb.Job) -> JobInfo:
 
 def event_from_pb(ev: pb.JobEvent) -> JobEvent:
     """Converts a JobEvent message to its typed event."""
-    base = {
+    base: dict[str, Any] = {
         "job_id": ev.job_id,
         "seq": ev.seq,
         "time": _time(ev.time),
@@ -253,7 +256,8 @@ class Client:
 
     async def list_jobs(self, *, app_name: str = "", status: JobStatus | None = None, limit: int = 50) -> list[JobInfo]:
         """Lists recent jobs, newest first."""
-        req = fn_pb.ListJobsRequest(app_name=app_name, status=STATUS_TO_PB[status] if status else 0, limit=limit)
+        code = STATUS_TO_PB[status] if status else pb.JOB_STATUS_UNSPECIFIED
+        req = fn_pb.ListJobsRequest(app_name=app_name, status=code, limit=limit)  # type: ignore[arg-type]
         resp = await self._unary(self._fn.ListJobs, req)
         return [job_from_pb(j) for j in resp.jobs]
 

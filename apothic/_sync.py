@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any, TypeVar
@@ -101,9 +102,12 @@ def iter_sync(aiter: AsyncIterator[T], what: str) -> Iterator[T]:
     agen = aiter.__aiter__()
     try:
         while True:
-            future = asyncio.run_coroutine_threadsafe(agen.__anext__(), loop)  # type: ignore[arg-type]
+            step: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(
+                agen.__anext__(),  # type: ignore[arg-type]
+                loop,
+            )
             try:
-                yield future.result()
+                yield step.result()
             except StopAsyncIteration:
                 return
     finally:

@@ -55,8 +55,12 @@ class _InvocableAio(Generic[P, R]):
 class _Invocable(Generic[P, R]):
     """What both handle kinds share: calling by (app, function) name."""
 
-    app_name: str
     function_name: str
+
+    @property
+    def app_name(self) -> str:
+        """The app the function belongs to."""
+        raise NotImplementedError
 
     def __init__(self) -> None:
         self.aio: _InvocableAio[P, R] = _InvocableAio(self)
@@ -97,9 +101,14 @@ class RemoteFunction(_Invocable[..., Any]):
 
     def __init__(self, app_name: str, function_name: str, *, client: ClientConfig | None = None) -> None:
         super().__init__()
-        self.app_name = app_name
+        self._app_name = app_name
         self.function_name = function_name
         self._config = client
+
+    @property
+    def app_name(self) -> str:
+        """The deployed app's name."""
+        return self._app_name
 
     @classmethod
     def from_name(
@@ -151,8 +160,9 @@ class Function(_Invocable[P, R]):
         self.options = options
         functools.update_wrapper(self, raw)  # type: ignore[arg-type]
 
-    @property  # type: ignore[override]
+    @property
     def app_name(self) -> str:
+        """The app the function belongs to."""
         return self.app.name
 
     def _deployment_id(self) -> str:

@@ -154,6 +154,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, accounts: Accounts) -> None:
         self.accounts = accounts
+        self._wrapped: dict[tuple[str, str], grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
         self,
@@ -168,4 +169,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             account = await self.accounts.verify(key)
         except DomainError as err:
             return _rejection(handler, err)
-        return _wrap(handler, account)
+        cache_key = (handler_call_details.method, account)
+        wrapped = self._wrapped.get(cache_key)
+        if wrapped is None:
+            wrapped = self._wrapped[cache_key] = _wrap(handler, account)
+        return wrapped

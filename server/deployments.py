@@ -203,7 +203,7 @@ class DeploymentManager:
             self._archives[sha256] = data
         return data
 
-    async def list(self, account: str, app_name: str, limit: int) -> list[DeploymentRecord]:
+    async def list_deployments(self, account: str, app_name: str, limit: int) -> list[DeploymentRecord]:
         if not 0 <= limit <= 1000:
             raise InvalidArgument(f"limit must be between 0 and 1000, got {limit}")
         return await self.store.list_deployments(account, app_name, limit or 100)

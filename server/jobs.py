@@ -80,7 +80,7 @@ class JobManager:
         self.scheduler: Scheduler | None = None
         self._live: dict[str, LiveJob] = {}
         self.app_topics: Topics[Event] = Topics()
-        self._evictions: set[asyncio.Task[None]] = set()
+        self._evictions: dict[str, asyncio.TimerHandle] = {}
         #: Set once the control plane is shutting down (see :meth:`close`).
         self.closing = False
 
@@ -254,14 +254,14 @@ class JobManager:
             self._append(job, "job.result", result)
         self._append(job, "job.end", {"status": status, "reason": reason})
         job.done.set()
-        self._flush(job)
-        task = asyncio.get_running_loop().create_task(self._evict_later(job))
-        self._evictions.add(task)
-        task.add_done_callback(self._evictions.discard)
+        loop = asyncio.get_running_loop()
+        # Build the write-behind statements after the waiting caller has resumed.
+        loop.call_soon(self._flush, job)
+        self._evictions[job.job_id] = loop.call_later(RETAIN_ENDED_S, self._evict, job.job_id)
 
-    async def _evict_later(self, job: LiveJob) -> None:
-        await asyncio.sleep(RETAIN_ENDED_S)
-        self._live.pop(job.job_id, None)
+    def _evict(self, job_id: str) -> None:
+        self._live.pop(job_id, None)
+        self._evictions.pop(job_id, None)
 
     def fail(self, job: LiveJob, reason: str) -> None:
         """Ends the job as failed by the runtime (no user error).
@@ -362,7 +362,7 @@ class JobManager:
                 return
             await waiter.wait()
 
-    async def list(self, account: str, app_name: str, status: str, limit: int) -> list[JobRecord]:
+    async def list_jobs(self, account: str, app_name: str, status: str, limit: int) -> list[JobRecord]:
         if not 0 <= limit <= 1000:
             raise InvalidArgument(f"limit must be between 0 and 1000, got {limit}")
         await self.store.drain()
@@ -383,5 +383,6 @@ class JobManager:
                 self._flush(job)
             else:
                 job.done.set()
-        for task in list(self._evictions):
-            task.cancel()
+        for handle in self._evictions.values():
+            handle.cancel()
+        self._evictions.clear()

@@ -69,7 +69,8 @@ class WorkerHandle:
 
     worker_id: str
     offer: dict[str, Any]
-    outbox: asyncio.Queue[Command] = field(default_factory=asyncio.Queue)
+    #: Commands for the worker's session; None ends the session.
+    outbox: asyncio.Queue[Command | None] = field(default_factory=asyncio.Queue)
     containers: dict[str, ContainerHandle] = field(default_factory=dict)
 
     @property
@@ -179,11 +180,12 @@ class Scheduler:
         if pool is not None and job in pool.pending:
             pool.pending.remove(job)
             return
+        job_id = job.job_id
         container = self.containers.get(job.container_id)
         if container is not None and container.job is job:
             container.job = None
             container.state = "stopping"
-            container.worker.outbox.put_nowait(CancelInput(job_id=job.job_id, container_id=container.container_id))
+            container.worker.outbox.put_nowait(CancelInput(job_id=job_id, container_id=container.container_id))
 
     def _scale(self, pool: FunctionPool) -> None:
         wanted = len(pool.pending) - pool.starting

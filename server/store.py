@@ -73,12 +73,30 @@ async def _transact(db: Any, sql: str, params: dict[str, Any]) -> None:
         raise StoreWriteError(next((f for f in failures if _NOT_EXECUTED not in f), failures[0]))
 
 
+def _compose(statements: list[Statement]) -> tuple[str, dict[str, Any]]:
+    """One transaction of many statements; each statement's ``$vars`` get a unique prefix."""
+    parts: list[str] = []
+    params: dict[str, Any] = {}
+    for index, (sql, vars_) in enumerate(statements):
+        prefix = f"s{index}_"
+
+        def rename(match: re.Match[str], prefix: str = prefix) -> str:
+            return f"${prefix}{match.group(1)}"
+
+        parts.append(_VAR_RE.sub(rename, sql))
+        params.update({prefix + k: v for k, v in vars_.items()})
+    return "BEGIN TRANSACTION;\n" + ";\n".join(parts) + ";\nCOMMIT TRANSACTION;", params
+
+
+_Pending = tuple[list[Statement], "asyncio.Future[None] | None"]
+
+
 class _GroupCommitter:
     """Flushes queued statements in shared transactions, in the order they were queued."""
 
     def __init__(self, db: Any) -> None:
         self._db = db
-        self._pending: list[tuple[list[Statement], asyncio.Future[None] | None]] = []
+        self._pending: list[_Pending] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
@@ -111,7 +129,7 @@ class _GroupCommitter:
                 await self._wake.wait()
                 self._wake.clear()
                 while self._pending:
-                    batch: list[tuple[list[Statement], asyncio.Future[None] | None]] = []
+                    batch: list[_Pending] = []
                     count = 0
                     while self._pending and (count < MAX_BATCH or not batch):
                         item = self._pending.pop(0)
@@ -125,50 +143,24 @@ class _GroupCommitter:
             log.exception("group committer died")
             raise
 
-    async def _flush(self, batch: list[tuple[list[Statement], asyncio.Future[None] | None]]) -> None:
-        parts: list[str] = []
-        params: dict[str, Any] = {}
-        index = 0
-        for statements, _ in batch:
-            for sql, vars_ in statements:
-                prefix = f"s{index}_"
-                parts.append(_VAR_RE.sub(lambda m, p=prefix: f"${p}{m.group(1)}", sql))
-                params.update({prefix + k: v for k, v in vars_.items()})
-                index += 1
+    async def _flush(self, batch: list[_Pending]) -> None:
         try:
-            await _transact(self._db, "BEGIN TRANSACTION;\n" + ";\n".join(parts) + ";\nCOMMIT TRANSACTION;", params)
-        except Exception:
+            await _transact(self._db, *_compose([stmt for statements, _ in batch for stmt in statements]))
+        except Exception as exc:
             if len(batch) == 1:
-                self._settle(batch[0][1], *self._error())
+                self._settle(batch[0][1], exc)
                 return
             # One bad group must not fail its neighbours: retry each on its own.
             for statements, future in batch:
                 try:
-                    await self._flush_one(statements)
+                    await _transact(self._db, *_compose(statements))
+                except Exception as one_exc:
+                    self._settle(future, one_exc)
+                else:
                     self._settle(future, None)
-                except Exception as exc:
-                    self._settle(future, exc)
             return
         for _, future in batch:
             self._settle(future, None)
-
-    async def _flush_one(self, statements: list[Statement]) -> None:
-        await self._flush_direct(self._db, statements)
-
-    @staticmethod
-    async def _flush_direct(db: Any, statements: list[Statement]) -> None:
-        parts, params = [], {}
-        for index, (sql, vars_) in enumerate(statements):
-            prefix = f"s{index}_"
-            parts.append(_VAR_RE.sub(lambda m, p=prefix: f"${p}{m.group(1)}", sql))
-            params.update({prefix + k: v for k, v in vars_.items()})
-        await _transact(db, "BEGIN TRANSACTION;\n" + ";\n".join(parts) + ";\nCOMMIT TRANSACTION;", params)
-
-    @staticmethod
-    def _error() -> tuple[BaseException | None]:
-        import sys
-
-        return (sys.exc_info()[1],)
 
     @staticmethod
     def _settle(future: asyncio.Future[None] | None, exc: BaseException | None) -> None:
@@ -210,9 +202,23 @@ def _deployment_from_doc(doc: dict[str, Any]) -> DeploymentRecord:
 
 
 def _job_doc(job: JobRecord) -> dict[str, Any]:
-    doc = asdict(job)
-    doc.pop("job_id")
-    doc["deployment"] = doc.pop("deployment_id")
+    doc = {
+        "account": job.account,
+        "app_name": job.app_name,
+        "function_name": job.function_name,
+        "deployment": job.deployment_id,
+        "status": job.status,
+        "attempt": job.attempt,
+        "reason": job.reason,
+        "args_format": job.args_format,
+        "args": job.args,
+        "result_format": job.result_format,
+        "result": job.result,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "ended_at": job.ended_at,
+        "last_seq": job.last_seq,
+    }
     return {k: v for k, v in doc.items() if v is not None}
 
 

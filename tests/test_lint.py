@@ -23,3 +23,9 @@ def test_ruff_check() -> None:
         text=True,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_mypy() -> None:
+    exe = shutil.which("mypy") or str(Path(sys.executable).with_name("mypy"))
+    proc = subprocess.run([exe, "apothic", "server", "worker"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -12,6 +12,7 @@ import contextlib
 import io
 import logging
 import os
+import pickle
 import signal
 import socket
 import sys
@@ -221,7 +222,7 @@ class ProcessContainer:
                 try:
                     header = await reader.readexactly(protocol.HEADER.size)
                     (size,) = protocol.HEADER.unpack(header)
-                    msg: tuple[Any, ...] = __import__("pickle").loads(await reader.readexactly(size))
+                    msg: tuple[Any, ...] = pickle.loads(await reader.readexactly(size))
                 except (asyncio.IncompleteReadError, ConnectionError):
                     break
                 kind = msg[0]

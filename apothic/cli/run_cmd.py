@@ -79,7 +79,7 @@ def run_file(target: str, app_name: str | None) -> None:
         watcher.start()
         try:
             result = func()
-            if inspect.isawaitable(result):
+            if inspect.iscoroutine(result):
                 result = asyncio.run(result)
         except BaseException as exc:
             watcher.stop(drain_s=0.3)

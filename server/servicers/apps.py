@@ -42,7 +42,7 @@ class AppServicer(app_grpc.AppServiceServicer):
     async def ListDeployments(
         self, request: app_pb.ListDeploymentsRequest, context: grpc.aio.ServicerContext
     ) -> app_pb.ListDeploymentsResponse:
-        deps = await self.deployments.list(current_account.get(), request.app_name, request.limit)
+        deps = await self.deployments.list_deployments(current_account.get(), request.app_name, request.limit)
         return app_pb.ListDeploymentsResponse(deployments=[convert.deployment_to_pb(d) for d in deps])
 
     async def StopDeployment(

@@ -99,5 +99,5 @@ class FunctionServicer(fn_grpc.FunctionServiceServicer):
         self, request: fn_pb.ListJobsRequest, context: grpc.aio.ServicerContext
     ) -> fn_pb.ListJobsResponse:
         status = convert.JOB_STATUS_NAMES.get(request.status, "") if request.status else ""
-        records = await self.jobs.list(current_account.get(), request.app_name, status, request.limit)
+        records = await self.jobs.list_jobs(current_account.get(), request.app_name, status, request.limit)
         return fn_pb.ListJobsResponse(jobs=[convert.job_to_pb(r) for r in records])

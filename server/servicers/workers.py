@@ -113,7 +113,7 @@ class WorkerServicer(w_grpc.WorkerServiceServicer):
         except Exception:
             log.exception("worker %s: session reader failed", worker.worker_id)
         finally:
-            worker.outbox.put_nowait(None)  # type: ignore[arg-type]
+            worker.outbox.put_nowait(None)
 
     async def Session(
         self, request_iterator: AsyncIterator[w_pb.SessionRequest], context: grpc.aio.ServicerContext
