@@ -167,7 +167,8 @@ def rebuild_exception(info: ErrorInfo, *, job_id: str = "") -> BaseException:
             exc = pickle.loads(info.pickled)
         except Exception:
             exc = None
-        if isinstance(exc, BaseException):
+        # SystemExit and friends would end the caller's program: they come back as RemoteError.
+        if isinstance(exc, Exception):
             exc.__cause__ = RemoteTraceback(info.traceback)
             try:
                 exc.remote_traceback = info.traceback  # type: ignore[attr-defined]

@@ -59,6 +59,10 @@ class DeploymentManager:
         self.topics: Topics[Event] = Topics()
         self._lock = asyncio.Lock()
         self._reaper: asyncio.Task[None] | None = None
+        #: Seconds an ephemeral deployment lives without a heartbeat.
+        self.ephemeral_lease_s = EPHEMERAL_LEASE_S
+        #: How often abandoned ephemeral deployments are looked for.
+        self.reap_interval_s = 2.0
 
     async def load(self) -> None:
         """Loads live deployments at start."""
@@ -123,7 +127,7 @@ class DeploymentManager:
                 archive_sha256=sha,
                 created_at=now,
                 updated_at=now,
-                expires_at=now + timedelta(seconds=EPHEMERAL_LEASE_S) if ephemeral else None,
+                expires_at=now + timedelta(seconds=self.ephemeral_lease_s) if ephemeral else None,
             )
             created = self._event(dep, "deployment.created")
             superseded = []
@@ -246,9 +250,9 @@ class DeploymentManager:
         if dep.status != DEPLOYMENT_LIVE:
             raise FailedPrecondition(f"deployment {deployment_id} is {dep.status}; it cannot be kept alive")
         if dep.ephemeral:
-            dep.expires_at = utcnow() + timedelta(seconds=EPHEMERAL_LEASE_S)
+            dep.expires_at = utcnow() + timedelta(seconds=self.ephemeral_lease_s)
             await self.store.set_deployment_expiry(deployment_id, dep.expires_at)
-        return EPHEMERAL_LEASE_S
+        return self.ephemeral_lease_s
 
     async def watch(
         self, account: str, deployment_id: str, *, snapshot: bool
@@ -272,7 +276,7 @@ class DeploymentManager:
     async def _reap_ephemeral(self) -> None:
         try:
             while True:
-                await asyncio.sleep(2.0)
+                await asyncio.sleep(self.reap_interval_s)
                 now = utcnow()
                 for dep in list(self._by_id.values()):
                     if dep.ephemeral and dep.status == DEPLOYMENT_LIVE and dep.expires_at and dep.expires_at < now:

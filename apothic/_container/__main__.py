@@ -165,7 +165,7 @@ def _run(func: Callable[..., Any], loop: asyncio.AbstractEventLoop, msg: tuple[A
             )
         return (protocol.RESULT, job_id, attempt, True, result_format, data)
     except BaseException as exc:  # noqa: BLE001 - everything the user's code raises goes back
-        if isinstance(exc, SystemExit | KeyboardInterrupt) and not isinstance(exc, SystemExit):
+        if isinstance(exc, KeyboardInterrupt):
             raise
         info = ser.capture_exception(exc)
         return (protocol.RESULT, job_id, attempt, False, "", (info.type, info.message, info.traceback, info.pickled))

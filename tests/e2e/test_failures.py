@@ -389,3 +389,10 @@ async def test_blocking_call_inside_an_event_loop_names_the_aio_form(failing_app
     with pytest.raises(BlockingInAsyncContextError, match=r"\.aio\.deploy"):
         failing_app.app.deploy()
     assert await job.aio.wait(timeout=30) == 3
+
+
+def test_remote_sys_exit_does_not_end_the_caller(failing_app) -> None:
+    with pytest.raises(apothic.exceptions.RemoteError) as info:
+        failing_app.exit_early.remote()
+    assert "SystemExit" in info.value.remote_type
+    assert failing_app.add.remote(1, 1) == 2

@@ -81,3 +81,10 @@ def raise_unrebuildable() -> None:
 @app.function(timeout_s=30)
 def return_lock() -> object:
     return threading.Lock()
+
+
+@app.function(timeout_s=30)
+def exit_early() -> None:
+    import sys
+
+    sys.exit(3)
