@@ -105,6 +105,9 @@ class LocalRuntime:
         """Starts one more local worker and waits until its session is open."""
         from apothic.worker.agent import Worker
         from apothic.worker.settings import WorkerSettings
+        from apothic.worker.transport import InProcessTransport
+
+        assert self.plane is not None
 
         worker = Worker(
             WorkerSettings(
@@ -113,7 +116,8 @@ class LocalRuntime:
                 worker_id=worker_id,
                 state_dir=self.state_dir / "worker" / worker_id.replace(":", "_"),
                 labels=labels or {},
-            )
+            ),
+            transport=InProcessTransport(self.plane.worker_servicer.Session, self.address),
         )
         self.workers.append(worker)
         self._worker_tasks.append(asyncio.create_task(worker.run(), name=f"apothic-{worker_id}"))

@@ -55,6 +55,8 @@ class ControlPlane:
         self.deployments = DeploymentManager(self.store)
         self.deployments.scheduler = self.scheduler
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        #: Also serves in-process worker sessions (see apothic.worker.transport).
+        self.worker_servicer = WorkerServicer(self.scheduler, self.deployments)
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self._lock_file: IO[str] | None = None
@@ -102,7 +104,7 @@ class ControlPlane:
         )
         fn_grpc.add_FunctionServiceServicer_to_server(FunctionServicer(self.deployments, self.jobs), server)
         app_grpc.add_AppServiceServicer_to_server(AppServicer(self.deployments, self.jobs), server)
-        w_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(self.scheduler, self.deployments), server)
+        w_grpc.add_WorkerServiceServicer_to_server(self.worker_servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         self.port = server.add_insecure_port(f"{self.settings.host}:{self.settings.grpc_port}")
@@ -137,6 +139,8 @@ class ControlPlane:
             with contextlib.suppress(Exception):
                 await self._set_health(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.jobs.close()
+        for worker in list(self.scheduler.workers.values()):
+            worker.outbox.put_nowait(None)  # ends in-process sessions too
         if self.server is not None:
             await self.server.stop(self.settings.shutdown_grace_s if grace is None else grace)
         await self.scheduler.stop()

@@ -13,7 +13,6 @@ import grpc.aio
 
 from apothic._proto.v1 import types_pb2 as pb
 from apothic._proto.v1 import worker_service_pb2 as w_pb
-from apothic._proto.v1 import worker_service_pb2_grpc as w_grpc
 from apothic.worker import offer as offer_mod
 from apothic.worker.containers import (
     ContainerManager,
@@ -25,6 +24,7 @@ from apothic.worker.containers import (
     Result,
 )
 from apothic.worker.settings import WorkerSettings
+from apothic.worker.transport import GrpcTransport, SessionTransport
 
 log = logging.getLogger("apothic.worker")
 
@@ -37,13 +37,6 @@ _STATUS_CODES = {
     "cancelled": pb.JOB_STATUS_CANCELLED,
 }
 _STREAM_CODES = {"stdout": pb.LOG_STREAM_STDOUT, "stderr": pb.LOG_STREAM_STDERR, "system": pb.LOG_STREAM_SYSTEM}
-_CHANNEL_OPTIONS = [
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-]
 
 
 def _to_message(report: Report) -> w_pb.SessionRequest:
@@ -87,8 +80,9 @@ def _to_message(report: Report) -> w_pb.SessionRequest:
 class Worker:
     """Runs containers for one control plane. ``await worker.run()`` until ``stop()``."""
 
-    def __init__(self, settings: WorkerSettings) -> None:
+    def __init__(self, settings: WorkerSettings, *, transport: SessionTransport | None = None) -> None:
         self.settings = settings
+        self.transport = transport or GrpcTransport(settings.base_url, settings.api_key)
         env = {
             k: v for k, v in __import__("os").environ.items() if not k.startswith("APOTHIC_") or k in ("APOTHIC_HOME",)
         }
@@ -175,9 +169,7 @@ class Worker:
             )
         )
         self._outbox = asyncio.Queue()
-        async with grpc.aio.insecure_channel(s.base_url, options=_CHANNEL_OPTIONS) as channel:
-            stub = w_grpc.WorkerServiceStub(channel)
-            call = stub.Session(self._outgoing(hello), metadata=(("authorization", f"Bearer {s.api_key}"),))
+        async with self.transport.open(self._outgoing(hello)) as call:
             heartbeat: asyncio.Task[None] | None = None
             tasks: set[asyncio.Task[None]] = set()
             try:
@@ -221,11 +213,10 @@ class Worker:
                     elif which == "welcome":
                         self.sessions += 1
                         self.connected.set()
-                        log.info("worker %s: session open to %s", s.worker_id, s.base_url)
+                        log.info("worker %s: session open to %s", s.worker_id, self.transport.base_url)
                         heartbeat = asyncio.create_task(self._heartbeat(msg.welcome.heartbeat_interval_s or 5.0))
             finally:
                 if heartbeat is not None:
                     heartbeat.cancel()
                 for task in tasks:
                     task.cancel()
-                call.cancel()
