@@ -6,6 +6,7 @@ SurrealDB.
 
 from apothic import config, exceptions
 from apothic.app import App
+from apothic.concurrency import batched, concurrent
 from apothic.config import ClientConfig
 from apothic.functions import Function, RemoteFunction
 from apothic.job import Job
@@ -23,6 +24,7 @@ from apothic.models import (
     JobSnapshotEvent,
     JobStatus,
 )
+from apothic.retries import Retries
 
 __version__ = "0.1.0"
 
@@ -44,7 +46,10 @@ __all__ = [
     "JobSnapshotEvent",
     "JobStatus",
     "RemoteFunction",
+    "Retries",
     "__version__",
+    "batched",
+    "concurrent",
     "config",
     "exceptions",
 ]

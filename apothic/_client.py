@@ -48,6 +48,7 @@ from apothic.models import (
     Outcome,
 )
 from apothic.options import FunctionDefinition
+from apothic.retries import Retries
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 CHANNEL_OPTIONS = [
@@ -175,6 +176,17 @@ def deployment_from_pb(dep: pb.Deployment) -> DeploymentInfo:
     )
 
 
+def _retry_policy(retries: Retries | None) -> pb.RetryPolicy | None:
+    if retries is None:
+        return None
+    return pb.RetryPolicy(
+        max_retries=retries.max_retries,
+        initial_delay_s=retries.initial_delay,
+        backoff_coefficient=retries.backoff_coefficient,
+        max_delay_s=retries.max_delay,
+    )
+
+
 def function_ref(app_name: str, function_name: str, deployment_id: str = "") -> pb.FunctionRef:
     """Builds a FunctionRef message."""
     return pb.FunctionRef(app_name=app_name, function_name=function_name, deployment_id=deployment_id)
@@ -278,6 +290,14 @@ class Client:
                 max_containers=f.max_containers,
                 scaledown_window_s=f.scaledown_window_s,
                 options_json=f.options_json,
+                retry_policy=_retry_policy(f.retries),
+                max_concurrent_inputs=f.max_concurrent_inputs,
+                target_concurrent_inputs=f.target_concurrent_inputs,
+                batch_max_size=f.batch_max_size,
+                batch_wait_ms=f.batch_wait_ms,
+                max_pending_tasks=f.max_pending_tasks,
+                min_containers=f.min_containers,
+                is_generator=f.is_generator,
             )
             for f in functions
         ]

@@ -180,6 +180,7 @@ class App:
                 definition(
                     name,
                     fn.options,
+                    raw,
                     module="" if by_value else raw.__module__,
                     qualname=raw.__qualname__,
                     pickled=cloudpickle.dumps(raw) if by_value else b"",

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from apothic.concurrency import BATCHED_ATTR, CONCURRENT_ATTR, BatchedConfig, ConcurrentConfig
 from apothic.exceptions import InvalidConfigError
+from apothic.retries import Retries, as_retries
 
 OFFER_FILTER_OPS = ("eq", "neq", "gt", "lt", "gte", "lte", "in", "notin")
 
@@ -23,7 +27,7 @@ class FunctionOptions:
     name: str | None = None
     timeout_s: float = 300.0
     startup_timeout_s: float = 60.0
-    retries: int = 0
+    retries: int | Retries = 0
     max_containers: int | None = None
     min_containers: int = 0
     buffer_containers: int = 0
@@ -70,7 +74,9 @@ def validate_options(**kwargs: Any) -> FunctionOptions:
         raise InvalidConfigError(f"name must be a Python identifier, got {opts.name!r}")
     _positive("timeout_s", opts.timeout_s)
     _positive("startup_timeout_s", opts.startup_timeout_s)
-    _positive("retries", opts.retries, integer=True, allow_zero=True)
+    if not isinstance(opts.retries, Retries):
+        _positive("retries", opts.retries, integer=True, allow_zero=True)
+        as_retries(opts.retries)
     _positive("min_containers", opts.min_containers, integer=True, allow_zero=True)
     _positive("buffer_containers", opts.buffer_containers, integer=True, allow_zero=True)
     _positive("scaledown_window_s", opts.scaledown_window_s)
@@ -102,7 +108,7 @@ def validate_options(**kwargs: Any) -> FunctionOptions:
                 f"offer filter {item!r} must be (field, op, value) with op one of {', '.join(OFFER_FILTER_OPS)}"
             )
         filters.append(tuple(item))
-    return FunctionOptions(**{**asdict(opts), "offer_filters": tuple(filters)})
+    return replace(opts, offer_filters=tuple(filters))
 
 
 @dataclass(frozen=True)
@@ -118,12 +124,48 @@ class FunctionDefinition:
     max_containers: int
     scaledown_window_s: float
     options_json: str
+    retries: Retries | None = None
+    max_concurrent_inputs: int = 1
+    target_concurrent_inputs: int = 1
+    batch_max_size: int = 0
+    batch_wait_ms: float = 0.0
+    max_pending_tasks: int = 0
+    min_containers: int = 0
+    is_generator: bool = False
+
+
+def _options_doc(options: FunctionOptions) -> dict[str, Any]:
+    doc = asdict(options)
+    if isinstance(options.retries, Retries):
+        doc["retries"] = asdict(options.retries)
+    return doc
 
 
 def definition(
-    name: str, options: FunctionOptions, *, module: str, qualname: str, pickled: bytes
+    name: str,
+    options: FunctionOptions,
+    raw: Callable[..., Any],
+    *,
+    module: str,
+    qualname: str,
+    pickled: bytes,
 ) -> FunctionDefinition:
-    """Builds the deployable definition of a function from its validated options."""
+    """Builds the deployable definition of a function from its validated options and the
+    markers ``@concurrent`` / ``@batched`` left on it.
+
+    Raises:
+        InvalidConfigError: the options and markers contradict each other.
+    """
+    concurrent: ConcurrentConfig | None = getattr(raw, CONCURRENT_ATTR, None)
+    batched: BatchedConfig | None = getattr(raw, BATCHED_ATTR, None)
+    max_inputs = target = options.concurrent_requests
+    if concurrent is not None:
+        if options.concurrent_requests != 1:
+            raise InvalidConfigError(f"{name}: use either concurrent_requests= or @concurrent, not both")
+        max_inputs, target = concurrent.max_inputs, concurrent.target_inputs
+    is_generator = inspect.isgeneratorfunction(raw) or inspect.isasyncgenfunction(raw)
+    if batched is not None and is_generator:
+        raise InvalidConfigError(f"{name}: a generator function cannot be @batched")
     return FunctionDefinition(
         name=name,
         module=module,
@@ -133,5 +175,13 @@ def definition(
         startup_timeout_s=float(options.startup_timeout_s),
         max_containers=options.max_containers or 0,
         scaledown_window_s=float(options.scaledown_window_s),
-        options_json=json.dumps(asdict(options), sort_keys=True, default=repr),
+        options_json=json.dumps(_options_doc(options), sort_keys=True, default=repr),
+        retries=as_retries(options.retries) or None,
+        max_concurrent_inputs=max_inputs,
+        target_concurrent_inputs=target,
+        batch_max_size=batched.max_batch_size if batched else 0,
+        batch_wait_ms=batched.wait_ms if batched else 0.0,
+        max_pending_tasks=options.max_pending_tasks or 0,
+        min_containers=options.min_containers,
+        is_generator=is_generator,
     )

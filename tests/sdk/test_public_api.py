@@ -32,7 +32,10 @@ EXPECTED_ALL = [
     "JobSnapshotEvent",
     "JobStatus",
     "RemoteFunction",
+    "Retries",
     "__version__",
+    "batched",
+    "concurrent",
     "config",
     "exceptions",
 ]

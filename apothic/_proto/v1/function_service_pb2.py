@@ -25,45 +25,69 @@ _sym_db = _symbol_database.Default()
 from apothic._proto.v1 import types_pb2 as apothic_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!apothic/v1/function_service.proto\x12\napothic.v1\x1a\x16\x61pothic/v1/types.proto\"\x97\x01\n\x15InvokeFunctionRequest\x12)\n\x08\x66unction\x18\x01 \x01(\x0b\x32\x17.apothic.v1.FunctionRef\x12!\n\x04\x61rgs\x18\x02 \x01(\x0b\x32\x13.apothic.v1.Payload\x12\x30\n\rresult_format\x18\x03 \x01(\x0e\x32\x19.apothic.v1.PayloadFormat\"\x97\x01\n\x16InvokeFunctionResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12%\n\x06status\x18\x02 \x01(\x0e\x32\x15.apothic.v1.JobStatus\x12%\n\x06result\x18\x03 \x01(\x0b\x32\x15.apothic.v1.JobResult\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\"\x96\x01\n\x14SpawnFunctionRequest\x12)\n\x08\x66unction\x18\x01 \x01(\x0b\x32\x17.apothic.v1.FunctionRef\x12!\n\x04\x61rgs\x18\x02 \x01(\x0b\x32\x13.apothic.v1.Payload\x12\x30\n\rresult_format\x18\x03 \x01(\x0e\x32\x19.apothic.v1.PayloadFormat\"\'\n\x15SpawnFunctionResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\".\n\x0eGetJobResponse\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.apothic.v1.Job\"3\n\x0eWaitJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\ttimeout_s\x18\x02 \x01(\x01\"=\n\x0fWaitJobResponse\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.apothic.v1.Job\x12\x0c\n\x04\x64one\x18\x02 \x01(\x08\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"1\n\x11\x43\x61ncelJobResponse\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.apothic.v1.Job\"#\n\x11GetJobLogsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\":\n\x12GetJobLogsResponse\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.apothic.v1.JobEvent\"F\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08snapshot\x18\x02 \x01(\x08\x12\x11\n\tafter_seq\x18\x03 \x01(\x03\"7\n\x10WatchJobResponse\x12#\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.apothic.v1.JobEvent\"Y\n\x0fListJobsRequest\x12\x10\n\x08\x61pp_name\x18\x01 \x01(\t\x12%\n\x06status\x18\x02 \x01(\x0e\x32\x15.apothic.v1.JobStatus\x12\r\n\x05limit\x18\x03 \x01(\x05\"1\n\x10ListJobsResponse\x12\x1d\n\x04jobs\x18\x01 \x03(\x0b\x32\x0f.apothic.v1.Job2\xec\x04\n\x0f\x46unctionService\x12W\n\x0eInvokeFunction\x12!.apothic.v1.InvokeFunctionRequest\x1a\".apothic.v1.InvokeFunctionResponse\x12T\n\rSpawnFunction\x12 .apothic.v1.SpawnFunctionRequest\x1a!.apothic.v1.SpawnFunctionResponse\x12?\n\x06GetJob\x12\x19.apothic.v1.GetJobRequest\x1a\x1a.apothic.v1.GetJobResponse\x12\x42\n\x07WaitJob\x12\x1a.apothic.v1.WaitJobRequest\x1a\x1b.apothic.v1.WaitJobResponse\x12H\n\tCancelJob\x12\x1c.apothic.v1.CancelJobRequest\x1a\x1d.apothic.v1.CancelJobResponse\x12K\n\nGetJobLogs\x12\x1d.apothic.v1.GetJobLogsRequest\x1a\x1e.apothic.v1.GetJobLogsResponse\x12G\n\x08WatchJob\x12\x1b.apothic.v1.WatchJobRequest\x1a\x1c.apothic.v1.WatchJobResponse0\x01\x12\x45\n\x08ListJobs\x12\x1b.apothic.v1.ListJobsRequest\x1a\x1c.apothic.v1.ListJobsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!apothic/v1/function_service.proto\x12\napothic.v1\x1a\x16\x61pothic/v1/types.proto\"\x9a\x01\n\x18SpawnFunctionManyRequest\x12)\n\x08\x66unction\x18\x01 \x01(\x0b\x32\x17.apothic.v1.FunctionRef\x12!\n\x04\x61rgs\x18\x02 \x03(\x0b\x32\x13.apothic.v1.Payload\x12\x30\n\rresult_format\x18\x03 \x01(\x0e\x32\x19.apothic.v1.PayloadFormat\",\n\x19SpawnFunctionManyResponse\x12\x0f\n\x07job_ids\x18\x01 \x03(\t\"g\n\x08MapStart\x12)\n\x08\x66unction\x18\x01 \x01(\x0b\x32\x17.apothic.v1.FunctionRef\x12\x30\n\rresult_format\x18\x02 \x01(\x0e\x32\x19.apothic.v1.PayloadFormat\"<\n\x08MapInput\x12\r\n\x05index\x18\x01 \x01(\x03\x12!\n\x04\x61rgs\x18\x02 \x01(\x0b\x32\x13.apothic.v1.Payload\"1\n\tMapInputs\x12$\n\x06inputs\x18\x01 \x03(\x0b\x32\x14.apothic.v1.MapInput\"o\n\x12MapFunctionRequest\x12%\n\x05start\x18\x01 \x01(\x0b\x32\x14.apothic.v1.MapStartH\x00\x12\'\n\x06inputs\x18\x02 \x01(\x0b\x32\x15.apothic.v1.MapInputsH\x00\x42\t\n\x07message\"\x8a\x01\n\tMapResult\x12\r\n\x05index\x18\x01 \x01(\x03\x12%\n\x06status\x18\x02 \x01(\x0e\x32\x15.apothic.v1.JobStatus\x12%\n\x06result\x18\x03 \x01(\x0b\x32\x15.apothic.v1.JobResult\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x05 \x01(\x05\"\x1c\n\nMapStarted\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"4\n\nMapResults\x12&\n\x07results\x18\x01 \x03(\x0b\x32\x15.apothic.v1.MapResult\"v\n\x13MapFunctionResponse\x12)\n\x07started\x18\x01 \x01(\x0b\x32\x16.apothic.v1.MapStartedH\x00\x12)\n\x07results\x18\x02 \x01(\x0b\x32\x16.apothic.v1.MapResultsH\x00\x42\t\n\x07message\"\x9d\x01\n\x1bInvokeFunctionStreamRequest\x12)\n\x08\x66unction\x18\x01 \x01(\x0b\x32\x17.apothic.v1.FunctionRef\x12!\n\x04\x61rgs\x18\x02 \x01(\x0b\x32\x13.apothic.v1.Payload\x12\x30\n\rresult_format\x18\x03 \x01(\x0e\x32\x19.apothic.v1.PayloadFormat\"\x93\x01\n\x1cInvokeFunctionStreamResponse\x12\x10\n\x06job_id\x18\x01 \x01(\tH\x00\x12#\n\x04item\x18\x02 \x01(\x0b\x32\x13.apothic.v1.PayloadH\x00\x12\x31\n\x03\x65nd\x18\x03 \x01(\x0b\x32\".apothic.v1.InvokeFunctionResponseH\x00\x42\t\n\x07message\"\x97\x01\n\x15InvokeFunctionRequest\x12)\n\x08\x66unction\x18\x01 \x01(\x0b\x32\x17.apothic.v1.FunctionRef\x12!\n\x04\x61rgs\x18\x02 \x01(\x0b\x32\x13.apothic.v1.Payload\x12\x30\n\rresult_format\x18\x03 \x01(\x0e\x32\x19.apothic.v1.PayloadFormat\"\x97\x01\n\x16InvokeFunctionResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12%\n\x06status\x18\x02 \x01(\x0e\x32\x15.apothic.v1.JobStatus\x12%\n\x06result\x18\x03 \x01(\x0b\x32\x15.apothic.v1.JobResult\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\"\x96\x01\n\x14SpawnFunctionRequest\x12)\n\x08\x66unction\x18\x01 \x01(\x0b\x32\x17.apothic.v1.FunctionRef\x12!\n\x04\x61rgs\x18\x02 \x01(\x0b\x32\x13.apothic.v1.Payload\x12\x30\n\rresult_format\x18\x03 \x01(\x0e\x32\x19.apothic.v1.PayloadFormat\"\'\n\x15SpawnFunctionResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\".\n\x0eGetJobResponse\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.apothic.v1.Job\"3\n\x0eWaitJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\ttimeout_s\x18\x02 \x01(\x01\"=\n\x0fWaitJobResponse\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.apothic.v1.Job\x12\x0c\n\x04\x64one\x18\x02 \x01(\x08\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"1\n\x11\x43\x61ncelJobResponse\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.apothic.v1.Job\"#\n\x11GetJobLogsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\":\n\x12GetJobLogsResponse\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.apothic.v1.JobEvent\"F\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08snapshot\x18\x02 \x01(\x08\x12\x11\n\tafter_seq\x18\x03 \x01(\x03\"7\n\x10WatchJobResponse\x12#\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.apothic.v1.JobEvent\"Y\n\x0fListJobsRequest\x12\x10\n\x08\x61pp_name\x18\x01 \x01(\t\x12%\n\x06status\x18\x02 \x01(\x0e\x32\x15.apothic.v1.JobStatus\x12\r\n\x05limit\x18\x03 \x01(\x05\"1\n\x10ListJobsResponse\x12\x1d\n\x04jobs\x18\x01 \x03(\x0b\x32\x0f.apothic.v1.Job2\x8f\x07\n\x0f\x46unctionService\x12W\n\x0eInvokeFunction\x12!.apothic.v1.InvokeFunctionRequest\x1a\".apothic.v1.InvokeFunctionResponse\x12T\n\rSpawnFunction\x12 .apothic.v1.SpawnFunctionRequest\x1a!.apothic.v1.SpawnFunctionResponse\x12?\n\x06GetJob\x12\x19.apothic.v1.GetJobRequest\x1a\x1a.apothic.v1.GetJobResponse\x12\x42\n\x07WaitJob\x12\x1a.apothic.v1.WaitJobRequest\x1a\x1b.apothic.v1.WaitJobResponse\x12H\n\tCancelJob\x12\x1c.apothic.v1.CancelJobRequest\x1a\x1d.apothic.v1.CancelJobResponse\x12K\n\nGetJobLogs\x12\x1d.apothic.v1.GetJobLogsRequest\x1a\x1e.apothic.v1.GetJobLogsResponse\x12G\n\x08WatchJob\x12\x1b.apothic.v1.WatchJobRequest\x1a\x1c.apothic.v1.WatchJobResponse0\x01\x12\x45\n\x08ListJobs\x12\x1b.apothic.v1.ListJobsRequest\x1a\x1c.apothic.v1.ListJobsResponse\x12`\n\x11SpawnFunctionMany\x12$.apothic.v1.SpawnFunctionManyRequest\x1a%.apothic.v1.SpawnFunctionManyResponse\x12R\n\x0bMapFunction\x12\x1e.apothic.v1.MapFunctionRequest\x1a\x1f.apothic.v1.MapFunctionResponse(\x01\x30\x01\x12k\n\x14InvokeFunctionStream\x12\'.apothic.v1.InvokeFunctionStreamRequest\x1a(.apothic.v1.InvokeFunctionStreamResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'apothic._proto.v1.function_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_INVOKEFUNCTIONREQUEST']._serialized_start=74
-  _globals['_INVOKEFUNCTIONREQUEST']._serialized_end=225
-  _globals['_INVOKEFUNCTIONRESPONSE']._serialized_start=228
-  _globals['_INVOKEFUNCTIONRESPONSE']._serialized_end=379
-  _globals['_SPAWNFUNCTIONREQUEST']._serialized_start=382
-  _globals['_SPAWNFUNCTIONREQUEST']._serialized_end=532
-  _globals['_SPAWNFUNCTIONRESPONSE']._serialized_start=534
-  _globals['_SPAWNFUNCTIONRESPONSE']._serialized_end=573
-  _globals['_GETJOBREQUEST']._serialized_start=575
-  _globals['_GETJOBREQUEST']._serialized_end=606
-  _globals['_GETJOBRESPONSE']._serialized_start=608
-  _globals['_GETJOBRESPONSE']._serialized_end=654
-  _globals['_WAITJOBREQUEST']._serialized_start=656
-  _globals['_WAITJOBREQUEST']._serialized_end=707
-  _globals['_WAITJOBRESPONSE']._serialized_start=709
-  _globals['_WAITJOBRESPONSE']._serialized_end=770
-  _globals['_CANCELJOBREQUEST']._serialized_start=772
-  _globals['_CANCELJOBREQUEST']._serialized_end=806
-  _globals['_CANCELJOBRESPONSE']._serialized_start=808
-  _globals['_CANCELJOBRESPONSE']._serialized_end=857
-  _globals['_GETJOBLOGSREQUEST']._serialized_start=859
-  _globals['_GETJOBLOGSREQUEST']._serialized_end=894
-  _globals['_GETJOBLOGSRESPONSE']._serialized_start=896
-  _globals['_GETJOBLOGSRESPONSE']._serialized_end=954
-  _globals['_WATCHJOBREQUEST']._serialized_start=956
-  _globals['_WATCHJOBREQUEST']._serialized_end=1026
-  _globals['_WATCHJOBRESPONSE']._serialized_start=1028
-  _globals['_WATCHJOBRESPONSE']._serialized_end=1083
-  _globals['_LISTJOBSREQUEST']._serialized_start=1085
-  _globals['_LISTJOBSREQUEST']._serialized_end=1174
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1176
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1225
-  _globals['_FUNCTIONSERVICE']._serialized_start=1228
-  _globals['_FUNCTIONSERVICE']._serialized_end=1848
+  _globals['_SPAWNFUNCTIONMANYREQUEST']._serialized_start=74
+  _globals['_SPAWNFUNCTIONMANYREQUEST']._serialized_end=228
+  _globals['_SPAWNFUNCTIONMANYRESPONSE']._serialized_start=230
+  _globals['_SPAWNFUNCTIONMANYRESPONSE']._serialized_end=274
+  _globals['_MAPSTART']._serialized_start=276
+  _globals['_MAPSTART']._serialized_end=379
+  _globals['_MAPINPUT']._serialized_start=381
+  _globals['_MAPINPUT']._serialized_end=441
+  _globals['_MAPINPUTS']._serialized_start=443
+  _globals['_MAPINPUTS']._serialized_end=492
+  _globals['_MAPFUNCTIONREQUEST']._serialized_start=494
+  _globals['_MAPFUNCTIONREQUEST']._serialized_end=605
+  _globals['_MAPRESULT']._serialized_start=608
+  _globals['_MAPRESULT']._serialized_end=746
+  _globals['_MAPSTARTED']._serialized_start=748
+  _globals['_MAPSTARTED']._serialized_end=776
+  _globals['_MAPRESULTS']._serialized_start=778
+  _globals['_MAPRESULTS']._serialized_end=830
+  _globals['_MAPFUNCTIONRESPONSE']._serialized_start=832
+  _globals['_MAPFUNCTIONRESPONSE']._serialized_end=950
+  _globals['_INVOKEFUNCTIONSTREAMREQUEST']._serialized_start=953
+  _globals['_INVOKEFUNCTIONSTREAMREQUEST']._serialized_end=1110
+  _globals['_INVOKEFUNCTIONSTREAMRESPONSE']._serialized_start=1113
+  _globals['_INVOKEFUNCTIONSTREAMRESPONSE']._serialized_end=1260
+  _globals['_INVOKEFUNCTIONREQUEST']._serialized_start=1263
+  _globals['_INVOKEFUNCTIONREQUEST']._serialized_end=1414
+  _globals['_INVOKEFUNCTIONRESPONSE']._serialized_start=1417
+  _globals['_INVOKEFUNCTIONRESPONSE']._serialized_end=1568
+  _globals['_SPAWNFUNCTIONREQUEST']._serialized_start=1571
+  _globals['_SPAWNFUNCTIONREQUEST']._serialized_end=1721
+  _globals['_SPAWNFUNCTIONRESPONSE']._serialized_start=1723
+  _globals['_SPAWNFUNCTIONRESPONSE']._serialized_end=1762
+  _globals['_GETJOBREQUEST']._serialized_start=1764
+  _globals['_GETJOBREQUEST']._serialized_end=1795
+  _globals['_GETJOBRESPONSE']._serialized_start=1797
+  _globals['_GETJOBRESPONSE']._serialized_end=1843
+  _globals['_WAITJOBREQUEST']._serialized_start=1845
+  _globals['_WAITJOBREQUEST']._serialized_end=1896
+  _globals['_WAITJOBRESPONSE']._serialized_start=1898
+  _globals['_WAITJOBRESPONSE']._serialized_end=1959
+  _globals['_CANCELJOBREQUEST']._serialized_start=1961
+  _globals['_CANCELJOBREQUEST']._serialized_end=1995
+  _globals['_CANCELJOBRESPONSE']._serialized_start=1997
+  _globals['_CANCELJOBRESPONSE']._serialized_end=2046
+  _globals['_GETJOBLOGSREQUEST']._serialized_start=2048
+  _globals['_GETJOBLOGSREQUEST']._serialized_end=2083
+  _globals['_GETJOBLOGSRESPONSE']._serialized_start=2085
+  _globals['_GETJOBLOGSRESPONSE']._serialized_end=2143
+  _globals['_WATCHJOBREQUEST']._serialized_start=2145
+  _globals['_WATCHJOBREQUEST']._serialized_end=2215
+  _globals['_WATCHJOBRESPONSE']._serialized_start=2217
+  _globals['_WATCHJOBRESPONSE']._serialized_end=2272
+  _globals['_LISTJOBSREQUEST']._serialized_start=2274
+  _globals['_LISTJOBSREQUEST']._serialized_end=2363
+  _globals['_LISTJOBSRESPONSE']._serialized_start=2365
+  _globals['_LISTJOBSRESPONSE']._serialized_end=2414
+  _globals['_FUNCTIONSERVICE']._serialized_start=2417
+  _globals['_FUNCTIONSERVICE']._serialized_end=3328
 # @@protoc_insertion_point(module_scope)

@@ -20,6 +20,323 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class SpawnFunctionManyRequest(_message.Message):
+    """Arguments of SpawnFunctionMany."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FUNCTION_FIELD_NUMBER: _builtins.int
+    ARGS_FIELD_NUMBER: _builtins.int
+    RESULT_FORMAT_FIELD_NUMBER: _builtins.int
+    result_format: _types_pb2.PayloadFormat.ValueType
+    @_builtins.property
+    def function(self) -> _types_pb2.FunctionRef: ...
+    @_builtins.property
+    def args(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Payload]: ...
+    def __init__(
+        self,
+        *,
+        function: _types_pb2.FunctionRef | None = ...,
+        args: _abc.Iterable[_types_pb2.Payload] | None = ...,
+        result_format: _types_pb2.PayloadFormat.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["function", b"function"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "function", b"function", "result_format", b"result_format"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpawnFunctionManyRequest: _TypeAlias = SpawnFunctionManyRequest  # noqa: Y015
+
+@_typing.final
+class SpawnFunctionManyResponse(_message.Message):
+    """Result of SpawnFunctionMany: one job id per input, in input order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def job_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        job_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_ids", b"job_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpawnFunctionManyResponse: _TypeAlias = SpawnFunctionManyResponse  # noqa: Y015
+
+@_typing.final
+class MapStart(_message.Message):
+    """First message of a MapFunction stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FUNCTION_FIELD_NUMBER: _builtins.int
+    RESULT_FORMAT_FIELD_NUMBER: _builtins.int
+    result_format: _types_pb2.PayloadFormat.ValueType
+    @_builtins.property
+    def function(self) -> _types_pb2.FunctionRef: ...
+    def __init__(
+        self,
+        *,
+        function: _types_pb2.FunctionRef | None = ...,
+        result_format: _types_pb2.PayloadFormat.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["function", b"function"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["function", b"function", "result_format", b"result_format"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MapStart: _TypeAlias = MapStart  # noqa: Y015
+
+@_typing.final
+class MapInput(_message.Message):
+    """One input of a map."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    ARGS_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """Position of the input; unique within the map."""
+    @_builtins.property
+    def args(self) -> _types_pb2.Payload: ...
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        args: _types_pb2.Payload | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["args", b"args"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "index", b"index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MapInput: _TypeAlias = MapInput  # noqa: Y015
+
+@_typing.final
+class MapInputs(_message.Message):
+    """A batch of map inputs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INPUTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___MapInput]: ...
+    def __init__(
+        self,
+        *,
+        inputs: _abc.Iterable[Global___MapInput] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MapInputs: _TypeAlias = MapInputs  # noqa: Y015
+
+@_typing.final
+class MapFunctionRequest(_message.Message):
+    """A message from the client on a MapFunction stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def start(self) -> Global___MapStart: ...
+    @_builtins.property
+    def inputs(self) -> Global___MapInputs: ...
+    def __init__(
+        self,
+        *,
+        start: Global___MapStart | None = ...,
+        inputs: Global___MapInputs | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "message", b"message", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "message", b"message", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["start", "inputs"]  # noqa: Y015
+    _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
+
+Global___MapFunctionRequest: _TypeAlias = MapFunctionRequest  # noqa: Y015
+
+@_typing.final
+class MapResult(_message.Message):
+    """How one map input ended."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    status: _types_pb2.JobStatus.ValueType
+    reason: _builtins.str
+    attempts: _builtins.int
+    @_builtins.property
+    def result(self) -> _types_pb2.JobResult: ...
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        status: _types_pb2.JobStatus.ValueType = ...,
+        result: _types_pb2.JobResult | None = ...,
+        reason: _builtins.str = ...,
+        attempts: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "index", b"index", "reason", b"reason", "result", b"result", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MapResult: _TypeAlias = MapResult  # noqa: Y015
+
+@_typing.final
+class MapStarted(_message.Message):
+    """The map's job, sent first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MapStarted: _TypeAlias = MapStarted  # noqa: Y015
+
+@_typing.final
+class MapResults(_message.Message):
+    """A batch of map results."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___MapResult]: ...
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___MapResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MapResults: _TypeAlias = MapResults  # noqa: Y015
+
+@_typing.final
+class MapFunctionResponse(_message.Message):
+    """A message from the server on a MapFunction stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STARTED_FIELD_NUMBER: _builtins.int
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def started(self) -> Global___MapStarted: ...
+    @_builtins.property
+    def results(self) -> Global___MapResults: ...
+    def __init__(
+        self,
+        *,
+        started: Global___MapStarted | None = ...,
+        results: Global___MapResults | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "results", b"results", "started", b"started"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "results", b"results", "started", b"started"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["started", "results"]  # noqa: Y015
+    _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
+
+Global___MapFunctionResponse: _TypeAlias = MapFunctionResponse  # noqa: Y015
+
+@_typing.final
+class InvokeFunctionStreamRequest(_message.Message):
+    """Arguments of InvokeFunctionStream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FUNCTION_FIELD_NUMBER: _builtins.int
+    ARGS_FIELD_NUMBER: _builtins.int
+    RESULT_FORMAT_FIELD_NUMBER: _builtins.int
+    result_format: _types_pb2.PayloadFormat.ValueType
+    @_builtins.property
+    def function(self) -> _types_pb2.FunctionRef: ...
+    @_builtins.property
+    def args(self) -> _types_pb2.Payload: ...
+    def __init__(
+        self,
+        *,
+        function: _types_pb2.FunctionRef | None = ...,
+        args: _types_pb2.Payload | None = ...,
+        result_format: _types_pb2.PayloadFormat.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "function", b"function"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "function", b"function", "result_format", b"result_format"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InvokeFunctionStreamRequest: _TypeAlias = InvokeFunctionStreamRequest  # noqa: Y015
+
+@_typing.final
+class InvokeFunctionStreamResponse(_message.Message):
+    """One message of InvokeFunctionStream: the job id first, then items, then the end."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    ITEM_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    @_builtins.property
+    def item(self) -> _types_pb2.Payload: ...
+    @_builtins.property
+    def end(self) -> Global___InvokeFunctionResponse: ...
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        item: _types_pb2.Payload | None = ...,
+        end: Global___InvokeFunctionResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "item", b"item", "job_id", b"job_id", "message", b"message"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "item", b"item", "job_id", b"job_id", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["job_id", "item", "end"]  # noqa: Y015
+    _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
+
+Global___InvokeFunctionStreamResponse: _TypeAlias = InvokeFunctionStreamResponse  # noqa: Y015
+
+@_typing.final
 class InvokeFunctionRequest(_message.Message):
     """Arguments of InvokeFunction."""
 

@@ -75,6 +75,21 @@ class FunctionServiceStub:
                 request_serializer=apothic_dot_v1_dot_function__service__pb2.ListJobsRequest.SerializeToString,
                 response_deserializer=apothic_dot_v1_dot_function__service__pb2.ListJobsResponse.FromString,
                 _registered_method=True)
+        self.SpawnFunctionMany = channel.unary_unary(
+                '/apothic.v1.FunctionService/SpawnFunctionMany',
+                request_serializer=apothic_dot_v1_dot_function__service__pb2.SpawnFunctionManyRequest.SerializeToString,
+                response_deserializer=apothic_dot_v1_dot_function__service__pb2.SpawnFunctionManyResponse.FromString,
+                _registered_method=True)
+        self.MapFunction = channel.stream_stream(
+                '/apothic.v1.FunctionService/MapFunction',
+                request_serializer=apothic_dot_v1_dot_function__service__pb2.MapFunctionRequest.SerializeToString,
+                response_deserializer=apothic_dot_v1_dot_function__service__pb2.MapFunctionResponse.FromString,
+                _registered_method=True)
+        self.InvokeFunctionStream = channel.unary_stream(
+                '/apothic.v1.FunctionService/InvokeFunctionStream',
+                request_serializer=apothic_dot_v1_dot_function__service__pb2.InvokeFunctionStreamRequest.SerializeToString,
+                response_deserializer=apothic_dot_v1_dot_function__service__pb2.InvokeFunctionStreamResponse.FromString,
+                _registered_method=True)
 
 
 class FunctionServiceServicer:
@@ -144,6 +159,34 @@ class FunctionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SpawnFunctionMany(self, request, context):
+        """Creates one job per input and answers with their ids once all have committed. Fails as
+        SpawnFunction does, and with RESOURCE_EXHAUSTED when the inputs would exceed the
+        function's max_pending_tasks (then no job is created).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MapFunction(self, request_iterator, context):
+        """Runs a function over a stream of inputs: the client sends a start message, then batches
+        of inputs, then half-closes; the server streams back batches of results, each with its
+        input's index, in the order they finish. One input's failure is that input's result.
+        Fails with NOT_FOUND, INVALID_ARGUMENT (no start message, a repeated index) or
+        FAILED_PRECONDITION as InvokeFunction does.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InvokeFunctionStream(self, request, context):
+        """Calls a generator function and streams its items as it yields them, then its end.
+        Fails as InvokeFunction does.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FunctionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -186,6 +229,21 @@ def add_FunctionServiceServicer_to_server(servicer, server):
                     servicer.ListJobs,
                     request_deserializer=apothic_dot_v1_dot_function__service__pb2.ListJobsRequest.FromString,
                     response_serializer=apothic_dot_v1_dot_function__service__pb2.ListJobsResponse.SerializeToString,
+            ),
+            'SpawnFunctionMany': grpc.unary_unary_rpc_method_handler(
+                    servicer.SpawnFunctionMany,
+                    request_deserializer=apothic_dot_v1_dot_function__service__pb2.SpawnFunctionManyRequest.FromString,
+                    response_serializer=apothic_dot_v1_dot_function__service__pb2.SpawnFunctionManyResponse.SerializeToString,
+            ),
+            'MapFunction': grpc.stream_stream_rpc_method_handler(
+                    servicer.MapFunction,
+                    request_deserializer=apothic_dot_v1_dot_function__service__pb2.MapFunctionRequest.FromString,
+                    response_serializer=apothic_dot_v1_dot_function__service__pb2.MapFunctionResponse.SerializeToString,
+            ),
+            'InvokeFunctionStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.InvokeFunctionStream,
+                    request_deserializer=apothic_dot_v1_dot_function__service__pb2.InvokeFunctionStreamRequest.FromString,
+                    response_serializer=apothic_dot_v1_dot_function__service__pb2.InvokeFunctionStreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -405,6 +463,87 @@ class FunctionService:
             '/apothic.v1.FunctionService/ListJobs',
             apothic_dot_v1_dot_function__service__pb2.ListJobsRequest.SerializeToString,
             apothic_dot_v1_dot_function__service__pb2.ListJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SpawnFunctionMany(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apothic.v1.FunctionService/SpawnFunctionMany',
+            apothic_dot_v1_dot_function__service__pb2.SpawnFunctionManyRequest.SerializeToString,
+            apothic_dot_v1_dot_function__service__pb2.SpawnFunctionManyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MapFunction(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/apothic.v1.FunctionService/MapFunction',
+            apothic_dot_v1_dot_function__service__pb2.MapFunctionRequest.SerializeToString,
+            apothic_dot_v1_dot_function__service__pb2.MapFunctionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InvokeFunctionStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/apothic.v1.FunctionService/InvokeFunctionStream',
+            apothic_dot_v1_dot_function__service__pb2.InvokeFunctionStreamRequest.SerializeToString,
+            apothic_dot_v1_dot_function__service__pb2.InvokeFunctionStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -61,6 +61,22 @@ class FunctionServiceStub:
     """
     ListJobs: _grpc.UnaryUnaryMultiCallable[_function_service_pb2.ListJobsRequest, _function_service_pb2.ListJobsResponse]
     """Lists recent jobs, newest first. Fails with INVALID_ARGUMENT for a bad limit."""
+    SpawnFunctionMany: _grpc.UnaryUnaryMultiCallable[_function_service_pb2.SpawnFunctionManyRequest, _function_service_pb2.SpawnFunctionManyResponse]
+    """Creates one job per input and answers with their ids once all have committed. Fails as
+    SpawnFunction does, and with RESOURCE_EXHAUSTED when the inputs would exceed the
+    function's max_pending_tasks (then no job is created).
+    """
+    MapFunction: _grpc.StreamStreamMultiCallable[_function_service_pb2.MapFunctionRequest, _function_service_pb2.MapFunctionResponse]
+    """Runs a function over a stream of inputs: the client sends a start message, then batches
+    of inputs, then half-closes; the server streams back batches of results, each with its
+    input's index, in the order they finish. One input's failure is that input's result.
+    Fails with NOT_FOUND, INVALID_ARGUMENT (no start message, a repeated index) or
+    FAILED_PRECONDITION as InvokeFunction does.
+    """
+    InvokeFunctionStream: _grpc.UnaryStreamMultiCallable[_function_service_pb2.InvokeFunctionStreamRequest, _function_service_pb2.InvokeFunctionStreamResponse]
+    """Calls a generator function and streams its items as it yields them, then its end.
+    Fails as InvokeFunction does.
+    """
 
 @_typing.type_check_only
 class FunctionServiceAsyncStub(FunctionServiceStub):
@@ -95,6 +111,22 @@ class FunctionServiceAsyncStub(FunctionServiceStub):
     """
     ListJobs: _aio.UnaryUnaryMultiCallable[_function_service_pb2.ListJobsRequest, _function_service_pb2.ListJobsResponse]  # type: ignore[assignment]
     """Lists recent jobs, newest first. Fails with INVALID_ARGUMENT for a bad limit."""
+    SpawnFunctionMany: _aio.UnaryUnaryMultiCallable[_function_service_pb2.SpawnFunctionManyRequest, _function_service_pb2.SpawnFunctionManyResponse]  # type: ignore[assignment]
+    """Creates one job per input and answers with their ids once all have committed. Fails as
+    SpawnFunction does, and with RESOURCE_EXHAUSTED when the inputs would exceed the
+    function's max_pending_tasks (then no job is created).
+    """
+    MapFunction: _aio.StreamStreamMultiCallable[_function_service_pb2.MapFunctionRequest, _function_service_pb2.MapFunctionResponse]  # type: ignore[assignment]
+    """Runs a function over a stream of inputs: the client sends a start message, then batches
+    of inputs, then half-closes; the server streams back batches of results, each with its
+    input's index, in the order they finish. One input's failure is that input's result.
+    Fails with NOT_FOUND, INVALID_ARGUMENT (no start message, a repeated index) or
+    FAILED_PRECONDITION as InvokeFunction does.
+    """
+    InvokeFunctionStream: _aio.UnaryStreamMultiCallable[_function_service_pb2.InvokeFunctionStreamRequest, _function_service_pb2.InvokeFunctionStreamResponse]  # type: ignore[assignment]
+    """Calls a generator function and streams its items as it yields them, then its end.
+    Fails as InvokeFunction does.
+    """
 
 class FunctionServiceServicer(metaclass=_abc_1.ABCMeta):
     """Calls deployed functions and follows the jobs those calls create."""
@@ -174,5 +206,39 @@ class FunctionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_function_service_pb2.ListJobsResponse, _abc.Awaitable[_function_service_pb2.ListJobsResponse]]:
         """Lists recent jobs, newest first. Fails with INVALID_ARGUMENT for a bad limit."""
+
+    @_abc_1.abstractmethod
+    def SpawnFunctionMany(
+        self,
+        request: _function_service_pb2.SpawnFunctionManyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_function_service_pb2.SpawnFunctionManyResponse, _abc.Awaitable[_function_service_pb2.SpawnFunctionManyResponse]]:
+        """Creates one job per input and answers with their ids once all have committed. Fails as
+        SpawnFunction does, and with RESOURCE_EXHAUSTED when the inputs would exceed the
+        function's max_pending_tasks (then no job is created).
+        """
+
+    @_abc_1.abstractmethod
+    def MapFunction(
+        self,
+        request_iterator: _MaybeAsyncIterator[_function_service_pb2.MapFunctionRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_function_service_pb2.MapFunctionResponse], _abc.AsyncIterator[_function_service_pb2.MapFunctionResponse]]:
+        """Runs a function over a stream of inputs: the client sends a start message, then batches
+        of inputs, then half-closes; the server streams back batches of results, each with its
+        input's index, in the order they finish. One input's failure is that input's result.
+        Fails with NOT_FOUND, INVALID_ARGUMENT (no start message, a repeated index) or
+        FAILED_PRECONDITION as InvokeFunction does.
+        """
+
+    @_abc_1.abstractmethod
+    def InvokeFunctionStream(
+        self,
+        request: _function_service_pb2.InvokeFunctionStreamRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_function_service_pb2.InvokeFunctionStreamResponse], _abc.AsyncIterator[_function_service_pb2.InvokeFunctionStreamResponse]]:
+        """Calls a generator function and streams its items as it yields them, then its end.
+        Fails as InvokeFunction does.
+        """
 
 def add_FunctionServiceServicer_to_server(servicer: FunctionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -456,6 +456,15 @@ class FunctionSpec(_message.Message):
     SCALEDOWN_WINDOW_S_FIELD_NUMBER: _builtins.int
     OPTIONS_JSON_FIELD_NUMBER: _builtins.int
     STARTUP_TIMEOUT_S_FIELD_NUMBER: _builtins.int
+    RETRY_POLICY_FIELD_NUMBER: _builtins.int
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    MAX_CONCURRENT_INPUTS_FIELD_NUMBER: _builtins.int
+    TARGET_CONCURRENT_INPUTS_FIELD_NUMBER: _builtins.int
+    BATCH_MAX_SIZE_FIELD_NUMBER: _builtins.int
+    BATCH_WAIT_MS_FIELD_NUMBER: _builtins.int
+    MAX_PENDING_TASKS_FIELD_NUMBER: _builtins.int
+    MIN_CONTAINERS_FIELD_NUMBER: _builtins.int
+    IS_GENERATOR_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     module: _builtins.str
     """Module to import from the source archive; empty when the function ships by value."""
@@ -475,6 +484,28 @@ class FunctionSpec(_message.Message):
     """
     startup_timeout_s: _builtins.float
     """Seconds a container may take to import the app before its start counts as failed."""
+    max_concurrent_inputs: _builtins.int
+    """Inputs one container runs at once (concurrent_requests, @concurrent max_inputs); 0 means 1."""
+    target_concurrent_inputs: _builtins.int
+    """Inputs per container the autoscaler aims for (@concurrent target_inputs); 0 means the max."""
+    batch_max_size: _builtins.int
+    """@batched: most inputs handed to the function in one call; 0 means not batched."""
+    batch_wait_ms: _builtins.float
+    """@batched: longest a partial batch waits for more inputs, in milliseconds."""
+    max_pending_tasks: _builtins.int
+    """Inputs that may wait for a container before new ones are refused; 0 means no limit."""
+    min_containers: _builtins.int
+    """Containers kept running even when idle."""
+    is_generator: _builtins.bool
+    """The function is a generator: its items stream back as it yields them."""
+    @_builtins.property
+    def retry_policy(self) -> Global___RetryPolicy:
+        """How failed attempts are retried; unset means no retries."""
+
+    @_builtins.property
+    def schedule(self) -> Global___Schedule:
+        """When the function runs on its own while its app is deployed; unset means never."""
+
     def __init__(
         self,
         *,
@@ -487,14 +518,131 @@ class FunctionSpec(_message.Message):
         scaledown_window_s: _builtins.float = ...,
         options_json: _builtins.str = ...,
         startup_timeout_s: _builtins.float = ...,
+        retry_policy: Global___RetryPolicy | None = ...,
+        schedule: Global___Schedule | None = ...,
+        max_concurrent_inputs: _builtins.int = ...,
+        target_concurrent_inputs: _builtins.int = ...,
+        batch_max_size: _builtins.int = ...,
+        batch_wait_ms: _builtins.float = ...,
+        max_pending_tasks: _builtins.int = ...,
+        min_containers: _builtins.int = ...,
+        is_generator: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["retry_policy", b"retry_policy", "schedule", b"schedule"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_containers", b"max_containers", "module", b"module", "name", b"name", "options_json", b"options_json", "pickled_function", b"pickled_function", "qualname", b"qualname", "scaledown_window_s", b"scaledown_window_s", "startup_timeout_s", b"startup_timeout_s", "timeout_s", b"timeout_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_max_size", b"batch_max_size", "batch_wait_ms", b"batch_wait_ms", "is_generator", b"is_generator", "max_concurrent_inputs", b"max_concurrent_inputs", "max_containers", b"max_containers", "max_pending_tasks", b"max_pending_tasks", "min_containers", b"min_containers", "module", b"module", "name", b"name", "options_json", b"options_json", "pickled_function", b"pickled_function", "qualname", b"qualname", "retry_policy", b"retry_policy", "scaledown_window_s", b"scaledown_window_s", "schedule", b"schedule", "startup_timeout_s", b"startup_timeout_s", "target_concurrent_inputs", b"target_concurrent_inputs", "timeout_s", b"timeout_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FunctionSpec: _TypeAlias = FunctionSpec  # noqa: Y015
+
+@_typing.final
+class RetryPolicy(_message.Message):
+    """How a function's failed attempts are retried."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_RETRIES_FIELD_NUMBER: _builtins.int
+    INITIAL_DELAY_S_FIELD_NUMBER: _builtins.int
+    BACKOFF_COEFFICIENT_FIELD_NUMBER: _builtins.int
+    MAX_DELAY_S_FIELD_NUMBER: _builtins.int
+    max_retries: _builtins.int
+    """Attempts after the first; 0 means none."""
+    initial_delay_s: _builtins.float
+    """Seconds before the first retry."""
+    backoff_coefficient: _builtins.float
+    """Each later delay is the previous one times this."""
+    max_delay_s: _builtins.float
+    """Longest delay between attempts, in seconds."""
+    def __init__(
+        self,
+        *,
+        max_retries: _builtins.int = ...,
+        initial_delay_s: _builtins.float = ...,
+        backoff_coefficient: _builtins.float = ...,
+        max_delay_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backoff_coefficient", b"backoff_coefficient", "initial_delay_s", b"initial_delay_s", "max_delay_s", b"max_delay_s", "max_retries", b"max_retries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryPolicy: _TypeAlias = RetryPolicy  # noqa: Y015
+
+@_typing.final
+class Schedule(_message.Message):
+    """When a scheduled function runs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CRON_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def cron(self) -> Global___CronSchedule: ...
+    @_builtins.property
+    def period(self) -> Global___PeriodSchedule: ...
+    def __init__(
+        self,
+        *,
+        cron: Global___CronSchedule | None = ...,
+        period: Global___PeriodSchedule | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cron", b"cron", "kind", b"kind", "period", b"period"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cron", b"cron", "kind", b"kind", "period", b"period"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["cron", "period"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___Schedule: _TypeAlias = Schedule  # noqa: Y015
+
+@_typing.final
+class CronSchedule(_message.Message):
+    """A cron expression ("*/5 * * * *") in a time zone."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPRESSION_FIELD_NUMBER: _builtins.int
+    TIMEZONE_FIELD_NUMBER: _builtins.int
+    expression: _builtins.str
+    timezone: _builtins.str
+    """IANA time zone name; empty means UTC."""
+    def __init__(
+        self,
+        *,
+        expression: _builtins.str = ...,
+        timezone: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expression", b"expression", "timezone", b"timezone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CronSchedule: _TypeAlias = CronSchedule  # noqa: Y015
+
+@_typing.final
+class PeriodSchedule(_message.Message):
+    """A fixed interval between runs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SECONDS_FIELD_NUMBER: _builtins.int
+    seconds: _builtins.float
+    def __init__(
+        self,
+        *,
+        seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["seconds", b"seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PeriodSchedule: _TypeAlias = PeriodSchedule  # noqa: Y015
 
 @_typing.final
 class Deployment(_message.Message):

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from apothic._proto.v1 import types_pb2 as apothic_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x61pothic/v1/worker_service.proto\x12\napothic.v1\x1a\x16\x61pothic/v1/types.proto\"\xc3\x02\n\x0eSessionRequest\x12(\n\x05hello\x18\x01 \x01(\x0b\x32\x17.apothic.v1.WorkerHelloH\x00\x12\x30\n\theartbeat\x18\x02 \x01(\x0b\x32\x1b.apothic.v1.WorkerHeartbeatH\x00\x12\x35\n\x0f\x63ontainer_ready\x18\x03 \x01(\x0b\x32\x1a.apothic.v1.ContainerReadyH\x00\x12\x37\n\x10\x63ontainer_exited\x18\x04 \x01(\x0b\x32\x1b.apothic.v1.ContainerExitedH\x00\x12)\n\tinput_log\x18\x05 \x01(\x0b\x32\x14.apothic.v1.InputLogH\x00\x12/\n\x0cinput_result\x18\x06 \x01(\x0b\x32\x17.apothic.v1.InputResultH\x00\x42\t\n\x07message\"\xc5\x02\n\x0fSessionResponse\x12-\n\x07welcome\x18\x01 \x01(\x0b\x32\x1a.apothic.v1.SessionWelcomeH\x00\x12\x30\n\theartbeat\x18\x02 \x01(\x0b\x32\x1b.apothic.v1.ServerHeartbeatH\x00\x12\x35\n\x0fstart_container\x18\x03 \x01(\x0b\x32\x1a.apothic.v1.StartContainerH\x00\x12\x33\n\x0estop_container\x18\x04 \x01(\x0b\x32\x19.apothic.v1.StopContainerH\x00\x12)\n\trun_input\x18\x05 \x01(\x0b\x32\x14.apothic.v1.RunInputH\x00\x12/\n\x0c\x63\x61ncel_input\x18\x06 \x01(\x0b\x32\x17.apothic.v1.CancelInputH\x00\x42\t\n\x07message\"S\n\x0bWorkerHello\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12 \n\x05offer\x18\x02 \x01(\x0b\x32\x11.apothic.v1.Offer\x12\x0f\n\x07version\x18\x03 \x01(\t\"-\n\x0fWorkerHeartbeat\x12\x1a\n\x12running_containers\x18\x01 \x01(\x05\"&\n\x0e\x43ontainerReady\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\"b\n\x0f\x43ontainerExited\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x11\n\texit_code\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x16\n\x0estartup_failed\x18\x04 \x01(\x08\"`\n\x08InputLog\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12%\n\x06stream\x18\x03 \x01(\x0e\x32\x15.apothic.v1.LogStream\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\t\"\xa2\x01\n\x0bInputResult\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x14\n\x0c\x63ontainer_id\x18\x03 \x01(\t\x12%\n\x06status\x18\x04 \x01(\x0e\x32\x15.apothic.v1.JobStatus\x12%\n\x06result\x18\x05 \x01(\x0b\x32\x15.apothic.v1.JobResult\x12\x0e\n\x06reason\x18\x06 \x01(\t\"B\n\x0eSessionWelcome\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x01\"\x11\n\x0fServerHeartbeat\"\xbd\x01\n\x0eStartContainer\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x15\n\rdeployment_id\x18\x02 \x01(\t\x12\x10\n\x08\x61pp_name\x18\x03 \x01(\t\x12*\n\x08\x66unction\x18\x04 \x01(\x0b\x32\x18.apothic.v1.FunctionSpec\x12\x16\n\x0esource_archive\x18\x05 \x01(\x0c\x12\x16\n\x0e\x61rchive_sha256\x18\x06 \x01(\t\x12\x10\n\x08\x62\x61se_url\x18\x07 \x01(\t\"5\n\rStopContainer\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xa9\x01\n\x08RunInput\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12!\n\x04\x61rgs\x18\x04 \x01(\x0b\x32\x13.apothic.v1.Payload\x12\x30\n\rresult_format\x18\x05 \x01(\x0e\x32\x19.apothic.v1.PayloadFormat\x12\x11\n\ttimeout_s\x18\x06 \x01(\x01\"3\n\x0b\x43\x61ncelInput\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontainer_id\x18\x02 \x01(\t2W\n\rWorkerService\x12\x46\n\x07Session\x12\x1a.apothic.v1.SessionRequest\x1a\x1b.apothic.v1.SessionResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x61pothic/v1/worker_service.proto\x12\napothic.v1\x1a\x16\x61pothic/v1/types.proto\"\xa5\x03\n\x0eSessionRequest\x12(\n\x05hello\x18\x01 \x01(\x0b\x32\x17.apothic.v1.WorkerHelloH\x00\x12\x30\n\theartbeat\x18\x02 \x01(\x0b\x32\x1b.apothic.v1.WorkerHeartbeatH\x00\x12\x35\n\x0f\x63ontainer_ready\x18\x03 \x01(\x0b\x32\x1a.apothic.v1.ContainerReadyH\x00\x12\x37\n\x10\x63ontainer_exited\x18\x04 \x01(\x0b\x32\x1b.apothic.v1.ContainerExitedH\x00\x12)\n\tinput_log\x18\x05 \x01(\x0b\x32\x14.apothic.v1.InputLogH\x00\x12/\n\x0cinput_result\x18\x06 \x01(\x0b\x32\x17.apothic.v1.InputResultH\x00\x12\x31\n\rinput_results\x18\x07 \x01(\x0b\x32\x18.apothic.v1.InputResultsH\x00\x12-\n\x0binput_yield\x18\x08 \x01(\x0b\x32\x16.apothic.v1.InputYieldH\x00\x42\t\n\x07message\"\xf2\x02\n\x0fSessionResponse\x12-\n\x07welcome\x18\x01 \x01(\x0b\x32\x1a.apothic.v1.SessionWelcomeH\x00\x12\x30\n\theartbeat\x18\x02 \x01(\x0b\x32\x1b.apothic.v1.ServerHeartbeatH\x00\x12\x35\n\x0fstart_container\x18\x03 \x01(\x0b\x32\x1a.apothic.v1.StartContainerH\x00\x12\x33\n\x0estop_container\x18\x04 \x01(\x0b\x32\x19.apothic.v1.StopContainerH\x00\x12)\n\trun_input\x18\x05 \x01(\x0b\x32\x14.apothic.v1.RunInputH\x00\x12/\n\x0c\x63\x61ncel_input\x18\x06 \x01(\x0b\x32\x17.apothic.v1.CancelInputH\x00\x12+\n\nrun_inputs\x18\x07 \x01(\x0b\x32\x15.apothic.v1.RunInputsH\x00\x42\t\n\x07message\"1\n\tRunInputs\x12$\n\x06inputs\x18\x01 \x03(\x0b\x32\x14.apothic.v1.RunInput\"8\n\x0cInputResults\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.apothic.v1.InputResult\"]\n\nInputYield\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0b\n\x03seq\x18\x03 \x01(\x03\x12!\n\x04item\x18\x04 \x01(\x0b\x32\x13.apothic.v1.Payload\"S\n\x0bWorkerHello\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12 \n\x05offer\x18\x02 \x01(\x0b\x32\x11.apothic.v1.Offer\x12\x0f\n\x07version\x18\x03 \x01(\t\"-\n\x0fWorkerHeartbeat\x12\x1a\n\x12running_containers\x18\x01 \x01(\x05\"&\n\x0e\x43ontainerReady\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\"b\n\x0f\x43ontainerExited\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x11\n\texit_code\x18\x02 \x01(\x05\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x16\n\x0estartup_failed\x18\x04 \x01(\x08\"`\n\x08InputLog\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12%\n\x06stream\x18\x03 \x01(\x0e\x32\x15.apothic.v1.LogStream\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\t\"\xa2\x01\n\x0bInputResult\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x14\n\x0c\x63ontainer_id\x18\x03 \x01(\t\x12%\n\x06status\x18\x04 \x01(\x0e\x32\x15.apothic.v1.JobStatus\x12%\n\x06result\x18\x05 \x01(\x0b\x32\x15.apothic.v1.JobResult\x12\x0e\n\x06reason\x18\x06 \x01(\t\"B\n\x0eSessionWelcome\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x01\"\x11\n\x0fServerHeartbeat\"\xbd\x01\n\x0eStartContainer\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x15\n\rdeployment_id\x18\x02 \x01(\t\x12\x10\n\x08\x61pp_name\x18\x03 \x01(\t\x12*\n\x08\x66unction\x18\x04 \x01(\x0b\x32\x18.apothic.v1.FunctionSpec\x12\x16\n\x0esource_archive\x18\x05 \x01(\x0c\x12\x16\n\x0e\x61rchive_sha256\x18\x06 \x01(\t\x12\x10\n\x08\x62\x61se_url\x18\x07 \x01(\t\"5\n\rStopContainer\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xa9\x01\n\x08RunInput\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12!\n\x04\x61rgs\x18\x04 \x01(\x0b\x32\x13.apothic.v1.Payload\x12\x30\n\rresult_format\x18\x05 \x01(\x0e\x32\x19.apothic.v1.PayloadFormat\x12\x11\n\ttimeout_s\x18\x06 \x01(\x01\"3\n\x0b\x43\x61ncelInput\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontainer_id\x18\x02 \x01(\t2W\n\rWorkerService\x12\x46\n\x07Session\x12\x1a.apothic.v1.SessionRequest\x1a\x1b.apothic.v1.SessionResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,33 +33,39 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'apothic._proto.v1.worker_se
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SESSIONREQUEST']._serialized_start=72
-  _globals['_SESSIONREQUEST']._serialized_end=395
-  _globals['_SESSIONRESPONSE']._serialized_start=398
-  _globals['_SESSIONRESPONSE']._serialized_end=723
-  _globals['_WORKERHELLO']._serialized_start=725
-  _globals['_WORKERHELLO']._serialized_end=808
-  _globals['_WORKERHEARTBEAT']._serialized_start=810
-  _globals['_WORKERHEARTBEAT']._serialized_end=855
-  _globals['_CONTAINERREADY']._serialized_start=857
-  _globals['_CONTAINERREADY']._serialized_end=895
-  _globals['_CONTAINEREXITED']._serialized_start=897
-  _globals['_CONTAINEREXITED']._serialized_end=995
-  _globals['_INPUTLOG']._serialized_start=997
-  _globals['_INPUTLOG']._serialized_end=1093
-  _globals['_INPUTRESULT']._serialized_start=1096
-  _globals['_INPUTRESULT']._serialized_end=1258
-  _globals['_SESSIONWELCOME']._serialized_start=1260
-  _globals['_SESSIONWELCOME']._serialized_end=1326
-  _globals['_SERVERHEARTBEAT']._serialized_start=1328
-  _globals['_SERVERHEARTBEAT']._serialized_end=1345
-  _globals['_STARTCONTAINER']._serialized_start=1348
-  _globals['_STARTCONTAINER']._serialized_end=1537
-  _globals['_STOPCONTAINER']._serialized_start=1539
-  _globals['_STOPCONTAINER']._serialized_end=1592
-  _globals['_RUNINPUT']._serialized_start=1595
-  _globals['_RUNINPUT']._serialized_end=1764
-  _globals['_CANCELINPUT']._serialized_start=1766
-  _globals['_CANCELINPUT']._serialized_end=1817
-  _globals['_WORKERSERVICE']._serialized_start=1819
-  _globals['_WORKERSERVICE']._serialized_end=1906
+  _globals['_SESSIONREQUEST']._serialized_end=493
+  _globals['_SESSIONRESPONSE']._serialized_start=496
+  _globals['_SESSIONRESPONSE']._serialized_end=866
+  _globals['_RUNINPUTS']._serialized_start=868
+  _globals['_RUNINPUTS']._serialized_end=917
+  _globals['_INPUTRESULTS']._serialized_start=919
+  _globals['_INPUTRESULTS']._serialized_end=975
+  _globals['_INPUTYIELD']._serialized_start=977
+  _globals['_INPUTYIELD']._serialized_end=1070
+  _globals['_WORKERHELLO']._serialized_start=1072
+  _globals['_WORKERHELLO']._serialized_end=1155
+  _globals['_WORKERHEARTBEAT']._serialized_start=1157
+  _globals['_WORKERHEARTBEAT']._serialized_end=1202
+  _globals['_CONTAINERREADY']._serialized_start=1204
+  _globals['_CONTAINERREADY']._serialized_end=1242
+  _globals['_CONTAINEREXITED']._serialized_start=1244
+  _globals['_CONTAINEREXITED']._serialized_end=1342
+  _globals['_INPUTLOG']._serialized_start=1344
+  _globals['_INPUTLOG']._serialized_end=1440
+  _globals['_INPUTRESULT']._serialized_start=1443
+  _globals['_INPUTRESULT']._serialized_end=1605
+  _globals['_SESSIONWELCOME']._serialized_start=1607
+  _globals['_SESSIONWELCOME']._serialized_end=1673
+  _globals['_SERVERHEARTBEAT']._serialized_start=1675
+  _globals['_SERVERHEARTBEAT']._serialized_end=1692
+  _globals['_STARTCONTAINER']._serialized_start=1695
+  _globals['_STARTCONTAINER']._serialized_end=1884
+  _globals['_STOPCONTAINER']._serialized_start=1886
+  _globals['_STOPCONTAINER']._serialized_end=1939
+  _globals['_RUNINPUT']._serialized_start=1942
+  _globals['_RUNINPUT']._serialized_end=2111
+  _globals['_CANCELINPUT']._serialized_start=2113
+  _globals['_CANCELINPUT']._serialized_end=2164
+  _globals['_WORKERSERVICE']._serialized_start=2166
+  _globals['_WORKERSERVICE']._serialized_end=2253
 # @@protoc_insertion_point(module_scope)

@@ -4,8 +4,10 @@ isort:skip_file
 """
 
 from apothic._proto.v1 import types_pb2 as _types_pb2
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -29,6 +31,8 @@ class SessionRequest(_message.Message):
     CONTAINER_EXITED_FIELD_NUMBER: _builtins.int
     INPUT_LOG_FIELD_NUMBER: _builtins.int
     INPUT_RESULT_FIELD_NUMBER: _builtins.int
+    INPUT_RESULTS_FIELD_NUMBER: _builtins.int
+    INPUT_YIELD_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___WorkerHello: ...
     @_builtins.property
@@ -41,6 +45,10 @@ class SessionRequest(_message.Message):
     def input_log(self) -> Global___InputLog: ...
     @_builtins.property
     def input_result(self) -> Global___InputResult: ...
+    @_builtins.property
+    def input_results(self) -> Global___InputResults: ...
+    @_builtins.property
+    def input_yield(self) -> Global___InputYield: ...
     def __init__(
         self,
         *,
@@ -50,12 +58,14 @@ class SessionRequest(_message.Message):
         container_exited: Global___ContainerExited | None = ...,
         input_log: Global___InputLog | None = ...,
         input_result: Global___InputResult | None = ...,
+        input_results: Global___InputResults | None = ...,
+        input_yield: Global___InputYield | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["container_exited", b"container_exited", "container_ready", b"container_ready", "heartbeat", b"heartbeat", "hello", b"hello", "input_log", b"input_log", "input_result", b"input_result", "message", b"message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["container_exited", b"container_exited", "container_ready", b"container_ready", "heartbeat", b"heartbeat", "hello", b"hello", "input_log", b"input_log", "input_result", b"input_result", "input_results", b"input_results", "input_yield", b"input_yield", "message", b"message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_exited", b"container_exited", "container_ready", b"container_ready", "heartbeat", b"heartbeat", "hello", b"hello", "input_log", b"input_log", "input_result", b"input_result", "message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_exited", b"container_exited", "container_ready", b"container_ready", "heartbeat", b"heartbeat", "hello", b"hello", "input_log", b"input_log", "input_result", b"input_result", "input_results", b"input_results", "input_yield", b"input_yield", "message", b"message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["hello", "heartbeat", "container_ready", "container_exited", "input_log", "input_result"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["hello", "heartbeat", "container_ready", "container_exited", "input_log", "input_result", "input_results", "input_yield"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
@@ -73,6 +83,7 @@ class SessionResponse(_message.Message):
     STOP_CONTAINER_FIELD_NUMBER: _builtins.int
     RUN_INPUT_FIELD_NUMBER: _builtins.int
     CANCEL_INPUT_FIELD_NUMBER: _builtins.int
+    RUN_INPUTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def welcome(self) -> Global___SessionWelcome: ...
     @_builtins.property
@@ -85,6 +96,8 @@ class SessionResponse(_message.Message):
     def run_input(self) -> Global___RunInput: ...
     @_builtins.property
     def cancel_input(self) -> Global___CancelInput: ...
+    @_builtins.property
+    def run_inputs(self) -> Global___RunInputs: ...
     def __init__(
         self,
         *,
@@ -94,16 +107,93 @@ class SessionResponse(_message.Message):
         stop_container: Global___StopContainer | None = ...,
         run_input: Global___RunInput | None = ...,
         cancel_input: Global___CancelInput | None = ...,
+        run_inputs: Global___RunInputs | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel_input", b"cancel_input", "heartbeat", b"heartbeat", "message", b"message", "run_input", b"run_input", "start_container", b"start_container", "stop_container", b"stop_container", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel_input", b"cancel_input", "heartbeat", b"heartbeat", "message", b"message", "run_input", b"run_input", "run_inputs", b"run_inputs", "start_container", b"start_container", "stop_container", b"stop_container", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_input", b"cancel_input", "heartbeat", b"heartbeat", "message", b"message", "run_input", b"run_input", "start_container", b"start_container", "stop_container", b"stop_container", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_input", b"cancel_input", "heartbeat", b"heartbeat", "message", b"message", "run_input", b"run_input", "run_inputs", b"run_inputs", "start_container", b"start_container", "stop_container", b"stop_container", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["welcome", "heartbeat", "start_container", "stop_container", "run_input", "cancel_input"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["welcome", "heartbeat", "start_container", "stop_container", "run_input", "cancel_input", "run_inputs"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
 Global___SessionResponse: _TypeAlias = SessionResponse  # noqa: Y015
+
+@_typing.final
+class RunInputs(_message.Message):
+    """Several inputs for ready containers, sent together."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INPUTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunInput]: ...
+    def __init__(
+        self,
+        *,
+        inputs: _abc.Iterable[Global___RunInput] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunInputs: _TypeAlias = RunInputs  # noqa: Y015
+
+@_typing.final
+class InputResults(_message.Message):
+    """Several attempt results, sent together."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___InputResult]: ...
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___InputResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InputResults: _TypeAlias = InputResults  # noqa: Y015
+
+@_typing.final
+class InputYield(_message.Message):
+    """An item a generator input yielded."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    ITEM_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    attempt: _builtins.int
+    seq: _builtins.int
+    """1, 2, 3... per attempt."""
+    @_builtins.property
+    def item(self) -> _types_pb2.Payload: ...
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        seq: _builtins.int = ...,
+        item: _types_pb2.Payload | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "item", b"item", "job_id", b"job_id", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InputYield: _TypeAlias = InputYield  # noqa: Y015
 
 @_typing.final
 class WorkerHello(_message.Message):
@@ -397,6 +487,7 @@ class RunInput(_message.Message):
     TIMEOUT_S_FIELD_NUMBER: _builtins.int
     container_id: _builtins.str
     job_id: _builtins.str
+    """The job's id; for an input of a map, "<job id>/<index>"."""
     attempt: _builtins.int
     result_format: _types_pb2.PayloadFormat.ValueType
     timeout_s: _builtins.float
