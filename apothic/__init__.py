@@ -23,8 +23,10 @@ from apothic.models import (
     JobRunningEvent,
     JobSnapshotEvent,
     JobStatus,
+    ScheduleInfo,
 )
 from apothic.retries import Retries
+from apothic.schedules import Cron, Period
 
 __version__ = "0.1.0"
 
@@ -32,6 +34,7 @@ __all__ = [
     "App",
     "AppInfo",
     "ClientConfig",
+    "Cron",
     "DeploymentInfo",
     "DeploymentStatus",
     "Function",
@@ -45,8 +48,10 @@ __all__ = [
     "JobRunningEvent",
     "JobSnapshotEvent",
     "JobStatus",
+    "Period",
     "RemoteFunction",
     "Retries",
+    "ScheduleInfo",
     "__version__",
     "batched",
     "concurrent",

@@ -46,11 +46,15 @@ from apothic.models import (
     JobSnapshotEvent,
     JobStatus,
     Outcome,
+    ScheduleInfo,
 )
 from apothic.options import FunctionDefinition
 from apothic.retries import Retries
+from apothic.schedules import Cron, Period
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+#: Map inputs a client keeps in flight at once (the rest wait client-side).
+MAP_WINDOW = 4096
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -176,6 +180,38 @@ def deployment_from_pb(dep: pb.Deployment) -> DeploymentInfo:
     )
 
 
+def schedule_to_pb(schedule: Cron | Period | None) -> pb.Schedule | None:
+    """Builds a Schedule message (None when the function is not scheduled)."""
+    if isinstance(schedule, Cron):
+        return pb.Schedule(cron=pb.CronSchedule(expression=schedule.expression, timezone=schedule.timezone))
+    if isinstance(schedule, Period):
+        return pb.Schedule(period=pb.PeriodSchedule(seconds=schedule.total_seconds))
+    return None
+
+
+def schedule_info_from_pb(item: app_pb.ScheduledFunction) -> ScheduleInfo:
+    """Converts a ScheduledFunction message."""
+    kind = item.schedule.WhichOneof("kind")
+    cron = item.schedule.cron if kind == "cron" else None
+    period_s = item.schedule.period.seconds if kind == "period" else 0.0
+    if cron is not None:
+        text = f"cron {cron.expression!r} ({cron.timezone or 'UTC'})"
+    else:
+        text = Period(seconds=period_s).describe() if period_s > 0 else ""
+    return ScheduleInfo(
+        app_name=item.app_name,
+        function_name=item.function_name,
+        deployment_id=item.deployment_id,
+        schedule=text,
+        cron=cron.expression if cron is not None else "",
+        timezone=(cron.timezone or "UTC") if cron is not None else "",
+        period_s=period_s,
+        next_run_at=_time(item.next_run_at) if item.HasField("next_run_at") else None,
+        last_run_at=_time(item.last_run_at) if item.HasField("last_run_at") else None,
+        last_job_id=item.last_job_id,
+    )
+
+
 def _retry_policy(retries: Retries | None) -> pb.RetryPolicy | None:
     if retries is None:
         return None
@@ -240,6 +276,76 @@ class Client:
         )
         return str(resp.job_id)
 
+    async def spawn_many(self, ref: pb.FunctionRef, args: list[bytes], fmt: str = ser.CLOUDPICKLE) -> list[str]:
+        """Creates one job per input; returns their ids once all are durable."""
+        code = FORMAT_TO_PB[fmt]
+        resp = await self._unary(
+            self._fn.SpawnFunctionMany,
+            fn_pb.SpawnFunctionManyRequest(function=ref, args=[pb.Payload(format=code, data=a) for a in args]),
+        )
+        return list(resp.job_ids)
+
+    async def invoke_stream(
+        self, ref: pb.FunctionRef, args: bytes, fmt: str = ser.CLOUDPICKLE
+    ) -> AsyncIterator[tuple[str, bytes] | Outcome]:
+        """Calls a generator function: yields ``(format, data)`` per item, then its Outcome."""
+        req = fn_pb.InvokeFunctionStreamRequest(function=ref, args=pb.Payload(format=FORMAT_TO_PB[fmt], data=args))
+        async for resp in self._stream(self._fn.InvokeFunctionStream, req):
+            which = resp.WhichOneof("message")
+            if which == "item":
+                yield FORMAT_FROM_PB.get(resp.item.format, ser.CLOUDPICKLE), resp.item.data
+            elif which == "end":
+                end = resp.end
+                yield _outcome(end.job_id, end.status, end.result, end.reason, end.attempt)
+
+    async def map(
+        self, ref: pb.FunctionRef, inputs: AsyncIterator[list[tuple[int, bytes]]], fmt: str = ser.CLOUDPICKLE
+    ) -> AsyncIterator[tuple[int, Outcome]]:
+        """Runs a function over batches of ``(index, args)``; yields ``(index, outcome)`` as
+        inputs finish. At most :data:`MAP_WINDOW` inputs are in flight at once."""
+        call = self._fn.MapFunction(metadata=self._metadata)
+        room = asyncio.Semaphore(MAP_WINDOW)
+        failure: list[BaseException] = []
+        code = FORMAT_TO_PB[fmt]
+
+        async def write() -> None:
+            try:
+                await call.write(fn_pb.MapFunctionRequest(start=fn_pb.MapStart(function=ref, result_format=code)))
+                async for batch in inputs:
+                    for _ in batch:
+                        await room.acquire()
+                    items = [fn_pb.MapInput(index=i, args=pb.Payload(format=code, data=d)) for i, d in batch]
+                    await call.write(fn_pb.MapFunctionRequest(inputs=fn_pb.MapInputs(inputs=items)))
+                await call.done_writing()
+            except grpc.aio.AioRpcError:
+                pass  # the read side reports it
+            except BaseException as exc:  # the caller's input iterator raised: stop the map
+                failure.append(exc)
+                call.cancel()
+
+        writer = asyncio.ensure_future(write())
+        try:
+            job_id = ""
+            async for resp in call:
+                if resp.WhichOneof("message") == "started":
+                    job_id = resp.started.job_id
+                    continue
+                for r in resp.results.results:
+                    room.release()
+                    yield r.index, _outcome(f"{job_id} input {r.index}", r.status, r.result, r.reason, r.attempts)
+            await writer
+        except (grpc.aio.AioRpcError, asyncio.CancelledError) as err:
+            if failure:  # the caller's input iterator raised, and the call was cancelled for it
+                raise failure[0] from None
+            if isinstance(err, asyncio.CancelledError):
+                raise
+            raise from_grpc_error(err) from None
+        finally:
+            writer.cancel()
+            call.cancel()
+        if failure:
+            raise failure[0]
+
     async def get_job(self, job_id: str) -> JobInfo:
         """Returns a job's state."""
         resp = await self._unary(self._fn.GetJob, fn_pb.GetJobRequest(job_id=job_id))
@@ -298,6 +404,8 @@ class Client:
                 max_pending_tasks=f.max_pending_tasks,
                 min_containers=f.min_containers,
                 is_generator=f.is_generator,
+                is_async=f.is_async,
+                schedule=schedule_to_pb(f.schedule),
             )
             for f in functions
         ]
@@ -360,6 +468,11 @@ class Client:
             )
             for a in resp.apps
         ]
+
+    async def list_schedules(self, app_name: str = "") -> list[ScheduleInfo]:
+        """Lists the scheduled functions of live deployments (one app's when named)."""
+        resp = await self._unary(self._app.ListSchedules, app_pb.ListSchedulesRequest(app_name=app_name))
+        return [schedule_info_from_pb(s) for s in resp.schedules]
 
     async def watch_app(self, app_name: str, subscribed: asyncio.Event | None = None) -> AsyncIterator[JobEvent]:
         """Streams the events of every job of an app; sets ``subscribed`` once the server

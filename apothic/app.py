@@ -15,8 +15,8 @@ from apothic._sync import run_sync
 from apothic.config import ClientConfig
 from apothic.exceptions import InvalidConfigError, UsageError
 from apothic.functions import Function
-from apothic.models import DeploymentInfo
-from apothic.options import FunctionDefinition, definition, validate_options
+from apothic.models import DeploymentInfo, ScheduleInfo
+from apothic.options import FunctionDefinition, check_schedule_target, definition, validate_options
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -54,6 +54,10 @@ class _AppAio:
         app = self._app
         if app.deployment_id:
             await get_client(app._client).stop_deployment(app.deployment_id)
+
+    async def schedules(self) -> list[ScheduleInfo]:
+        """The app's scheduled functions in its live deployment, with their next run."""
+        return await get_client(self._app._client).list_schedules(self._app.name)
 
     @contextlib.asynccontextmanager
     async def run(self) -> AsyncIterator[App]:
@@ -128,7 +132,9 @@ class App:
         ``min_containers``, ``buffer_containers``, ``scaledown_window_s``, ``keep_warm_s``,
         ``concurrent_requests``, ``tasks_per_container``, ``max_pending_tasks``, ``cpu``,
         ``memory_mb``, ``disk_mb``, ``gpu``, ``region``, ``arch``, ``max_cost_per_hour``,
-        ``verified``, ``labels``, ``offer_filters``, ``env``, ``serialized``.
+        ``verified``, ``labels``, ``offer_filters``, ``env``, ``serialized``, ``schedule``
+        (:class:`~apothic.Cron` or :class:`~apothic.Period`: runs the function, with no
+        arguments, once per tick while the app is deployed).
 
         Returns:
             A :class:`Function` handle that keeps the function's signature.
@@ -149,6 +155,7 @@ class App:
             name = opts.name or func.__name__
             if name in self.functions:
                 raise InvalidConfigError(f"app {self.name!r} already has a function named {name!r}")
+            check_schedule_target(name, opts, func)
             handle: Function[P, R] = Function(self, func, name, opts)
             self.functions[name] = handle
             return handle
@@ -195,6 +202,11 @@ class App:
     def stop(self) -> None:
         """Stops this process's deployment of the app."""
         run_sync(self.aio.stop(), "app.stop()")
+
+    def schedules(self) -> list[ScheduleInfo]:
+        """The app's scheduled functions in its live deployment, with their next run and
+        last run (``apothic app schedules APP`` shows the same)."""
+        return run_sync(self.aio.schedules(), "app.schedules()")
 
     @contextlib.contextmanager
     def run(self) -> Iterator[App]:

@@ -3,16 +3,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from apothic import _serialization as ser
 from apothic._client import function_ref, get_client
+from apothic._inputs import input_batches
 from apothic._sync import iter_sync, run_sync
 from apothic.config import ClientConfig, load_client_config
+from apothic.exceptions import InvalidConfigError
 from apothic.job import Job
-from apothic.models import JobEndEvent, JobEvent
+from apothic.models import JobEndEvent, JobEvent, Outcome
 
 if TYPE_CHECKING:
     from apothic.app import App
@@ -50,6 +53,120 @@ class _InvocableAio(Generic[P, R]):
             yield event
             if isinstance(event, JobEndEvent):
                 return
+
+    async def remote_gen(self, *args: P.args, **kwargs: P.kwargs) -> AsyncIterator[Any]:
+        """Calls a generator function and yields its items as it produces them.
+
+        Raises:
+            Exception: what the generator raised, after the items it yielded before.
+        """
+        owner = self._owner
+        data = ser.dumps_args(args, kwargs, func=owner._signature_source())
+        async for item in get_client(owner._client_config()).invoke_stream(owner._ref(), data):
+            if isinstance(item, tuple):
+                yield ser.loads_value(*item)
+            else:
+                item.unwrap()
+
+    async def map(
+        self,
+        *iterables: Iterable[Any] | AsyncIterable[Any],
+        kwargs: dict[str, Any] | None = None,
+        order_outputs: bool = True,
+        return_exceptions: bool = False,
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[Any]:
+        """Runs the function once per input and yields the results (see :meth:`_Invocable.map`)."""
+        async for value in self._map(iterables, kwargs, order_outputs, return_exceptions, timeout_s, star=False):
+            yield value
+
+    async def starmap(
+        self,
+        items: Iterable[Any] | AsyncIterable[Any],
+        *,
+        kwargs: dict[str, Any] | None = None,
+        order_outputs: bool = True,
+        return_exceptions: bool = False,
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[Any]:
+        """Like :meth:`map`, with each item unpacked into positional arguments."""
+        async for value in self._map((items,), kwargs, order_outputs, return_exceptions, timeout_s, star=True):
+            yield value
+
+    async def for_each(
+        self,
+        *iterables: Iterable[Any] | AsyncIterable[Any],
+        kwargs: dict[str, Any] | None = None,
+        ignore_exceptions: bool = False,
+    ) -> None:
+        """Runs the function over the inputs for their effects; raises the first failure
+        unless ``ignore_exceptions``."""
+        async for _ in self._map(iterables, kwargs, False, ignore_exceptions, None, star=False):
+            pass
+
+    async def spawn_map(self, *iterables: Iterable[Any], kwargs: dict[str, Any] | None = None) -> list[Job]:
+        """Starts one job per input without waiting; returns the jobs once all are durable."""
+        owner = self._owner
+        config = owner._client_config()
+        client = get_client(config)
+        ids: list[str] = []
+        async for batch in input_batches(iterables, kwargs or {}, owner._signature_source()):
+            ids += await client.spawn_many(owner._ref(), [data for _, data in batch])
+        return [Job(job_id, client=config) for job_id in ids]
+
+    async def _map(
+        self,
+        iterables: tuple[Iterable[Any] | AsyncIterable[Any], ...],
+        kwargs: dict[str, Any] | None,
+        order_outputs: bool,
+        return_exceptions: bool,
+        timeout_s: float | None,
+        *,
+        star: bool,
+    ) -> AsyncIterator[Any]:
+        if timeout_s is not None and timeout_s <= 0:
+            raise InvalidConfigError(f"map timeout_s must be greater than zero, got {timeout_s}")
+        owner = self._owner
+        batches = input_batches(iterables, kwargs or {}, owner._signature_source(), star=star)
+        stream = get_client(owner._client_config()).map(owner._ref(), batches).__aiter__()
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        held: dict[int, Outcome] = {}
+        next_index = 0
+        try:
+            while True:
+                try:
+                    if deadline is None:
+                        index, outcome = await stream.__anext__()
+                    else:
+                        left = deadline - loop.time()
+                        index, outcome = await asyncio.wait_for(stream.__anext__(), max(left, 0))
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise TimeoutError(f"map did not finish within {timeout_s}s") from None
+                if not order_outputs:
+                    yield _value_of(index, outcome, return_exceptions)
+                    continue
+                held[index] = outcome
+                while next_index in held:
+                    yield _value_of(next_index, held.pop(next_index), return_exceptions)
+                    next_index += 1
+            for index in sorted(held):
+                yield _value_of(index, held[index], return_exceptions)
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+
+
+def _value_of(index: int, outcome: Outcome, return_exceptions: bool) -> Any:
+    """A map input's value, or its error (raised, or returned when asked)."""
+    try:
+        return outcome.unwrap()
+    except Exception as exc:
+        exc.add_note(f"(raised by map input {index})")
+        if return_exceptions:
+            return exc
+        raise
 
 
 class _Invocable(Generic[P, R]):
@@ -94,6 +211,78 @@ class _Invocable(Generic[P, R]):
     def remote_events(self, *args: P.args, **kwargs: P.kwargs) -> Iterator[JobEvent]:
         """Starts the function and yields its job's events as they happen."""
         return iter_sync(self.aio.remote_events(*args, **kwargs), f"{self.function_name}.remote_events()")
+
+    def remote_gen(self, *args: P.args, **kwargs: P.kwargs) -> Iterator[Any]:
+        """Calls a generator function and yields its items as it produces them."""
+        return iter_sync(self.aio.remote_gen(*args, **kwargs), f"{self.function_name}.remote_gen()")
+
+    def map(
+        self,
+        *iterables: Iterable[Any],
+        kwargs: dict[str, Any] | None = None,
+        order_outputs: bool = True,
+        return_exceptions: bool = False,
+        timeout_s: float | None = None,
+    ) -> Iterator[Any]:
+        """Runs the function once per input, in parallel, and yields the results.
+
+        Inputs stream to the runtime in batches over one call while results stream back.
+
+        Args:
+            iterables: one iterable per positional parameter, zipped (like ``map()``).
+            kwargs: keyword arguments passed to every call.
+            order_outputs: yield results in input order (default) or as they finish.
+            return_exceptions: yield a failed input's exception instead of raising it.
+            timeout_s: seconds the whole map may take.
+
+        Raises:
+            Exception: the first failed input's own exception, noting its index.
+            TimeoutError: the map ran past ``timeout_s``.
+        """
+        return iter_sync(
+            self.aio.map(
+                *iterables,
+                kwargs=kwargs,
+                order_outputs=order_outputs,
+                return_exceptions=return_exceptions,
+                timeout_s=timeout_s,
+            ),
+            f"{self.function_name}.map()",
+        )
+
+    def starmap(
+        self,
+        items: Iterable[Any],
+        *,
+        kwargs: dict[str, Any] | None = None,
+        order_outputs: bool = True,
+        return_exceptions: bool = False,
+        timeout_s: float | None = None,
+    ) -> Iterator[Any]:
+        """Like :meth:`map`, with each item unpacked into positional arguments."""
+        return iter_sync(
+            self.aio.starmap(
+                items,
+                kwargs=kwargs,
+                order_outputs=order_outputs,
+                return_exceptions=return_exceptions,
+                timeout_s=timeout_s,
+            ),
+            f"{self.function_name}.starmap()",
+        )
+
+    def for_each(
+        self, *iterables: Iterable[Any], kwargs: dict[str, Any] | None = None, ignore_exceptions: bool = False
+    ) -> None:
+        """Runs the function over the inputs for their effects, waiting for all of them."""
+        run_sync(
+            self.aio.for_each(*iterables, kwargs=kwargs, ignore_exceptions=ignore_exceptions),
+            f"{self.function_name}.for_each()",
+        )
+
+    def spawn_map(self, *iterables: Iterable[Any], kwargs: dict[str, Any] | None = None) -> list[Job]:
+        """Starts one job per input without waiting; returns the jobs once all are durable."""
+        return run_sync(self.aio.spawn_map(*iterables, kwargs=kwargs), f"{self.function_name}.spawn_map()")
 
 
 class RemoteFunction(_Invocable[..., Any]):

@@ -65,7 +65,10 @@ class Outcome:
         if self.status is JobStatus.CANCELLED:
             raise JobCancelledError(f"{where} was cancelled: {self.reason}", job_id=self.job_id, reason=self.reason)
         if self.error is not None and self.error.type:
-            raise ser.rebuild_exception(self.error, job_id=self.job_id)
+            exc = ser.rebuild_exception(self.error, job_id=self.job_id)
+            if self.attempt > 1:
+                exc.add_note(f"(job {self.job_id} failed after {self.attempt} attempts)")
+            raise exc
         if self.status is JobStatus.FAILED:
             raise JobFailedError(f"{where} failed: {self.reason}", job_id=self.job_id, reason=self.reason)
         raise JobError(f"{where} has not ended (status {self.status})", job_id=self.job_id)
@@ -206,3 +209,32 @@ class AppInfo:
     status: DeploymentStatus
     function_names: tuple[str, ...]
     updated_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ScheduleInfo:
+    """A scheduled function of an app's live deployment.
+
+    Attributes:
+        app_name: the app.
+        function_name: the scheduled function.
+        deployment_id: the live deployment whose schedule this is.
+        schedule: a short description (``cron '*/5 * * * *' (UTC)``, ``every 30s``).
+        cron: the cron expression, or "" for a period.
+        timezone: the cron expression's time zone, or "" for a period.
+        period_s: seconds between runs, or 0 for a cron expression.
+        next_run_at: when the next run is due.
+        last_run_at: the tick of the last run, if any.
+        last_job_id: the job of the last run, if any.
+    """
+
+    app_name: str
+    function_name: str
+    deployment_id: str
+    schedule: str
+    cron: str
+    timezone: str
+    period_s: float
+    next_run_at: datetime | None
+    last_run_at: datetime | None
+    last_job_id: str

@@ -12,6 +12,7 @@ from typing import Any
 from apothic.concurrency import BATCHED_ATTR, CONCURRENT_ATTR, BatchedConfig, ConcurrentConfig
 from apothic.exceptions import InvalidConfigError
 from apothic.retries import Retries, as_retries
+from apothic.schedules import Cron, Period
 
 OFFER_FILTER_OPS = ("eq", "neq", "gt", "lt", "gte", "lte", "in", "notin")
 
@@ -48,6 +49,7 @@ class FunctionOptions:
     offer_filters: tuple[tuple[str, str, Any], ...] = ()
     env: dict[str, str] = field(default_factory=dict)
     serialized: bool = False
+    schedule: Cron | Period | None = None
 
 
 def _positive(name: str, value: Any, *, integer: bool = False, allow_zero: bool = False) -> None:
@@ -101,6 +103,8 @@ def validate_options(**kwargs: Any) -> FunctionOptions:
             isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()
         ):
             raise InvalidConfigError(f"{what} must be a dict of strings to strings, got {mapping!r}")
+    if opts.schedule is not None and not isinstance(opts.schedule, Cron | Period):
+        raise InvalidConfigError(f"schedule must be apothic.Cron(...) or apothic.Period(...), got {opts.schedule!r}")
     filters = []
     for item in opts.offer_filters:
         if not (isinstance(item, (tuple, list)) and len(item) == 3 and item[1] in OFFER_FILTER_OPS):
@@ -132,12 +136,15 @@ class FunctionDefinition:
     max_pending_tasks: int = 0
     min_containers: int = 0
     is_generator: bool = False
+    is_async: bool = False
+    schedule: Cron | Period | None = None
 
 
 def _options_doc(options: FunctionOptions) -> dict[str, Any]:
     doc = asdict(options)
     if isinstance(options.retries, Retries):
         doc["retries"] = asdict(options.retries)
+    doc["schedule"] = options.schedule.to_doc() if options.schedule is not None else None
     return doc
 
 
@@ -166,6 +173,7 @@ def definition(
     is_generator = inspect.isgeneratorfunction(raw) or inspect.isasyncgenfunction(raw)
     if batched is not None and is_generator:
         raise InvalidConfigError(f"{name}: a generator function cannot be @batched")
+    check_schedule_target(name, options, raw)
     return FunctionDefinition(
         name=name,
         module=module,
@@ -184,4 +192,33 @@ def definition(
         max_pending_tasks=options.max_pending_tasks or 0,
         min_containers=options.min_containers,
         is_generator=is_generator,
+        is_async=inspect.iscoroutinefunction(raw) or inspect.isasyncgenfunction(raw),
+        schedule=options.schedule,
     )
+
+
+def check_schedule_target(name: str, options: FunctionOptions, raw: Callable[..., Any]) -> None:
+    """A scheduled function runs with no arguments, so it must not require any.
+
+    Raises:
+        InvalidConfigError: the function is scheduled and has a required parameter, or is
+            ``@batched`` (a batch of zero inputs makes no sense).
+    """
+    if options.schedule is None:
+        return
+    if getattr(raw, BATCHED_ATTR, None) is not None:
+        raise InvalidConfigError(f"{name}: a scheduled function cannot be @batched")
+    try:
+        params = inspect.signature(raw).parameters.values()
+    except (TypeError, ValueError):
+        return
+    required = [
+        p.name
+        for p in params
+        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+    if required:
+        raise InvalidConfigError(
+            f"{name}: a scheduled function is called with no arguments, but it requires "
+            f"{', '.join(repr(r) for r in required)}; give them defaults or drop the schedule"
+        )

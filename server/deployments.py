@@ -47,6 +47,33 @@ def validate_name(kind: str, name: str) -> None:
         )
 
 
+def _validate_execution(spec: FunctionSpecRecord) -> None:
+    """Checks the concurrency, batching, retry and scaling fields of a spec."""
+    where = f"function {spec.name!r}"
+    checks = [
+        (1 <= spec.max_concurrent_inputs <= 1000, "max concurrent inputs must be from 1 to 1000"),
+        (1 <= spec.target_concurrent_inputs <= spec.max_concurrent_inputs, "target inputs must be 1 to the max"),
+        (0 <= spec.batch_max_size <= 1000, "batch_max_size must be from 0 to 1000"),
+        (0 <= spec.batch_wait_ms <= 600_000, "batch wait_ms must be from 0 to 600000"),
+        (0 <= spec.retry_max <= 10, "retries must be from 0 to 10"),
+        (
+            0 <= spec.retry_initial_delay_s <= 3600 and 0 <= spec.retry_max_delay_s <= 3600,
+            "retry delays must be 0-3600s",
+        ),
+        (1.0 <= spec.retry_backoff <= 10.0, "retry backoff_coefficient must be from 1 to 10"),
+        (spec.max_pending_tasks >= 0, "max_pending_tasks must be zero or more"),
+        (spec.min_containers >= 0, "min_containers must be zero or more"),
+        (
+            not spec.max_containers or spec.min_containers <= spec.max_containers,
+            "min_containers exceeds max_containers",
+        ),
+        (not (spec.batch_max_size and spec.is_generator), "a generator cannot be batched"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise InvalidArgument(f"{where}: {message}")
+
+
 class DeploymentManager:
     """Keeps live deployments in memory; the store is the durable record."""
 
@@ -100,6 +127,7 @@ class DeploymentManager:
                 raise InvalidArgument(f"function {spec.name!r}: timeout_s must be greater than zero")
             if spec.max_containers < 0:
                 raise InvalidArgument(f"function {spec.name!r}: max_containers must be zero or more")
+            _validate_execution(spec)
         if len(archive) > MAX_ARCHIVE_BYTES:
             raise InvalidArgument(f"source archive is {len(archive):,} bytes; the limit is {MAX_ARCHIVE_BYTES:,}")
         if archive:
@@ -143,6 +171,8 @@ class DeploymentManager:
         for old, event in superseded:
             self._publish(old, event)
             self._retire(old, "a newer version of the app was deployed")
+        if self.scheduler is not None:
+            self.scheduler.ensure_warm(dep)
         return dep
 
     def _event(self, dep: DeploymentRecord, kind: str) -> Event:
@@ -198,6 +228,10 @@ class DeploymentManager:
                 f"deployment {dep.deployment_id} of app {dep.app_name!r} is stopped; deploy it again"
             )
         return dep, spec
+
+    def live(self) -> list[DeploymentRecord]:
+        """Every live deployment this control plane knows."""
+        return [self._by_id[dep_id] for dep_id in self._live.values() if dep_id in self._by_id]
 
     async def archive(self, sha256: str) -> bytes:
         """A source archive by hash (cached)."""

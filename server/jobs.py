@@ -10,19 +10,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from apothic.server import ids
 from apothic.server.errors import InvalidArgument, NotFound
 from apothic.server.hub import Signal, Topics
+from apothic.server.maps import MapCall
 from apothic.server.models import (
     FINAL_JOB_STATUSES,
     JOB_CANCELLED,
     JOB_FAILED,
     JOB_QUEUED,
     JOB_RUNNING,
+    JOB_TIMED_OUT,
     DeploymentRecord,
     Event,
     FunctionSpecRecord,
@@ -62,10 +64,32 @@ class LiveJob:
     changed: Signal = field(default_factory=Signal)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     container_id: str = ""
+    handler: JobManager | None = None
+    #: Receives a generator's items as they come, while a caller streams them.
+    item_sink: Callable[[str, bytes], None] | None = None
+    yielded_items: int = 0
+    #: Set for the job of a map: its items run instead of the job itself.
+    map_call: MapCall | None = None
 
     @property
     def job_id(self) -> str:
         return self.record.job_id
+
+    @property
+    def input_id(self) -> str:
+        return self.record.job_id
+
+    @property
+    def args_format(self) -> str:
+        return self.record.args_format
+
+    @property
+    def args(self) -> bytes:
+        return self.record.args
+
+    @property
+    def result_format(self) -> str:
+        return self.record.result_format
 
     @property
     def final(self) -> bool:
@@ -73,7 +97,8 @@ class LiveJob:
 
 
 class JobManager:
-    """Owns every active job. The scheduler reports progress through ``mark_*`` methods."""
+    """Owns every active job. The scheduler reports progress through the WorkHandler methods
+    (``started``, ``log``, ``yielded``, ``ended``); retries are decided here."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -113,7 +138,7 @@ class JobManager:
             result=None,
             created_at=now,
         )
-        job = LiveJob(record=record, deployment=dep, spec=spec, durable=durable)
+        job = LiveJob(record=record, deployment=dep, spec=spec, durable=durable, handler=self)
         self._live[record.job_id] = job
         self._append(job, "job.queued", {})
         return job
@@ -128,8 +153,9 @@ class JobManager:
         result_format: str,
     ) -> LiveJob:
         """Runs a job and waits for it; its record is written behind."""
-        job = self._new(account, dep, spec, args_format, args, result_format, durable=False)
         assert self.scheduler is not None
+        self.scheduler.check_capacity(dep, spec, 1)
+        job = self._new(account, dep, spec, args_format, args, result_format, durable=False)
         self.scheduler.submit(job)
         try:
             await job.done.wait()
@@ -147,21 +173,103 @@ class JobManager:
         args_format: str,
         args: bytes,
         result_format: str,
+        *,
+        also: Callable[[list[LiveJob]], list[Any]] | None = None,
     ) -> LiveJob:
-        """Creates a job, commits it, then queues it; returns once it is durable."""
-        job = self._new(account, dep, spec, args_format, args, result_format, durable=True)
-        try:
-            await self.store.commit(self._flush_statements(job))
-        except BaseException:
-            self._live.pop(job.job_id, None)
-            raise
+        """Creates a job, commits it, then queues it; returns once it is durable.
+
+        ``also`` builds more statements from the new job, committed in the same
+        transaction (a schedule's tick fires only if its job is created).
+        """
+        return (await self.spawn_many(account, dep, spec, args_format, [args], result_format, also=also))[0]
+
+    async def spawn_many(
+        self,
+        account: str,
+        dep: DeploymentRecord,
+        spec: FunctionSpecRecord,
+        args_format: str,
+        args_list: list[bytes],
+        result_format: str,
+        *,
+        also: Callable[[list[LiveJob]], list[Any]] | None = None,
+    ) -> list[LiveJob]:
+        """Creates one job per input, commits them together, then queues them.
+
+        Raises:
+            ResourceExhausted: the inputs would exceed the function's max_pending_tasks
+                (nothing is created).
+        """
         assert self.scheduler is not None
+        self.scheduler.check_capacity(dep, spec, len(args_list))
+        jobs = [self._new(account, dep, spec, args_format, args, result_format, durable=True) for args in args_list]
+        try:
+            extra = also(jobs) if also is not None else []
+            await self.store.commit([stmt for job in jobs for stmt in self._flush_statements(job)] + extra)
+        except BaseException:
+            for job in jobs:
+                self._live.pop(job.job_id, None)
+            raise
+        for job in jobs:
+            self.scheduler.submit(job)
+        return jobs
+
+    def open_map(
+        self, account: str, dep: DeploymentRecord, spec: FunctionSpecRecord, args_format: str, result_format: str
+    ) -> MapCall:
+        """Starts a map: one job whose inputs arrive later as items."""
+        assert self.scheduler is not None
+        job = self._new(account, dep, spec, args_format, b"", result_format, durable=False)
+        call = MapCall(
+            jobs=self, scheduler=self.scheduler, job=job, args_format=args_format, result_format=result_format
+        )
+        job.map_call = call
+        return call
+
+    async def invoke_stream(
+        self,
+        account: str,
+        dep: DeploymentRecord,
+        spec: FunctionSpecRecord,
+        args_format: str,
+        args: bytes,
+        result_format: str,
+    ) -> AsyncIterator[tuple[str, bytes] | LiveJob]:
+        """Runs a generator job, yielding ``(format, data)`` items as they come, then the
+        ended job itself."""
+        assert self.scheduler is not None
+        self.scheduler.check_capacity(dep, spec, 1)
+        job = self._new(account, dep, spec, args_format, args, result_format, durable=False)
+        items: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        job.item_sink = lambda fmt, data: items.put_nowait((fmt, data))
         self.scheduler.submit(job)
-        return job
+        done = asyncio.ensure_future(job.done.wait())
+        try:
+            while True:
+                while not items.empty():
+                    yield items.get_nowait()
+                if done.done():
+                    break
+                getter = asyncio.ensure_future(items.get())
+                await asyncio.wait({getter, done}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    yield getter.result()
+                else:
+                    getter.cancel()
+            while not items.empty():
+                yield items.get_nowait()
+            yield job
+        finally:
+            done.cancel()
+            job.item_sink = None
+            if not job.final:
+                self.cancel(job, "the caller went away before the generator finished")
 
     def adopt(self, record: JobRecord, dep: DeploymentRecord, spec: FunctionSpecRecord, events: list[Event]) -> LiveJob:
         """Takes back an unfinished job found in the store after a restart and re-queues it."""
-        job = LiveJob(record=record, deployment=dep, spec=spec, durable=True, events=events, persisted=len(events))
+        job = LiveJob(
+            record=record, deployment=dep, spec=spec, durable=True, events=events, persisted=len(events), handler=self
+        )
         record.last_seq = max([record.last_seq, *(e.seq for e in events)])
         self._live[record.job_id] = job
         if record.status == JOB_RUNNING:
@@ -203,7 +311,9 @@ class JobManager:
         if stmts:
             self.store.write_behind(stmts)
 
-    def mark_running(self, job: LiveJob, worker_id: str, container_id: str) -> int:
+    # -- the scheduler's reports (WorkHandler) -----------------------------------------
+
+    def started(self, job: LiveJob, worker_id: str, container_id: str) -> int:
         """Starts a new attempt; returns its number."""
         rec = job.record
         rec.attempt += 1
@@ -216,7 +326,7 @@ class JobManager:
             self._flush(job)
         return rec.attempt
 
-    def add_log(self, job: LiveJob, attempt: int, stream: str, data: str) -> None:
+    def log(self, job: LiveJob, attempt: int, stream: str, data: str) -> None:
         """Appends output, up to the per-job limit."""
         if job.final or attempt != job.record.attempt or job.log_truncated:
             return
@@ -240,6 +350,51 @@ class JobManager:
         if len(job.events) - job.persisted >= FLUSH_EVERY_EVENTS:
             self._flush(job)
 
+    def yielded(self, job: LiveJob, attempt: int, seq: int, value_format: str, data: bytes) -> None:
+        """Hands a generator's item to the caller streaming them (items are not stored)."""
+        if job.final or attempt != job.record.attempt:
+            return
+        job.yielded_items += 1
+        if job.item_sink is not None:
+            job.item_sink(value_format, data)
+
+    def ended(self, job: LiveJob, attempt: int, status: str, result: dict[str, Any] | None, reason: str) -> None:
+        """An attempt ended: retry it when the policy allows, else end the job.
+
+        ``attempt`` is -1 when the attempt was lost with its container or worker.
+        """
+        if job.final or (attempt != -1 and attempt != job.record.attempt):
+            return
+        if self.closing and job.durable and status == JOB_FAILED and result is None:
+            return  # lost to the shutdown: the durable record is re-queued by the next start
+        ran = job.record.attempt
+        retryable = status in (JOB_FAILED, JOB_TIMED_OUT) and not job.yielded_items
+        if retryable and 1 <= ran <= job.spec.retry_max and not self.closing:
+            delay = job.spec.retry_delay(ran)
+            what = reason or status
+            self._append(
+                job,
+                "job.log",
+                {
+                    "stream": "system",
+                    "data": f"attempt {ran} {status.replace('_', ' ')}: {what}\n"
+                    f"retrying in {delay:g}s (attempt {ran + 1} of {job.spec.retry_max + 1})\n",
+                },
+            )
+            job.record.status = JOB_QUEUED
+            job.record_dirty = True
+            if job.durable:
+                self._flush(job)
+            asyncio.get_running_loop().call_later(delay, self._retry, job)
+            return
+        if ran > 1:
+            reason = f"{reason} (after {ran} attempts)" if reason else f"after {ran} attempts"
+        self.finish(job, status, result, reason)
+
+    def _retry(self, job: LiveJob) -> None:
+        if not job.final and self.scheduler is not None:
+            self.scheduler.submit(job)
+
     def finish(self, job: LiveJob, status: str, result: dict[str, Any] | None, reason: str) -> None:
         """Ends the job: result event (when there is one), end event, durable record."""
         if job.final:
@@ -262,17 +417,6 @@ class JobManager:
     def _evict(self, job_id: str) -> None:
         self._live.pop(job_id, None)
         self._evictions.pop(job_id, None)
-
-    def fail(self, job: LiveJob, reason: str) -> None:
-        """Ends the job as failed by the runtime (no user error).
-
-        While the control plane shuts down, a spawned job is not failed for losing its
-        worker or container: its durable record stays as it is and the next start
-        re-queues it.
-        """
-        if self.closing and job.durable:
-            return
-        self.finish(job, JOB_FAILED, None, reason)
 
     # -- queries ---------------------------------------------------------------------
 
@@ -307,6 +451,9 @@ class JobManager:
     def cancel(self, job: LiveJob, reason: str = "cancelled by the user") -> None:
         """Cancels a queued or running job."""
         if job.final:
+            return
+        if job.map_call is not None:
+            job.map_call.cancel(reason)
             return
         assert self.scheduler is not None
         self.scheduler.cancel(job)

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from apothic.schedules import Cron, Period
+
 JOB_QUEUED = "queued"
 JOB_RUNNING = "running"
 JOB_SUCCEEDED = "succeeded"
@@ -37,6 +39,51 @@ class FunctionSpecRecord:
     max_containers: int
     scaledown_window_s: float
     options_json: str
+    retry_max: int = 0
+    retry_initial_delay_s: float = 1.0
+    retry_backoff: float = 2.0
+    retry_max_delay_s: float = 60.0
+    max_concurrent_inputs: int = 1
+    target_concurrent_inputs: int = 1
+    batch_max_size: int = 0
+    batch_wait_ms: float = 0.0
+    max_pending_tasks: int = 0
+    min_containers: int = 0
+    is_generator: bool = False
+    is_async: bool = False
+    #: A Cron-scheduled function's expression and time zone ("" when not cron-scheduled).
+    schedule_cron: str = ""
+    schedule_timezone: str = ""
+    #: Seconds between a Period-scheduled function's runs (0 when not period-scheduled).
+    schedule_period_s: float = 0.0
+
+    def schedule(self) -> Cron | Period | None:
+        """The function's schedule, or None when it only runs when called.
+
+        Raises:
+            InvalidConfigError: the stored schedule is not valid.
+        """
+        if self.schedule_cron:
+            return Cron(self.schedule_cron, timezone=self.schedule_timezone or "UTC")
+        if self.schedule_period_s > 0:
+            return Period(seconds=self.schedule_period_s)
+        return None
+
+    def retry_delay(self, retry: int) -> float:
+        """Seconds before retry number ``retry`` (1-based)."""
+        return float(min(self.retry_initial_delay_s * self.retry_backoff ** (retry - 1), self.retry_max_delay_s))
+
+    @property
+    def slots(self) -> int:
+        """Inputs one container takes at once (a batched one needs a whole batch)."""
+        return max(1, self.batch_max_size or self.max_concurrent_inputs)
+
+    @property
+    def target_slots(self) -> int:
+        """Inputs per container before the autoscaler adds another."""
+        if self.batch_max_size:
+            return self.batch_max_size
+        return max(1, min(self.target_concurrent_inputs or self.slots, self.slots))
 
 
 @dataclass

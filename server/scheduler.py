@@ -1,7 +1,11 @@
-"""Placement: which container runs which job, and when containers start and stop.
+"""Placement: which container runs which input, and when containers start and stop.
 
 All state here is in memory; the store holds the jobs. Workers are reached only through
 their session outboxes (commands below), which the worker servicer turns into messages.
+
+A container takes up to ``spec.slots`` inputs at once (``@concurrent`` / ``@batched``);
+the pool adds a container when every ready one is at its target, up to
+``max_containers``, and keeps ``min_containers`` running even when idle.
 """
 
 from __future__ import annotations
@@ -11,14 +15,14 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from apothic.server import ids
+from apothic.server.errors import ResourceExhausted
 from apothic.server.models import JOB_TIMED_OUT, DeploymentRecord, FunctionSpecRecord
-
-if TYPE_CHECKING:
-    from apothic.server.jobs import JobManager, LiveJob
+from apothic.server.work import Work
 
 log = logging.getLogger("apothic.server.scheduler")
 
@@ -84,19 +88,22 @@ class ContainerHandle:
     container_id: str
     worker: WorkerHandle
     pool: FunctionPool
-    state: str = "starting"  # starting | idle | busy | stopping
-    job: LiveJob | None = None
-    idle_since: float = 0.0
+    state: str = "starting"  # starting | ready | stopping | gone
+    inflight: dict[str, Work] = field(default_factory=dict)
+    idle_since: float = field(default_factory=time.monotonic)
+
+    @property
+    def free(self) -> int:
+        return self.pool.spec.slots - len(self.inflight) if self.state == "ready" else 0
 
 
 @dataclass(eq=False)
 class FunctionPool:
-    """The containers and waiting jobs of one function of one deployment."""
+    """The containers and waiting inputs of one function of one deployment."""
 
     deployment: DeploymentRecord
     spec: FunctionSpecRecord
-    idle: deque[ContainerHandle] = field(default_factory=deque)
-    pending: deque[LiveJob] = field(default_factory=deque)
+    pending: deque[Work] = field(default_factory=deque)
     containers: set[ContainerHandle] = field(default_factory=set)
     closed: bool = False
 
@@ -112,17 +119,25 @@ class FunctionPool:
     def limit(self) -> int:
         return self.spec.max_containers or 1_000_000
 
+    def best_container(self) -> ContainerHandle | None:
+        """The ready container with the most free slots (least loaded), if any has one."""
+        best: ContainerHandle | None = None
+        for container in self.containers:
+            if container.free > 0 and (best is None or container.free > best.free):
+                best = container
+        return best
+
 
 class Scheduler:
-    """Places jobs on warm containers, starting containers on workers when needed."""
+    """Places inputs on warm containers, starting containers on workers when needed."""
 
-    def __init__(self, jobs: JobManager) -> None:
-        self.jobs = jobs
-        jobs.scheduler = self
+    def __init__(self) -> None:
         self.workers: dict[str, WorkerHandle] = {}
         self.pools: dict[tuple[str, str], FunctionPool] = {}
         self.containers: dict[str, ContainerHandle] = {}
         self._reaper: asyncio.Task[None] | None = None
+        #: Live deployments (set by the control plane), kept warm per ``min_containers``.
+        self.live_deployments: Callable[[], Iterable[DeploymentRecord]] = tuple
 
     def start(self) -> None:
         self._reaper = asyncio.create_task(self._reap_idle(), name="apothic-scheduler-reaper")
@@ -133,62 +148,94 @@ class Scheduler:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
 
-    # -- jobs ------------------------------------------------------------------------
+    # -- inputs ----------------------------------------------------------------------
 
-    def _pool(self, job: LiveJob) -> FunctionPool:
-        key = (job.deployment.deployment_id, job.spec.name)
+    def pool(self, deployment: DeploymentRecord, spec: FunctionSpecRecord) -> FunctionPool:
+        """The pool of a function, created (or reopened) on demand."""
+        key = (deployment.deployment_id, spec.name)
         pool = self.pools.get(key)
         if pool is None:
-            pool = self.pools[key] = FunctionPool(deployment=job.deployment, spec=job.spec)
+            pool = self.pools[key] = FunctionPool(deployment=deployment, spec=spec)
+        elif pool.closed:
+            # A call pinned to a retired deployment still runs: containers start on demand.
+            pool.closed = False
         return pool
 
-    def submit(self, job: LiveJob) -> None:
-        """Runs the job on an idle container, or queues it and scales up."""
-        pool = self._pool(job)
-        if pool.closed:
-            # A call pinned to a superseded deployment whose containers are still busy
-            # retiring: a closed pool only stops containers, so the job would never run.
-            pool.closed = False
-        while pool.idle:
-            container = pool.idle.popleft()
-            if container.state == "idle":
-                self._assign(container, job)
-                return
-        pool.pending.append(job)
+    def check_capacity(self, deployment: DeploymentRecord, spec: FunctionSpecRecord, count: int) -> None:
+        """Refuses ``count`` more inputs that would exceed the function's max_pending_tasks.
+
+        Raises:
+            ResourceExhausted: the limit would be exceeded; the message names it.
+        """
+        limit = spec.max_pending_tasks
+        if not limit:
+            return
+        pool = self.pools.get((deployment.deployment_id, spec.name))
+        waiting = len(pool.pending) if pool is not None else 0
+        if waiting + count > limit:
+            raise ResourceExhausted(
+                f"function {spec.name!r} of app {deployment.app_name!r} has {waiting} inputs waiting and its "
+                f"max_pending_tasks is {limit}; {count} more would exceed it. Retry later or raise the limit"
+            )
+
+    def submit(self, work: Work) -> None:
+        """Runs the input on a container with a free slot, or queues it and scales up."""
+        pool = self.pool(work.deployment, work.spec)
+        container = pool.best_container() if not pool.pending else None
+        if container is not None:
+            self._assign(container, work)
+            if len(container.inflight) >= pool.spec.target_slots:
+                self._scale(pool, extra=1)
+            return
+        pool.pending.append(work)
         self._scale(pool)
 
-    def _assign(self, container: ContainerHandle, job: LiveJob) -> None:
-        container.state = "busy"
-        container.job = job
-        attempt = self.jobs.mark_running(job, container.worker.worker_id, container.container_id)
-        rec = job.record
+    def _assign(self, container: ContainerHandle, work: Work) -> None:
+        container.inflight[work.input_id] = work
+        work.container_id = container.container_id
+        attempt = work.handler.started(work, container.worker.worker_id, container.container_id)
         container.worker.outbox.put_nowait(
             RunInput(
                 container_id=container.container_id,
-                job_id=rec.job_id,
+                job_id=work.input_id,
                 attempt=attempt,
-                args_format=rec.args_format,
-                args=rec.args,
-                result_format=rec.result_format,
-                timeout_s=job.spec.timeout_s,
+                args_format=work.args_format,
+                args=work.args,
+                result_format=work.result_format,
+                timeout_s=work.spec.timeout_s,
             )
         )
 
-    def cancel(self, job: LiveJob) -> None:
-        """Takes a job off its queue or stops the container running it."""
-        pool = self.pools.get((job.deployment.deployment_id, job.spec.name))
-        if pool is not None and job in pool.pending:
-            pool.pending.remove(job)
-            return
-        job_id = job.job_id
-        container = self.containers.get(job.container_id)
-        if container is not None and container.job is job:
-            container.job = None
-            container.state = "stopping"
-            container.worker.outbox.put_nowait(CancelInput(job_id=job_id, container_id=container.container_id))
+    def _fill(self, container: ContainerHandle) -> None:
+        """Hands waiting inputs to a container with free slots."""
+        pool = container.pool
+        while pool.pending and container.free > 0:
+            work = pool.pending.popleft()
+            if not work.final:
+                self._assign(container, work)
+        if not container.inflight:
+            container.idle_since = time.monotonic()
 
-    def _scale(self, pool: FunctionPool) -> None:
-        wanted = len(pool.pending) - pool.starting
+    def cancel(self, work: Work) -> None:
+        """Takes an input off its queue, or stops it on its container."""
+        pool = self.pools.get((work.deployment.deployment_id, work.spec.name))
+        if pool is not None and work in pool.pending:
+            pool.pending.remove(work)
+            return
+        input_id, is_async = work.input_id, work.spec.is_async
+        container = self.containers.get(work.container_id)
+        if container is not None and container.inflight.get(input_id) is work:
+            del container.inflight[input_id]
+            if not is_async:
+                container.state = "stopping"  # the worker stops it: a sync input cannot be interrupted
+            container.worker.outbox.put_nowait(CancelInput(job_id=input_id, container_id=container.container_id))
+            if container.state == "ready":
+                self._fill(container)
+
+    def _scale(self, pool: FunctionPool, extra: int = 0) -> None:
+        if pool.closed:
+            return
+        wanted = -(-len(pool.pending) // pool.spec.target_slots) + extra - pool.starting
         while wanted > 0 and len(pool.containers) < pool.limit:
             worker = self._pick_worker()
             if worker is None:
@@ -207,7 +254,7 @@ class Scheduler:
 
     def _reclaim_idle(self, worker: WorkerHandle) -> bool:
         """Stops the longest-idle container on a full worker to make room."""
-        idle = [c for c in worker.containers.values() if c.state == "idle"]
+        idle = [c for c in worker.containers.values() if c.state == "ready" and not c.inflight]
         if not idle:
             return False
         victim = min(idle, key=lambda c: c.idle_since)
@@ -235,25 +282,21 @@ class Scheduler:
         container.worker.outbox.put_nowait(StopContainer(container_id=container.container_id, reason=reason))
 
     def _forget(self, container: ContainerHandle) -> None:
-        pool = container.pool
-        pool.containers.discard(container)
-        with contextlib.suppress(ValueError):
-            pool.idle.remove(container)
+        container.pool.containers.discard(container)
         container.worker.containers.pop(container.container_id, None)
         self.containers.pop(container.container_id, None)
 
-    def _make_idle(self, container: ContainerHandle) -> None:
-        pool = container.pool
-        container.job = None
-        if pool.closed:
-            self._stop_container(container, "its deployment stopped")
-            return
-        if pool.pending:
-            self._assign(container, pool.pending.popleft())
-            return
-        container.state = "idle"
-        container.idle_since = time.monotonic()
-        pool.idle.append(container)
+    def ensure_warm(self, deployment: DeploymentRecord) -> None:
+        """Starts containers for functions whose ``min_containers`` are not running."""
+        for spec in deployment.functions:
+            if spec.min_containers:
+                pool = self.pool(deployment, spec)
+                missing = spec.min_containers - len(pool.containers)
+                for _ in range(missing):
+                    worker = self._pick_worker()
+                    if worker is None:
+                        break
+                    self._start_container(pool, worker)
 
     # -- worker events ---------------------------------------------------------------
 
@@ -264,26 +307,34 @@ class Scheduler:
             self.worker_lost(old, "the worker reconnected")
         worker = WorkerHandle(worker_id=worker_id, offer=offer)
         self.workers[worker_id] = worker
+        self._rescale_all()
+        return worker
+
+    def _rescale_all(self) -> None:
         for pool in list(self.pools.values()):
             if pool.pending:
                 self._scale(pool)
-        return worker
+        for dep in self.live_deployments():
+            self.ensure_warm(dep)
 
     def worker_lost(self, worker: WorkerHandle, reason: str) -> None:
-        """Fails what ran on a worker whose session ended."""
+        """Ends what ran on a worker whose session ended."""
         if self.workers.get(worker.worker_id) is worker:
             del self.workers[worker.worker_id]
         for container in list(worker.containers.values()):
             self._container_gone(container, f"worker {worker.worker_id} was lost ({reason})", startup_failed=False)
-        for pool in list(self.pools.values()):
-            if pool.pending:
-                self._scale(pool)
+        self._rescale_all()
 
     def container_ready(self, container_id: str) -> None:
         container = self.containers.get(container_id)
         if container is None or container.state != "starting":
             return
-        self._make_idle(container)
+        container.state = "ready"
+        container.idle_since = time.monotonic()
+        if container.pool.closed:
+            self._stop_container(container, "its deployment stopped")
+            return
+        self._fill(container)
 
     def container_exited(self, container_id: str, reason: str, *, startup_failed: bool) -> None:
         container = self.containers.get(container_id)
@@ -292,49 +343,78 @@ class Scheduler:
 
     def _container_gone(self, container: ContainerHandle, reason: str, *, startup_failed: bool) -> None:
         self._forget(container)
-        pool = container.pool
-        job, container.job = container.job, None
         container.state = "gone"
-        if job is not None and not job.final:
-            self.jobs.fail(job, f"container {container.container_id} exited while running the job: {reason}")
+        pool = container.pool
+        lost, container.inflight = list(container.inflight.values()), {}
+        for work in lost:
+            if not work.final:
+                work.handler.ended(
+                    work,
+                    -1,
+                    "failed",
+                    None,
+                    f"container {container.container_id} exited while running the input: {reason}",
+                )
         if startup_failed:
-            # An import error repeats for every container: fail the waiting jobs with it.
+            # An import error repeats for every container: fail the waiting inputs with it.
             while pool.pending:
-                self.jobs.fail(pool.pending.popleft(), f"the function's container failed to start: {reason}")
+                work = pool.pending.popleft()
+                work.handler.ended(work, -1, "failed", None, f"the function's container failed to start: {reason}")
         elif pool.pending:
             self._scale(pool)
 
     def input_finished(
-        self, container_id: str, job_id: str, attempt: int, status: str, result: dict[str, Any] | None, reason: str
+        self, container_id: str, input_id: str, attempt: int, status: str, result: dict[str, Any] | None, reason: str
     ) -> None:
         """An attempt ended on a container."""
         container = self.containers.get(container_id)
-        job = self.jobs.live(job_id)
-        if job is not None and not job.final and job.record.attempt == attempt:
-            self.jobs.finish(job, status, result, reason)
         if container is None:
             return
-        if status == JOB_TIMED_OUT or container.state != "busy" or container.job is not job:
-            return  # the worker stops timed-out and cancelled containers itself
-        self._make_idle(container)
+        work = container.inflight.pop(input_id, None)
+        if work is None:
+            return  # cancelled meanwhile
+        if status == JOB_TIMED_OUT and not work.spec.is_async:
+            container.state = "stopping"  # the worker stops it: a sync input cannot be interrupted
+        work.handler.ended(work, attempt, status, result, reason)
+        if container.state == "ready":
+            self._fill(container)
 
-    def input_log(self, job_id: str, attempt: int, stream: str, data: str) -> None:
-        job = self.jobs.live(job_id)
-        if job is not None:
-            self.jobs.add_log(job, attempt, stream, data)
+    def _inflight(self, container_id: str, input_id: str) -> Work | None:
+        container = self.containers.get(container_id)
+        return container.inflight.get(input_id) if container is not None else None
+
+    def input_log(self, container_id: str, input_id: str, attempt: int, stream: str, data: str) -> None:
+        work = self._find(input_id, container_id)
+        if work is not None:
+            work.handler.log(work, attempt, stream, data)
+
+    def input_yield(self, container_id: str, input_id: str, attempt: int, seq: int, fmt: str, data: bytes) -> None:
+        work = self._find(input_id, container_id)
+        if work is not None:
+            work.handler.yielded(work, attempt, seq, fmt, data)
+
+    def _find(self, input_id: str, container_id: str) -> Work | None:
+        if container_id:
+            return self._inflight(container_id, input_id)
+        for container in self.containers.values():
+            work = container.inflight.get(input_id)
+            if work is not None:
+                return work
+        return None
 
     # -- deployments -----------------------------------------------------------------
 
     def deployment_stopped(self, deployment_id: str, reason: str) -> None:
-        """Stops a deployment's containers and fails its waiting jobs."""
+        """Stops a deployment's idle containers and fails its waiting inputs."""
         for key, pool in list(self.pools.items()):
             if key[0] != deployment_id:
                 continue
             pool.closed = True
             while pool.pending:
-                self.jobs.fail(pool.pending.popleft(), reason)
+                work = pool.pending.popleft()
+                work.handler.ended(work, -1, "failed", None, reason)
             for container in list(pool.containers):
-                if container.state in ("idle", "starting"):
+                if container.state == "starting" or not container.inflight:
                     self._stop_container(container, reason)
             if not pool.containers:
                 del self.pools[key]
@@ -345,8 +425,14 @@ class Scheduler:
                 await asyncio.sleep(REAP_INTERVAL_S)
                 now = time.monotonic()
                 for key, pool in list(self.pools.items()):
-                    for container in list(pool.idle):
-                        if now - container.idle_since >= pool.spec.scaledown_window_s:
+                    idle = sorted(
+                        (c for c in pool.containers if c.state == "ready" and not c.inflight),
+                        key=lambda c: c.idle_since,
+                    )
+                    keep = pool.spec.min_containers if not pool.closed else 0
+                    removable = max(0, len(pool.containers) - keep)
+                    for container in idle[:removable]:
+                        if now - container.idle_since >= pool.spec.scaledown_window_s or pool.closed:
                             self._stop_container(container, "idle past its scale-down window")
                     if pool.closed and not pool.containers:
                         self.pools.pop(key, None)

@@ -23,6 +23,7 @@ from apothic.server.deployments import DeploymentManager
 from apothic.server.jobs import JobManager
 from apothic.server.models import JOB_FAILED
 from apothic.server.scheduler import Scheduler
+from apothic.server.schedules import ScheduleRunner
 from apothic.server.servicers.apps import AppServicer
 from apothic.server.servicers.functions import FunctionServicer
 from apothic.server.servicers.workers import WorkerServicer
@@ -51,12 +52,16 @@ class ControlPlane:
         self.store = Store(settings.resolved_db_url())
         self.accounts = Accounts(self.store)
         self.jobs = JobManager(self.store)
-        self.scheduler = Scheduler(self.jobs)
+        self.scheduler = Scheduler()
+        self.jobs.scheduler = self.scheduler
         self.deployments = DeploymentManager(self.store)
         self.deployments.scheduler = self.scheduler
+        self.scheduler.live_deployments = self.deployments.live
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         #: Also serves in-process worker sessions (see apothic.worker.transport).
         self.worker_servicer = WorkerServicer(self.scheduler, self.deployments)
+        #: Fires scheduled functions (``@app.function(schedule=...)``).
+        self.schedules = ScheduleRunner(self.deployments, self.jobs, self.store)
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self._lock_file: IO[str] | None = None
@@ -93,6 +98,7 @@ class ControlPlane:
         self.scheduler.start()
         self.deployments.start_reaper()
         await self._recover_jobs()
+        self.schedules.start()
         server = grpc.aio.server(
             interceptors=[AuthInterceptor(self.accounts)],
             options=[
@@ -103,7 +109,7 @@ class ControlPlane:
             ],
         )
         fn_grpc.add_FunctionServiceServicer_to_server(FunctionServicer(self.deployments, self.jobs), server)
-        app_grpc.add_AppServiceServicer_to_server(AppServicer(self.deployments, self.jobs), server)
+        app_grpc.add_AppServiceServicer_to_server(AppServicer(self.deployments, self.jobs, self.schedules), server)
         w_grpc.add_WorkerServiceServicer_to_server(self.worker_servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -138,6 +144,7 @@ class ControlPlane:
         for name in ("", *SERVICE_NAMES):
             with contextlib.suppress(Exception):
                 await self._set_health(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.schedules.stop()
         await self.jobs.close()
         for worker in list(self.scheduler.workers.values()):
             worker.outbox.put_nowait(None)  # ends in-process sessions too

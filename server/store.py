@@ -13,7 +13,7 @@ import contextlib
 import logging
 import re
 from dataclasses import asdict
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,9 @@ NAMESPACE = "apothic"
 DATABASE = "main"
 MAX_BATCH = 512
 _VAR_RE = re.compile(r"\$([A-Za-z_]\w*)")
+#: Error text of a schedule tick that already fired (see ``Store.schedule_fire_statements``).
+_TICK_TAKEN = "schedule tick already fired"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 Statement = tuple[str, dict[str, Any]]
 
@@ -181,7 +184,8 @@ def _spec_to_doc(spec: FunctionSpecRecord) -> dict[str, Any]:
 
 
 def _spec_from_doc(doc: dict[str, Any]) -> FunctionSpecRecord:
-    return FunctionSpecRecord(**{k: doc[k] for k in FunctionSpecRecord.__dataclass_fields__})
+    # Fields added later are absent from older deployments: their defaults apply.
+    return FunctionSpecRecord(**{k: doc[k] for k in FunctionSpecRecord.__dataclass_fields__ if k in doc})
 
 
 def _deployment_from_doc(doc: dict[str, Any]) -> DeploymentRecord:
@@ -522,6 +526,76 @@ class Store:
             {"live": DEPLOYMENT_LIVE, "now": now},
         )
         return [_deployment_from_doc(r) for r in rows]
+
+    # -- schedules ---------------------------------------------------------------------
+
+    def schedule_fire_statements(
+        self, account: str, deployment_id: str, function: str, tick: datetime, job_id: str, now: datetime
+    ) -> list[Statement]:
+        """Statements that mark a schedule's ``tick`` as fired by job ``job_id``.
+
+        Committed in the transaction that creates the job: they fail it when this tick or a
+        later one already fired (:meth:`is_tick_taken` recognizes the error), so a tick
+        fires at most once, across restarts and replicas.
+        """
+        state = RecordID("schedule", [_key(deployment_id), function])
+        micros = (tick - _EPOCH) // timedelta(microseconds=1)
+        return [
+            (
+                "IF $id.last_tick != NONE AND $id.last_tick >= $tick { THROW $msg }",
+                {"id": state, "tick": tick, "msg": f"{_TICK_TAKEN}: {function} of {deployment_id} at {tick}"},
+            ),
+            (
+                "UPSERT $id CONTENT $doc RETURN NONE",
+                {
+                    "id": state,
+                    "doc": {
+                        "account": account,
+                        "deployment": deployment_id,
+                        "function_name": function,
+                        "last_tick": tick,
+                        "last_job": job_id,
+                        "updated_at": now,
+                    },
+                },
+            ),
+            (
+                "CREATE $id CONTENT $doc RETURN NONE",
+                {
+                    "id": RecordID("schedule_run", [_key(deployment_id), function, micros]),
+                    "doc": {
+                        "account": account,
+                        "deployment": deployment_id,
+                        "function_name": function,
+                        "tick": tick,
+                        "job": job_id,
+                    },
+                },
+            ),
+        ]
+
+    @staticmethod
+    def is_tick_taken(exc: BaseException) -> bool:
+        """Whether a failed write failed because its schedule tick had already fired."""
+        text = str(exc)
+        return _TICK_TAKEN in text or ("schedule_run:" in text and "already exists" in text)
+
+    async def schedule_states(self, account: str, deployment_id: str) -> dict[str, tuple[datetime, str]]:
+        """The last fired tick and its job, per scheduled function of a deployment."""
+        rows = await self._q(
+            "SELECT function_name, last_tick, last_job FROM schedule WHERE deployment = $dep AND account = $acct",
+            {"dep": deployment_id, "acct": account},
+        )
+        return {r["function_name"]: (r["last_tick"], r["last_job"]) for r in rows}
+
+    async def schedule_runs(self, account: str, deployment_id: str, function: str) -> list[tuple[datetime, str]]:
+        """Every fired tick of a scheduled function and its job, oldest first."""
+        rows = await self._q(
+            "SELECT tick, job FROM schedule_run WHERE deployment = $dep AND function_name = $fn AND account = $acct "
+            "ORDER BY tick",
+            {"dep": deployment_id, "fn": function, "acct": account},
+        )
+        return [(r["tick"], r["job"]) for r in rows]
 
 
 __all__ = ["DEPLOYMENT_STOPPED", "DEPLOYMENT_SUPERSEDED", "Store"]

@@ -22,6 +22,7 @@ from apothic.worker.containers import (
     Ready,
     Report,
     Result,
+    Yield,
 )
 from apothic.worker.settings import WorkerSettings
 from apothic.worker.transport import GrpcTransport, SessionTransport
@@ -64,6 +65,15 @@ def _to_message(report: Report) -> w_pb.SessionRequest:
                 reason=report.reason,
             )
         )
+    if isinstance(report, Yield):
+        return w_pb.SessionRequest(
+            input_yield=w_pb.InputYield(
+                job_id=report.job_id,
+                attempt=report.attempt,
+                seq=report.seq,
+                item=pb.Payload(format=_FORMAT_CODES[report.value_format], data=report.value),
+            )
+        )
     if isinstance(report, Ready):
         return w_pb.SessionRequest(container_ready=w_pb.ContainerReady(container_id=report.container_id))
     assert isinstance(report, Exited)
@@ -75,6 +85,17 @@ def _to_message(report: Report) -> w_pb.SessionRequest:
             startup_failed=report.startup_failed,
         )
     )
+
+
+def _execution(spec: pb.FunctionSpec) -> dict[str, object]:
+    """How a container runs inputs, from the function's spec."""
+    max_inputs = max(1, spec.max_concurrent_inputs)
+    env = {"APOTHIC_MAX_INPUTS": str(max_inputs)}
+    if spec.batch_max_size > 0:
+        env["APOTHIC_BATCH_MAX_SIZE"] = str(spec.batch_max_size)
+        env["APOTHIC_BATCH_WAIT_MS"] = repr(spec.batch_wait_ms)
+        max_inputs = spec.batch_max_size  # the container needs a whole batch in hand
+    return {"max_inputs": max_inputs, "env": tuple(env.items()), "cancel_in_place": spec.is_async}
 
 
 class Worker:
@@ -139,7 +160,24 @@ class Worker:
             msg = await outbox.get()
             if msg is None:
                 return
-            yield msg
+            if msg.WhichOneof("message") != "input_result" or outbox.empty():
+                yield msg
+                continue
+            # Results that piled up travel together; everything keeps its order.
+            batch = [msg.input_result]
+            tail: w_pb.SessionRequest | None | bool = False
+            while not outbox.empty():
+                nxt = outbox.get_nowait()
+                if nxt is not None and nxt.WhichOneof("message") == "input_result":
+                    batch.append(nxt.input_result)
+                    continue
+                tail = nxt
+                break
+            yield w_pb.SessionRequest(input_results=w_pb.InputResults(results=batch))
+            if tail is None:
+                return
+            if tail is not False:
+                yield tail  # type: ignore[misc]
 
     async def _heartbeat(self, interval: float) -> None:
         while True:
@@ -150,6 +188,17 @@ class Worker:
                         heartbeat=w_pb.WorkerHeartbeat(running_containers=len(self.containers.containers))
                     )
                 )
+
+    def _run(self, r: w_pb.RunInput) -> None:
+        self.containers.run(
+            r.container_id,
+            r.job_id,
+            r.attempt,
+            _FORMATS.get(r.args.format, "cloudpickle"),
+            r.args.data,
+            _FORMATS.get(r.result_format, "cloudpickle"),
+            r.timeout_s,
+        )
 
     async def _session(self, offer: offer_mod.Offer) -> None:
         s = self.settings
@@ -175,17 +224,11 @@ class Worker:
             try:
                 async for msg in call:
                     which = msg.WhichOneof("message")
-                    if which == "run_input":
-                        r = msg.run_input
-                        self.containers.run(
-                            r.container_id,
-                            r.job_id,
-                            r.attempt,
-                            _FORMATS.get(r.args.format, "cloudpickle"),
-                            r.args.data,
-                            _FORMATS.get(r.result_format, "cloudpickle"),
-                            r.timeout_s,
-                        )
+                    if which == "run_inputs":
+                        for r in msg.run_inputs.inputs:
+                            self._run(r)
+                    elif which == "run_input":
+                        self._run(msg.run_input)
                     elif which == "start_container":
                         sc = msg.start_container
                         spec = ContainerSpec(
@@ -198,6 +241,7 @@ class Worker:
                             archive=sc.source_archive,
                             archive_sha256=sc.archive_sha256,
                             startup_timeout_s=sc.function.startup_timeout_s or 60.0,
+                            **_execution(sc.function),
                         )
                         task = asyncio.create_task(self.containers.start(spec))
                         tasks.add(task)

@@ -12,11 +12,11 @@ import contextlib
 import io
 import logging
 import os
-import pickle
 import signal
 import socket
 import sys
 import zipfile
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +42,13 @@ class ContainerSpec:
     archive: bytes
     archive_sha256: str
     startup_timeout_s: float
+    #: Inputs the container runs at once; the worker queues the rest.
+    max_inputs: int = 1
+    #: Extra environment for the container process (how it runs inputs).
+    env: tuple[tuple[str, str], ...] = ()
+    #: Inputs can be cancelled inside the container (async functions); otherwise a
+    #: cancelled or timed-out input stops the whole container.
+    cancel_in_place: bool = False
 
 
 # Events reported to the control plane.
@@ -78,7 +85,31 @@ class Result:
     reason: str
 
 
-Report = Ready | Exited | Log | Result
+@dataclass(frozen=True)
+class Yield:
+    job_id: str
+    attempt: int
+    seq: int
+    value_format: str
+    value: bytes
+
+
+Report = Ready | Exited | Log | Result | Yield
+
+
+@dataclass(eq=False)
+class _Input:
+    """An input this worker holds for a container: waiting, or running in it."""
+
+    job_id: str
+    attempt: int
+    args_format: str
+    args: bytes
+    result_format: str
+    timeout_s: float
+    timer: asyncio.TimerHandle | None = None
+    log_bytes: int = 0
+    log_truncated: bool = False
 
 
 def _describe_exit(code: int) -> str:
@@ -105,10 +136,9 @@ class ProcessContainer:
         self.proc: asyncio.subprocess.Process | None = None
         self._writer: asyncio.StreamWriter | None = None
         self.ready = False
-        self.job: tuple[str, int] | None = None
-        self._log_bytes = 0
-        self._log_truncated = False
-        self._timeout: asyncio.TimerHandle | None = None
+        #: Inputs sent to the process (at most ``spec.max_inputs``) and inputs waiting here.
+        self.inflight: dict[str, _Input] = {}
+        self.waiting: deque[_Input] = deque()
         self._exit_reason: str | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -121,6 +151,7 @@ class ProcessContainer:
             APOTHIC_CONTAINER_ID=self.spec.container_id,
             PYTHONUNBUFFERED="1",
         )
+        env.update(self.spec.env)
         if self.spec.pickled_function:
             path = self.source_dir.parent / f"{self.spec.container_id.replace(':', '_')}.pkl"
             path.write_bytes(self.spec.pickled_function)
@@ -154,24 +185,54 @@ class ProcessContainer:
     def run(
         self, job_id: str, attempt: int, args_format: str, args: bytes, result_format: str, timeout_s: float
     ) -> None:
-        """Sends one input to the container."""
-        self.job = (job_id, attempt)
-        self._log_bytes = 0
-        self._log_truncated = False
-        assert self._writer is not None
-        self._writer.write(protocol.encode((protocol.RUN, job_id, attempt, args_format, args, result_format)))
-        if timeout_s > 0:
-            self._timeout = asyncio.get_running_loop().call_later(
-                timeout_s, self._timed_out, job_id, attempt, timeout_s
-            )
+        """Runs an input now, or once the container has a free slot."""
+        item = _Input(job_id, attempt, args_format, args, result_format, timeout_s)
+        if len(self.inflight) < self.spec.max_inputs:
+            self._send(item)
+        else:
+            self.waiting.append(item)
 
-    def _timed_out(self, job_id: str, attempt: int, timeout_s: float) -> None:
-        if self.job != (job_id, attempt):
+    def _send(self, item: _Input) -> None:
+        assert self._writer is not None
+        self.inflight[item.job_id] = item
+        self._writer.write(
+            protocol.encode((protocol.RUN, item.job_id, item.attempt, item.args_format, item.args, item.result_format))
+        )
+        if item.timeout_s > 0:
+            item.timer = asyncio.get_running_loop().call_later(item.timeout_s, self._timed_out, item)
+
+    def _next(self) -> None:
+        while self.waiting and len(self.inflight) < self.spec.max_inputs and self._exit_reason is None:
+            self._send(self.waiting.popleft())
+
+    def _timed_out(self, item: _Input) -> None:
+        if self.inflight.get(item.job_id) is not item:
             return
-        self.job = None
-        reason = f"the attempt ran longer than its timeout of {timeout_s:g}s"
-        self._report(Result(self.spec.container_id, job_id, attempt, "timed_out", "", b"", None, reason))
-        self.kill(f"its input timed out after {timeout_s:g}s")
+        reason = f"the attempt ran longer than its timeout of {item.timeout_s:g}s"
+        self._report(Result(self.spec.container_id, item.job_id, item.attempt, "timed_out", "", b"", None, reason))
+        self._drop(item, f"its input timed out after {item.timeout_s:g}s")
+
+    def cancel(self, job_id: str) -> None:
+        """Drops a waiting input, or stops a running one."""
+        for waiting in self.waiting:
+            if waiting.job_id == job_id:
+                self.waiting.remove(waiting)
+                return
+        running = self.inflight.get(job_id)
+        if running is not None:
+            self._drop(running, f"job {job_id} was cancelled")
+
+    def _drop(self, item: _Input, reason: str) -> None:
+        """Ends a running input without a result: cancelled in place, or the container is
+        stopped (a sync function cannot be interrupted)."""
+        self.inflight.pop(item.job_id, None)
+        if item.timer is not None:
+            item.timer.cancel()
+        if self.spec.cancel_in_place and self._writer is not None and not self._writer.is_closing():
+            self._writer.write(protocol.encode((protocol.CANCEL, item.job_id)))
+            self._next()
+        else:
+            self.kill(reason)
 
     def kill(self, reason: str) -> None:
         """Stops the process at once."""
@@ -195,68 +256,64 @@ class ProcessContainer:
                 self.kill(reason)
 
     def _on_log(self, job_id: str, attempt: int, stream: str, data: str) -> None:
-        if self.job != (job_id, attempt) or self._log_truncated:
+        item = self.inflight.get(job_id)
+        if item is None or item.attempt != attempt or item.log_truncated:
             return
         size = len(data.encode("utf-8", "replace"))
-        if self._log_bytes + size > LOG_LIMIT_BYTES:
-            self._log_truncated = True
-            room = max(0, LOG_LIMIT_BYTES - self._log_bytes)
+        if item.log_bytes + size > LOG_LIMIT_BYTES:
+            item.log_truncated = True
+            room = max(0, LOG_LIMIT_BYTES - item.log_bytes)
             if room:
                 self._report(Log(job_id, attempt, stream, data[:room]))
-            self._report(
-                Log(
-                    job_id,
-                    attempt,
-                    "system",
-                    f"\n[output truncated: this job printed more than {LOG_LIMIT_BYTES:,} bytes]\n",
-                )
-            )
+            notice = f"\n[output truncated: this job printed more than {LOG_LIMIT_BYTES:,} bytes]\n"
+            self._report(Log(job_id, attempt, "system", notice))
             return
-        self._log_bytes += size
+        item.log_bytes += size
         self._report(Log(job_id, attempt, stream, data))
+
+    def _on_results(self, results: list[tuple[Any, ...]]) -> None:
+        cid = self.spec.container_id
+        for job_id, attempt, ok, fmt, payload in results:
+            item = self.inflight.get(job_id)
+            if item is None or item.attempt != attempt:
+                continue  # cancelled or timed out meanwhile
+            del self.inflight[job_id]
+            if item.timer is not None:
+                item.timer.cancel()
+            if ok:
+                self._report(Result(cid, job_id, attempt, "succeeded", fmt, payload, None, ""))
+            else:
+                reason = f"{payload[0]}: {payload[1]}"
+                self._report(Result(cid, job_id, attempt, "failed", "", b"", tuple(payload), reason))
+        self._next()
 
     async def _pump(self, reader: asyncio.StreamReader) -> None:
         startup_error = ""
+        buffer = bytearray()
         try:
             while True:
-                try:
-                    header = await reader.readexactly(protocol.HEADER.size)
-                    (size,) = protocol.HEADER.unpack(header)
-                    msg: tuple[Any, ...] = pickle.loads(await reader.readexactly(size))
-                except (asyncio.IncompleteReadError, ConnectionError):
+                chunk = await reader.read(1 << 20)
+                if not chunk:
                     break
-                kind = msg[0]
-                if kind == protocol.LOG:
-                    self._on_log(msg[1], msg[2], msg[3], msg[4])
-                elif kind == protocol.RESULT:
-                    _, job_id, attempt, ok, fmt, payload = msg
-                    if self.job != (job_id, attempt):
-                        continue
-                    self.job = None
-                    if self._timeout is not None:
-                        self._timeout.cancel()
-                    if ok:
-                        self._report(
-                            Result(self.spec.container_id, job_id, attempt, "succeeded", fmt, payload, None, "")
-                        )
-                    else:
-                        self._report(
-                            Result(
-                                self.spec.container_id,
-                                job_id,
-                                attempt,
-                                "failed",
-                                "",
-                                b"",
-                                tuple(payload),
-                                f"{payload[0]}: {payload[1]}",
-                            )
-                        )
-                elif kind == protocol.READY:
-                    self.ready = True
-                    self._report(Ready(self.spec.container_id))
-                elif kind == protocol.INIT_FAILED:
-                    startup_error = msg[1]
+                buffer += chunk
+                for msg in protocol.split_frames(buffer):
+                    kind = msg[0]
+                    if kind == protocol.RESULTS:
+                        self._on_results(msg[1])
+                    elif kind == protocol.LOG:
+                        self._on_log(msg[1], msg[2], msg[3], msg[4])
+                    elif kind == protocol.YIELD:
+                        _, job_id, attempt, seq, fmt, data = msg
+                        item = self.inflight.get(job_id)
+                        if item is not None and item.attempt == attempt:
+                            self._report(Yield(job_id, attempt, seq, fmt, data))
+                    elif kind == protocol.READY:
+                        self.ready = True
+                        self._report(Ready(self.spec.container_id))
+                    elif kind == protocol.INIT_FAILED:
+                        startup_error = msg[1]
+        except ConnectionError:
+            pass
         finally:
             await self._finish(startup_error)
 
@@ -267,8 +324,9 @@ class ProcessContainer:
             with contextlib.suppress(Exception):
                 stderr = await asyncio.wait_for(self.proc.stderr.read(), 5)
         code = await self.proc.wait()
-        if self._timeout is not None:
-            self._timeout.cancel()
+        for item in self.inflight.values():
+            if item.timer is not None:
+                item.timer.cancel()
         if startup_error:
             reason = f"importing the function failed:\n{startup_error}"
         elif self._exit_reason is not None:
@@ -349,8 +407,7 @@ class ContainerManager:
     def cancel(self, container_id: str, job_id: str) -> None:
         container = self.containers.get(container_id)
         if container is not None:
-            container.job = None
-            container.kill(f"job {job_id} was cancelled")
+            container.cancel(job_id)
 
     async def stop(self, container_id: str, reason: str) -> None:
         container = self.containers.get(container_id)

@@ -1,5 +1,14 @@
 """Frames between a worker and its container process: a 4-byte length, then a pickle of a
-tuple. Both ends are this package's code, so plain pickle is safe here."""
+tuple. Both ends are this package's code, so plain pickle is safe here.
+
+Worker → container: ``(RUN, job_id, attempt, args_format, args, result_format)``,
+``(CANCEL, job_id)``, ``(STOP,)``.
+
+Container → worker: ``(READY,)``, ``(INIT_FAILED, traceback)``,
+``(LOG, job_id, attempt, stream, text)``, ``(YIELD, job_id, attempt, seq, format, data)``,
+``(RESULTS, [(job_id, attempt, ok, format, payload), ...])`` where ``payload`` is the
+encoded value when ``ok`` and ``(type, message, traceback, pickled)`` otherwise.
+"""
 
 from __future__ import annotations
 
@@ -13,25 +22,44 @@ HEADER = struct.Struct("!I")
 
 # Worker -> container
 RUN = "run"
+CANCEL = "cancel"
 STOP = "stop"
 # Container -> worker
 READY = "ready"
 INIT_FAILED = "init_failed"
 LOG = "log"
-RESULT = "result"
+YIELD = "yield"
+RESULTS = "results"
 
 
 def encode(message: tuple[Any, ...]) -> bytes:
+    """One frame."""
     body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     return HEADER.pack(len(body)) + body
 
 
+def split_frames(buffer: bytearray) -> list[tuple[Any, ...]]:
+    """Removes every complete frame from the front of ``buffer`` and decodes it."""
+    frames = []
+    offset = 0
+    size_of_header = HEADER.size
+    while len(buffer) - offset >= size_of_header:
+        (size,) = HEADER.unpack_from(buffer, offset)
+        end = offset + size_of_header + size
+        if end > len(buffer):
+            break
+        frames.append(pickle.loads(memoryview(buffer)[offset + size_of_header : end]))
+        offset = end
+    del buffer[:offset]
+    return frames
+
+
 class BlockingChannel:
-    """The container's end: blocking reads, thread-safe writes."""
+    """The container's end: blocking reads of whole batches of frames, thread-safe writes."""
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
-        self._file = sock.makefile("rb")
+        self._buffer = bytearray()
         self._lock = threading.Lock()
 
     def send(self, message: tuple[Any, ...]) -> None:
@@ -39,12 +67,14 @@ class BlockingChannel:
         with self._lock:
             self._sock.sendall(data)
 
-    def recv(self) -> tuple[Any, ...] | None:
-        header = self._file.read(HEADER.size)
-        if len(header) < HEADER.size:
-            return None
-        (size,) = HEADER.unpack(header)
-        body = self._file.read(size)
-        if len(body) < size:
-            return None
-        return pickle.loads(body)  # type: ignore[no-any-return]
+    def recv_batch(self) -> list[tuple[Any, ...]] | None:
+        """Blocks until at least one frame arrived; returns all complete frames, or None
+        when the worker closed the socket."""
+        while True:
+            frames = split_frames(self._buffer)
+            if frames:
+                return frames
+            chunk = self._sock.recv(1 << 20)
+            if not chunk:
+                return None
+            self._buffer += chunk

@@ -28,7 +28,7 @@ app = typer.Typer(
 )
 job_app = typer.Typer(help="Inspect and control jobs.", no_args_is_help=True)
 deployment_app = typer.Typer(help="List and manage deployments.", no_args_is_help=True)
-app_app = typer.Typer(help="List apps.", no_args_is_help=True)
+app_app = typer.Typer(help="List apps and their schedules.", no_args_is_help=True)
 app.add_typer(job_app, name="job")
 app.add_typer(deployment_app, name="deployment")
 app.add_typer(app_app, name="app")
@@ -184,14 +184,27 @@ def job_cancel(job_id: str) -> None:
 @handle_errors
 def job_list(
     app_name: str = typer.Option("", "--app", help="Only this app's jobs."),
+    status: str = typer.Option(
+        "", "--status", help="Only jobs in this state: queued, running, succeeded, failed, cancelled, timed_out."
+    ),
     limit: int = typer.Option(50, "--limit", help="At most this many."),
     as_json: bool = JSON_OPT,
 ) -> None:
     """List recent jobs, newest first."""
     from apothic.cli._render import as_json as to_json
     from apothic.cli._render import console, short_time, status_text, table
+    from apothic.models import JobStatus
 
-    jobs = _client_call(lambda c: c.list_jobs(app_name=app_name, limit=limit))
+    wanted: JobStatus | None = None
+    if status:
+        try:
+            wanted = JobStatus(status.strip().lower())
+        except ValueError:
+            choices = ", ".join(s.value for s in JobStatus)
+            raise typer.BadParameter(
+                f"unknown job status {status!r}; use one of: {choices}", param_hint="--status"
+            ) from None
+    jobs = _client_call(lambda c: c.list_jobs(app_name=app_name, status=wanted, limit=limit))
     if as_json:
         typer.echo(to_json(jobs))
         return
@@ -266,6 +279,27 @@ def app_list(as_json: bool = JSON_OPT) -> None:
         for a in apps
     ]
     console.print(table("Apps", ["app", "version", "status", "deployment", "functions", "updated"], rows))
+
+
+@app_app.command("schedules")
+@handle_errors
+def app_schedules(
+    app_name: str = typer.Argument("", help="Only this app's schedules (every app's when left out)."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """List scheduled functions of live deployments, with their next run."""
+    from apothic.cli._render import as_json as to_json
+    from apothic.cli._render import console, short_time, table
+
+    schedules = _client_call(lambda c: c.list_schedules(app_name))
+    if as_json:
+        typer.echo(to_json(schedules))
+        return
+    rows = [
+        [s.app_name, s.function_name, s.schedule, short_time(s.next_run_at), short_time(s.last_run_at)]
+        for s in schedules
+    ]
+    console.print(table("Schedules", ["app", "function", "schedule", "next run", "last run"], rows))
 
 
 def main() -> None:

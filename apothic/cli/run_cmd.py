@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import io
 import json
 import os
+import sys
 import threading
 import time
 from typing import Any
@@ -14,6 +16,47 @@ from typing import Any
 import typer
 
 from apothic.cli._render import console, err_console, print_event
+
+
+class _LineAtomicWriter(io.TextIOBase):
+    """Stands in for stdout while events print from another thread: each thread's text is
+    held until its newline, so a user's ``print`` and an event line never mix mid-line."""
+
+    def __init__(self, target: Any) -> None:
+        self._target = target
+        self._lock = threading.Lock()
+        self._pending = threading.local()
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return bool(self._target.isatty())
+
+    def fileno(self) -> int:
+        return int(self._target.fileno())
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return str(self._target.encoding)
+
+    def write(self, text: str) -> int:
+        held = getattr(self._pending, "text", "") + text
+        complete, sep, rest = held.rpartition("\n")
+        self._pending.text = rest
+        if sep:
+            with self._lock:
+                self._target.write(complete + sep)
+                self._target.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        held = getattr(self._pending, "text", "")
+        if held:
+            self._pending.text = ""
+            with self._lock:
+                self._target.write(held)
+        self._target.flush()
 
 
 class _AppWatcher:
@@ -76,6 +119,8 @@ def run_file(target: str, app_name: str | None) -> None:
             ctx.__enter__()
         console.print(f"[green]✓[/green] App [bold]{app.name}[/bold] running ({app.deployment_id})")
         watcher = _AppWatcher(app.name)
+        real_stdout = sys.stdout
+        sys.stdout = _LineAtomicWriter(real_stdout)
         watcher.start()
         try:
             result = func()
@@ -83,9 +128,13 @@ def run_file(target: str, app_name: str | None) -> None:
                 result = asyncio.run(result)
         except BaseException as exc:
             watcher.stop(drain_s=0.3)
+            sys.stdout.flush()
+            sys.stdout = real_stdout
             ctx.__exit__(type(exc), exc, exc.__traceback__)
             raise
         watcher.stop()
+        sys.stdout.flush()
+        sys.stdout = real_stdout
         ctx.__exit__(None, None, None)
         if result is not None:
             console.print(f"[bold]result:[/bold] {result!r}")

@@ -11,15 +11,19 @@ from apothic._proto.v1 import app_service_pb2_grpc as app_grpc
 from apothic._proto.v1 import types_pb2 as pb
 from apothic.server.auth import current_account
 from apothic.server.deployments import DeploymentManager, validate_name
-from apothic.server.errors import NotFound
+from apothic.server.errors import FailedPrecondition, NotFound
 from apothic.server.jobs import JobManager
+from apothic.server.schedules import ScheduleRunner
 from apothic.server.servicers import convert
 
 
 class AppServicer(app_grpc.AppServiceServicer):
-    def __init__(self, deployments: DeploymentManager, jobs: JobManager) -> None:
+    def __init__(
+        self, deployments: DeploymentManager, jobs: JobManager, schedules: ScheduleRunner | None = None
+    ) -> None:
         self.deployments = deployments
         self.jobs = jobs
+        self.schedules = schedules
 
     async def DeployApp(
         self, request: app_pb.DeployAppRequest, context: grpc.aio.ServicerContext
@@ -106,3 +110,24 @@ class AppServicer(app_grpc.AppServiceServicer):
                 yield app_pb.WatchAppResponse(event=convert.job_event_to_pb(event, live.record))
         finally:
             self.jobs.app_topics.unsubscribe(topic, sub)
+
+    async def ListSchedules(
+        self, request: app_pb.ListSchedulesRequest, context: grpc.aio.ServicerContext
+    ) -> app_pb.ListSchedulesResponse:
+        if self.schedules is None:
+            raise FailedPrecondition("this control plane does not run schedules")
+        views = await self.schedules.list_schedules(current_account.get(), request.app_name)
+        return app_pb.ListSchedulesResponse(
+            schedules=[
+                app_pb.ScheduledFunction(
+                    app_name=v.deployment.app_name,
+                    function_name=v.spec.name,
+                    deployment_id=v.deployment.deployment_id,
+                    schedule=convert.schedule_to_pb(v.spec),
+                    next_run_at=convert.timestamp(v.next_run_at),
+                    last_run_at=convert.timestamp(v.last_run_at),
+                    last_job_id=v.last_job_id,
+                )
+                for v in views
+            ]
+        )

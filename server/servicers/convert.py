@@ -8,6 +8,8 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from apothic._proto.v1 import types_pb2 as pb
+from apothic.exceptions import InvalidConfigError
+from apothic.schedules import Cron, Period
 from apothic.server.errors import InvalidArgument
 from apothic.server.models import (
     DEPLOYMENT_LIVE,
@@ -135,6 +137,7 @@ def job_event_to_pb(event: Event | None, job: JobRecord) -> pb.JobEvent:
 
 
 def spec_from_pb(spec: pb.FunctionSpec) -> FunctionSpecRecord:
+    retry = spec.retry_policy
     return FunctionSpecRecord(
         name=spec.name,
         module=spec.module,
@@ -145,7 +148,48 @@ def spec_from_pb(spec: pb.FunctionSpec) -> FunctionSpecRecord:
         max_containers=spec.max_containers,
         scaledown_window_s=spec.scaledown_window_s or 60.0,
         options_json=spec.options_json,
+        retry_max=retry.max_retries,
+        retry_initial_delay_s=retry.initial_delay_s if spec.HasField("retry_policy") else 1.0,
+        retry_backoff=retry.backoff_coefficient or 2.0,
+        retry_max_delay_s=retry.max_delay_s if spec.HasField("retry_policy") else 60.0,
+        max_concurrent_inputs=max(1, spec.max_concurrent_inputs),
+        target_concurrent_inputs=max(1, spec.target_concurrent_inputs or spec.max_concurrent_inputs),
+        batch_max_size=spec.batch_max_size,
+        batch_wait_ms=spec.batch_wait_ms,
+        max_pending_tasks=spec.max_pending_tasks,
+        min_containers=spec.min_containers,
+        is_generator=spec.is_generator,
+        is_async=spec.is_async,
+        **_schedule_fields(spec),
     )
+
+
+def _schedule_fields(spec: pb.FunctionSpec) -> dict[str, Any]:
+    """A FunctionSpec's schedule as record fields, validated (INVALID_ARGUMENT when bad)."""
+    kind = spec.schedule.WhichOneof("kind") if spec.HasField("schedule") else None
+    if kind is not None and spec.batch_max_size:
+        raise InvalidArgument(f"function {spec.name!r}: a scheduled function cannot be @batched")
+    try:
+        if kind == "cron":
+            cron = Cron(spec.schedule.cron.expression, timezone=spec.schedule.cron.timezone or "UTC")
+            return {"schedule_cron": cron.expression, "schedule_timezone": cron.timezone}
+        if kind == "period":
+            period = Period(seconds=spec.schedule.period.seconds)
+            return {"schedule_period_s": period.total_seconds}
+    except InvalidConfigError as exc:
+        raise InvalidArgument(f"function {spec.name!r}: {exc}") from None
+    return {}
+
+
+def schedule_to_pb(spec: FunctionSpecRecord) -> pb.Schedule | None:
+    """A record's schedule as a Schedule message (None when not scheduled)."""
+    if spec.schedule_cron:
+        return pb.Schedule(
+            cron=pb.CronSchedule(expression=spec.schedule_cron, timezone=spec.schedule_timezone or "UTC")
+        )
+    if spec.schedule_period_s > 0:
+        return pb.Schedule(period=pb.PeriodSchedule(seconds=spec.schedule_period_s))
+    return None
 
 
 def spec_to_pb(spec: FunctionSpecRecord) -> pb.FunctionSpec:
@@ -159,6 +203,21 @@ def spec_to_pb(spec: FunctionSpecRecord) -> pb.FunctionSpec:
         max_containers=spec.max_containers,
         scaledown_window_s=spec.scaledown_window_s,
         options_json=spec.options_json,
+        retry_policy=pb.RetryPolicy(
+            max_retries=spec.retry_max,
+            initial_delay_s=spec.retry_initial_delay_s,
+            backoff_coefficient=spec.retry_backoff,
+            max_delay_s=spec.retry_max_delay_s,
+        ),
+        max_concurrent_inputs=spec.max_concurrent_inputs,
+        target_concurrent_inputs=spec.target_concurrent_inputs,
+        batch_max_size=spec.batch_max_size,
+        batch_wait_ms=spec.batch_wait_ms,
+        max_pending_tasks=spec.max_pending_tasks,
+        min_containers=spec.min_containers,
+        is_generator=spec.is_generator,
+        is_async=spec.is_async,
+        schedule=schedule_to_pb(spec),
     )
 
 

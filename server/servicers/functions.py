@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,6 +19,8 @@ from apothic.server.servicers import convert
 
 #: Largest inline argument payload.
 INLINE_LIMIT = 2 * 1024 * 1024
+#: Most inputs one SpawnFunctionMany call takes.
+MAX_SPAWN_BATCH = 5000
 
 
 def _check_args(payload: pb.Payload) -> str:
@@ -101,3 +104,112 @@ class FunctionServicer(fn_grpc.FunctionServiceServicer):
         status = convert.JOB_STATUS_NAMES.get(request.status, "") if request.status else ""
         records = await self.jobs.list_jobs(current_account.get(), request.app_name, status, request.limit)
         return fn_pb.ListJobsResponse(jobs=[convert.job_to_pb(r) for r in records])
+
+    async def SpawnFunctionMany(
+        self, request: fn_pb.SpawnFunctionManyRequest, context: grpc.aio.ServicerContext
+    ) -> fn_pb.SpawnFunctionManyResponse:
+        account = current_account.get()
+        ref = request.function
+        dep, spec = await self.deployments.resolve(account, ref.app_name, ref.function_name, ref.deployment_id)
+        if not request.args:
+            return fn_pb.SpawnFunctionManyResponse()
+        if len(request.args) > MAX_SPAWN_BATCH:
+            raise InvalidArgument(
+                f"at most {MAX_SPAWN_BATCH} inputs per SpawnFunctionMany call, got {len(request.args)}"
+            )
+        formats = {_check_args(a) for a in request.args}
+        if len(formats) != 1:
+            raise InvalidArgument("all inputs of one SpawnFunctionMany call must use the same payload format")
+        args_fmt = formats.pop()
+        result_fmt = convert.FORMAT_NAMES.get(request.result_format, args_fmt)
+        jobs = await self.jobs.spawn_many(account, dep, spec, args_fmt, [a.data for a in request.args], result_fmt)
+        return fn_pb.SpawnFunctionManyResponse(job_ids=[job.job_id for job in jobs])
+
+    async def InvokeFunctionStream(
+        self, request: fn_pb.InvokeFunctionStreamRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[fn_pb.InvokeFunctionStreamResponse]:
+        account, dep, spec, args_fmt, result_fmt = await self._target(request)
+        async for item in self.jobs.invoke_stream(account, dep, spec, args_fmt, request.args.data, result_fmt):
+            if isinstance(item, tuple):
+                fmt, data = item
+                yield fn_pb.InvokeFunctionStreamResponse(item=pb.Payload(format=convert.FORMAT_CODES[fmt], data=data))
+                continue
+            rec = item.record
+            if not item.final:
+                raise Unavailable(f"the control plane shut down while job {rec.job_id} was running; retry the call")
+            yield fn_pb.InvokeFunctionStreamResponse(
+                end=fn_pb.InvokeFunctionResponse(
+                    job_id=rec.job_id,
+                    status=convert.JOB_STATUS_CODES[rec.status],
+                    result=convert.result_to_pb(rec.result),
+                    reason=rec.reason,
+                    attempt=rec.attempt,
+                )
+            )
+
+    async def MapFunction(
+        self, request_iterator: AsyncIterator[fn_pb.MapFunctionRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[fn_pb.MapFunctionResponse]:
+        account = current_account.get()
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("message") != "start":
+            raise InvalidArgument("a MapFunction stream must begin with a start message naming the function")
+        ref = first.start.function
+        dep, spec = await self.deployments.resolve(account, ref.app_name, ref.function_name, ref.deployment_id)
+        if spec.is_generator:
+            raise InvalidArgument(f"function {spec.name!r} is a generator; map it with remote_gen per input instead")
+        call = self.jobs.open_map(account, dep, spec, "", convert.FORMAT_NAMES.get(first.start.result_format, ""))
+        yield fn_pb.MapFunctionResponse(started=fn_pb.MapStarted(job_id=call.job.job_id))
+        failure: list[BaseException] = []
+
+        async def read() -> None:
+            try:
+                async for msg in request_iterator:
+                    if msg.WhichOneof("message") != "inputs":
+                        raise InvalidArgument("only input batches may follow a map's start message")
+                    batch = []
+                    for item in msg.inputs.inputs:
+                        fmt = _check_args(item.args)
+                        if not call.args_format:
+                            call.args_format = fmt
+                            call.result_format = call.result_format or fmt
+                        elif fmt != call.args_format:
+                            raise InvalidArgument("all inputs of a map must use the same payload format")
+                        batch.append((item.index, item.args.data))
+                    call.add(batch)
+                call.close_inputs()
+            except BaseException as exc:
+                failure.append(exc)
+                call.changed.fire()
+                raise
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while True:
+                waiter = call.changed.waiter()
+                outcomes = call.take()
+                if outcomes:
+                    yield fn_pb.MapFunctionResponse(
+                        results=fn_pb.MapResults(
+                            results=[
+                                fn_pb.MapResult(
+                                    index=o.index,
+                                    status=convert.JOB_STATUS_CODES[o.status],
+                                    result=convert.result_to_pb(o.result),
+                                    reason=o.reason,
+                                    attempts=o.attempts,
+                                )
+                                for o in outcomes
+                            ]
+                        )
+                    )
+                    continue
+                if failure:
+                    raise failure[0]
+                if call.complete:
+                    return
+                await waiter.wait()
+        finally:
+            reader.cancel()
+            if not call.complete:
+                call.cancel("the caller went away before the map finished")

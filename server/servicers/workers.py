@@ -85,24 +85,33 @@ class WorkerServicer(w_grpc.WorkerServiceServicer):
     def _handle(self, msg: w_pb.SessionRequest) -> None:
         which = msg.WhichOneof("message")
         sched = self.scheduler
-        if which == "input_result":
-            r = msg.input_result
-            sched.input_finished(
-                r.container_id,
-                r.job_id,
-                r.attempt,
-                convert.JOB_STATUS_NAMES.get(r.status, "failed"),
-                convert.result_from_pb(r.result),
-                r.reason,
-            )
+        if which == "input_results":
+            for r in msg.input_results.results:
+                self._result(r)
+        elif which == "input_result":
+            self._result(msg.input_result)
         elif which == "input_log":
             lg = msg.input_log
-            sched.input_log(lg.job_id, lg.attempt, convert.LOG_STREAM_NAMES.get(lg.stream, "stdout"), lg.data)
+            sched.input_log("", lg.job_id, lg.attempt, convert.LOG_STREAM_NAMES.get(lg.stream, "stdout"), lg.data)
+        elif which == "input_yield":
+            y = msg.input_yield
+            fmt = convert.FORMAT_NAMES.get(y.item.format, "cloudpickle")
+            sched.input_yield("", y.job_id, y.attempt, y.seq, fmt, y.item.data)
         elif which == "container_ready":
             sched.container_ready(msg.container_ready.container_id)
         elif which == "container_exited":
             ex = msg.container_exited
             sched.container_exited(ex.container_id, ex.reason, startup_failed=ex.startup_failed)
+
+    def _result(self, r: w_pb.InputResult) -> None:
+        self.scheduler.input_finished(
+            r.container_id,
+            r.job_id,
+            r.attempt,
+            convert.JOB_STATUS_NAMES.get(r.status, "failed"),
+            convert.result_from_pb(r.result),
+            r.reason,
+        )
 
     async def _read(self, requests: AsyncIterator[w_pb.SessionRequest], worker: WorkerHandle) -> None:
         try:
@@ -131,11 +140,30 @@ class WorkerServicer(w_grpc.WorkerServiceServicer):
         )
         reader = asyncio.create_task(self._read(request_iterator, worker))
         try:
+            outbox = worker.outbox
             while True:
-                cmd = await worker.outbox.get()
+                cmd = await outbox.get()
                 if cmd is None:
                     break
-                yield await self._message(cmd)
+                if not isinstance(cmd, RunInput) or outbox.empty():
+                    yield await self._message(cmd)
+                    continue
+                # Inputs that piled up travel in one message; order is kept.
+                batch = [cmd]
+                tail: Command | None | bool = False
+                while not outbox.empty():
+                    nxt = outbox.get_nowait()
+                    if isinstance(nxt, RunInput):
+                        batch.append(nxt)
+                        continue
+                    tail = nxt
+                    break
+                inputs = [(await self._message(c)).run_input for c in batch]
+                yield w_pb.SessionResponse(run_inputs=w_pb.RunInputs(inputs=inputs))
+                if tail is None:
+                    break
+                if tail is not False:
+                    yield await self._message(tail)  # type: ignore[arg-type]
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -55,6 +55,7 @@ COMMANDS = [
     ["deployment", "stop"],
     ["app"],
     ["app", "list"],
+    ["app", "schedules"],
 ]
 
 

@@ -23,51 +23,58 @@ _sym_db = _symbol_database.Default()
 
 
 from apothic._proto.v1 import types_pb2 as apothic_dot_v1_dot_types__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61pothic/v1/app_service.proto\x12\napothic.v1\x1a\x16\x61pothic/v1/types.proto\"|\n\x10\x44\x65ployAppRequest\x12\x10\n\x08\x61pp_name\x18\x01 \x01(\t\x12+\n\tfunctions\x18\x02 \x03(\x0b\x32\x18.apothic.v1.FunctionSpec\x12\x16\n\x0esource_archive\x18\x03 \x01(\x0c\x12\x11\n\tephemeral\x18\x04 \x01(\x08\"?\n\x11\x44\x65ployAppResponse\x12*\n\ndeployment\x18\x01 \x01(\x0b\x32\x16.apothic.v1.Deployment\"-\n\x14GetDeploymentRequest\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\"C\n\x15GetDeploymentResponse\x12*\n\ndeployment\x18\x01 \x01(\x0b\x32\x16.apothic.v1.Deployment\"9\n\x16ListDeploymentsRequest\x12\x10\n\x08\x61pp_name\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"F\n\x17ListDeploymentsResponse\x12+\n\x0b\x64\x65ployments\x18\x01 \x03(\x0b\x32\x16.apothic.v1.Deployment\".\n\x15StopDeploymentRequest\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\"D\n\x16StopDeploymentResponse\x12*\n\ndeployment\x18\x01 \x01(\x0b\x32\x16.apothic.v1.Deployment\"0\n\x17\x44\x65leteDeploymentRequest\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\"\x1a\n\x18\x44\x65leteDeploymentResponse\"3\n\x1aHeartbeatDeploymentRequest\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\".\n\x1bHeartbeatDeploymentResponse\x12\x0f\n\x07lease_s\x18\x01 \x01(\x01\"A\n\x16WatchDeploymentRequest\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x10\n\x08snapshot\x18\x02 \x01(\x08\"E\n\x17WatchDeploymentResponse\x12*\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1b.apothic.v1.DeploymentEvent\"\x11\n\x0fListAppsRequest\"1\n\x10ListAppsResponse\x12\x1d\n\x04\x61pps\x18\x01 \x03(\x0b\x32\x0f.apothic.v1.App\"#\n\x0fWatchAppRequest\x12\x10\n\x08\x61pp_name\x18\x01 \x01(\t\"7\n\x10WatchAppResponse\x12#\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.apothic.v1.JobEvent2\x96\x06\n\nAppService\x12H\n\tDeployApp\x12\x1c.apothic.v1.DeployAppRequest\x1a\x1d.apothic.v1.DeployAppResponse\x12T\n\rGetDeployment\x12 .apothic.v1.GetDeploymentRequest\x1a!.apothic.v1.GetDeploymentResponse\x12Z\n\x0fListDeployments\x12\".apothic.v1.ListDeploymentsRequest\x1a#.apothic.v1.ListDeploymentsResponse\x12W\n\x0eStopDeployment\x12!.apothic.v1.StopDeploymentRequest\x1a\".apothic.v1.StopDeploymentResponse\x12]\n\x10\x44\x65leteDeployment\x12#.apothic.v1.DeleteDeploymentRequest\x1a$.apothic.v1.DeleteDeploymentResponse\x12\x66\n\x13HeartbeatDeployment\x12&.apothic.v1.HeartbeatDeploymentRequest\x1a\'.apothic.v1.HeartbeatDeploymentResponse\x12\\\n\x0fWatchDeployment\x12\".apothic.v1.WatchDeploymentRequest\x1a#.apothic.v1.WatchDeploymentResponse0\x01\x12\x45\n\x08ListApps\x12\x1b.apothic.v1.ListAppsRequest\x1a\x1c.apothic.v1.ListAppsResponse\x12G\n\x08WatchApp\x12\x1b.apothic.v1.WatchAppRequest\x1a\x1c.apothic.v1.WatchAppResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61pothic/v1/app_service.proto\x12\napothic.v1\x1a\x16\x61pothic/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"|\n\x10\x44\x65ployAppRequest\x12\x10\n\x08\x61pp_name\x18\x01 \x01(\t\x12+\n\tfunctions\x18\x02 \x03(\x0b\x32\x18.apothic.v1.FunctionSpec\x12\x16\n\x0esource_archive\x18\x03 \x01(\x0c\x12\x11\n\tephemeral\x18\x04 \x01(\x08\"?\n\x11\x44\x65ployAppResponse\x12*\n\ndeployment\x18\x01 \x01(\x0b\x32\x16.apothic.v1.Deployment\"-\n\x14GetDeploymentRequest\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\"C\n\x15GetDeploymentResponse\x12*\n\ndeployment\x18\x01 \x01(\x0b\x32\x16.apothic.v1.Deployment\"9\n\x16ListDeploymentsRequest\x12\x10\n\x08\x61pp_name\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"F\n\x17ListDeploymentsResponse\x12+\n\x0b\x64\x65ployments\x18\x01 \x03(\x0b\x32\x16.apothic.v1.Deployment\".\n\x15StopDeploymentRequest\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\"D\n\x16StopDeploymentResponse\x12*\n\ndeployment\x18\x01 \x01(\x0b\x32\x16.apothic.v1.Deployment\"0\n\x17\x44\x65leteDeploymentRequest\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\"\x1a\n\x18\x44\x65leteDeploymentResponse\"3\n\x1aHeartbeatDeploymentRequest\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\".\n\x1bHeartbeatDeploymentResponse\x12\x0f\n\x07lease_s\x18\x01 \x01(\x01\"A\n\x16WatchDeploymentRequest\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x10\n\x08snapshot\x18\x02 \x01(\x08\"E\n\x17WatchDeploymentResponse\x12*\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1b.apothic.v1.DeploymentEvent\"\x11\n\x0fListAppsRequest\"1\n\x10ListAppsResponse\x12\x1d\n\x04\x61pps\x18\x01 \x03(\x0b\x32\x0f.apothic.v1.App\"#\n\x0fWatchAppRequest\x12\x10\n\x08\x61pp_name\x18\x01 \x01(\t\"7\n\x10WatchAppResponse\x12#\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.apothic.v1.JobEvent\"(\n\x14ListSchedulesRequest\x12\x10\n\x08\x61pp_name\x18\x01 \x01(\t\"I\n\x15ListSchedulesResponse\x12\x30\n\tschedules\x18\x01 \x03(\x0b\x32\x1d.apothic.v1.ScheduledFunction\"\xf2\x01\n\x11ScheduledFunction\x12\x10\n\x08\x61pp_name\x18\x01 \x01(\t\x12\x15\n\rfunction_name\x18\x02 \x01(\t\x12\x15\n\rdeployment_id\x18\x03 \x01(\t\x12&\n\x08schedule\x18\x04 \x01(\x0b\x32\x14.apothic.v1.Schedule\x12/\n\x0bnext_run_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0blast_run_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0blast_job_id\x18\x07 \x01(\t2\xec\x06\n\nAppService\x12H\n\tDeployApp\x12\x1c.apothic.v1.DeployAppRequest\x1a\x1d.apothic.v1.DeployAppResponse\x12T\n\rGetDeployment\x12 .apothic.v1.GetDeploymentRequest\x1a!.apothic.v1.GetDeploymentResponse\x12Z\n\x0fListDeployments\x12\".apothic.v1.ListDeploymentsRequest\x1a#.apothic.v1.ListDeploymentsResponse\x12W\n\x0eStopDeployment\x12!.apothic.v1.StopDeploymentRequest\x1a\".apothic.v1.StopDeploymentResponse\x12]\n\x10\x44\x65leteDeployment\x12#.apothic.v1.DeleteDeploymentRequest\x1a$.apothic.v1.DeleteDeploymentResponse\x12\x66\n\x13HeartbeatDeployment\x12&.apothic.v1.HeartbeatDeploymentRequest\x1a\'.apothic.v1.HeartbeatDeploymentResponse\x12\\\n\x0fWatchDeployment\x12\".apothic.v1.WatchDeploymentRequest\x1a#.apothic.v1.WatchDeploymentResponse0\x01\x12\x45\n\x08ListApps\x12\x1b.apothic.v1.ListAppsRequest\x1a\x1c.apothic.v1.ListAppsResponse\x12G\n\x08WatchApp\x12\x1b.apothic.v1.WatchAppRequest\x1a\x1c.apothic.v1.WatchAppResponse0\x01\x12T\n\rListSchedules\x12 .apothic.v1.ListSchedulesRequest\x1a!.apothic.v1.ListSchedulesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'apothic._proto.v1.app_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DEPLOYAPPREQUEST']._serialized_start=68
-  _globals['_DEPLOYAPPREQUEST']._serialized_end=192
-  _globals['_DEPLOYAPPRESPONSE']._serialized_start=194
-  _globals['_DEPLOYAPPRESPONSE']._serialized_end=257
-  _globals['_GETDEPLOYMENTREQUEST']._serialized_start=259
-  _globals['_GETDEPLOYMENTREQUEST']._serialized_end=304
-  _globals['_GETDEPLOYMENTRESPONSE']._serialized_start=306
-  _globals['_GETDEPLOYMENTRESPONSE']._serialized_end=373
-  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_start=375
-  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_end=432
-  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_start=434
-  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_end=504
-  _globals['_STOPDEPLOYMENTREQUEST']._serialized_start=506
-  _globals['_STOPDEPLOYMENTREQUEST']._serialized_end=552
-  _globals['_STOPDEPLOYMENTRESPONSE']._serialized_start=554
-  _globals['_STOPDEPLOYMENTRESPONSE']._serialized_end=622
-  _globals['_DELETEDEPLOYMENTREQUEST']._serialized_start=624
-  _globals['_DELETEDEPLOYMENTREQUEST']._serialized_end=672
-  _globals['_DELETEDEPLOYMENTRESPONSE']._serialized_start=674
-  _globals['_DELETEDEPLOYMENTRESPONSE']._serialized_end=700
-  _globals['_HEARTBEATDEPLOYMENTREQUEST']._serialized_start=702
-  _globals['_HEARTBEATDEPLOYMENTREQUEST']._serialized_end=753
-  _globals['_HEARTBEATDEPLOYMENTRESPONSE']._serialized_start=755
-  _globals['_HEARTBEATDEPLOYMENTRESPONSE']._serialized_end=801
-  _globals['_WATCHDEPLOYMENTREQUEST']._serialized_start=803
-  _globals['_WATCHDEPLOYMENTREQUEST']._serialized_end=868
-  _globals['_WATCHDEPLOYMENTRESPONSE']._serialized_start=870
-  _globals['_WATCHDEPLOYMENTRESPONSE']._serialized_end=939
-  _globals['_LISTAPPSREQUEST']._serialized_start=941
-  _globals['_LISTAPPSREQUEST']._serialized_end=958
-  _globals['_LISTAPPSRESPONSE']._serialized_start=960
-  _globals['_LISTAPPSRESPONSE']._serialized_end=1009
-  _globals['_WATCHAPPREQUEST']._serialized_start=1011
-  _globals['_WATCHAPPREQUEST']._serialized_end=1046
-  _globals['_WATCHAPPRESPONSE']._serialized_start=1048
-  _globals['_WATCHAPPRESPONSE']._serialized_end=1103
-  _globals['_APPSERVICE']._serialized_start=1106
-  _globals['_APPSERVICE']._serialized_end=1896
+  _globals['_DEPLOYAPPREQUEST']._serialized_start=101
+  _globals['_DEPLOYAPPREQUEST']._serialized_end=225
+  _globals['_DEPLOYAPPRESPONSE']._serialized_start=227
+  _globals['_DEPLOYAPPRESPONSE']._serialized_end=290
+  _globals['_GETDEPLOYMENTREQUEST']._serialized_start=292
+  _globals['_GETDEPLOYMENTREQUEST']._serialized_end=337
+  _globals['_GETDEPLOYMENTRESPONSE']._serialized_start=339
+  _globals['_GETDEPLOYMENTRESPONSE']._serialized_end=406
+  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_start=408
+  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_end=465
+  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_start=467
+  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_end=537
+  _globals['_STOPDEPLOYMENTREQUEST']._serialized_start=539
+  _globals['_STOPDEPLOYMENTREQUEST']._serialized_end=585
+  _globals['_STOPDEPLOYMENTRESPONSE']._serialized_start=587
+  _globals['_STOPDEPLOYMENTRESPONSE']._serialized_end=655
+  _globals['_DELETEDEPLOYMENTREQUEST']._serialized_start=657
+  _globals['_DELETEDEPLOYMENTREQUEST']._serialized_end=705
+  _globals['_DELETEDEPLOYMENTRESPONSE']._serialized_start=707
+  _globals['_DELETEDEPLOYMENTRESPONSE']._serialized_end=733
+  _globals['_HEARTBEATDEPLOYMENTREQUEST']._serialized_start=735
+  _globals['_HEARTBEATDEPLOYMENTREQUEST']._serialized_end=786
+  _globals['_HEARTBEATDEPLOYMENTRESPONSE']._serialized_start=788
+  _globals['_HEARTBEATDEPLOYMENTRESPONSE']._serialized_end=834
+  _globals['_WATCHDEPLOYMENTREQUEST']._serialized_start=836
+  _globals['_WATCHDEPLOYMENTREQUEST']._serialized_end=901
+  _globals['_WATCHDEPLOYMENTRESPONSE']._serialized_start=903
+  _globals['_WATCHDEPLOYMENTRESPONSE']._serialized_end=972
+  _globals['_LISTAPPSREQUEST']._serialized_start=974
+  _globals['_LISTAPPSREQUEST']._serialized_end=991
+  _globals['_LISTAPPSRESPONSE']._serialized_start=993
+  _globals['_LISTAPPSRESPONSE']._serialized_end=1042
+  _globals['_WATCHAPPREQUEST']._serialized_start=1044
+  _globals['_WATCHAPPREQUEST']._serialized_end=1079
+  _globals['_WATCHAPPRESPONSE']._serialized_start=1081
+  _globals['_WATCHAPPRESPONSE']._serialized_end=1136
+  _globals['_LISTSCHEDULESREQUEST']._serialized_start=1138
+  _globals['_LISTSCHEDULESREQUEST']._serialized_end=1178
+  _globals['_LISTSCHEDULESRESPONSE']._serialized_start=1180
+  _globals['_LISTSCHEDULESRESPONSE']._serialized_end=1253
+  _globals['_SCHEDULEDFUNCTION']._serialized_start=1256
+  _globals['_SCHEDULEDFUNCTION']._serialized_end=1498
+  _globals['_APPSERVICE']._serialized_start=1501
+  _globals['_APPSERVICE']._serialized_end=2377
 # @@protoc_insertion_point(module_scope)

@@ -80,6 +80,11 @@ class AppServiceStub:
                 request_serializer=apothic_dot_v1_dot_app__service__pb2.WatchAppRequest.SerializeToString,
                 response_deserializer=apothic_dot_v1_dot_app__service__pb2.WatchAppResponse.FromString,
                 _registered_method=True)
+        self.ListSchedules = channel.unary_unary(
+                '/apothic.v1.AppService/ListSchedules',
+                request_serializer=apothic_dot_v1_dot_app__service__pb2.ListSchedulesRequest.SerializeToString,
+                response_deserializer=apothic_dot_v1_dot_app__service__pb2.ListSchedulesResponse.FromString,
+                _registered_method=True)
 
 
 class AppServiceServicer:
@@ -156,6 +161,15 @@ class AppServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSchedules(self, request, context):
+        """Lists the scheduled functions of live deployments, with each one's schedule, its next
+        run time and its last run. Fails with INVALID_ARGUMENT for a malformed app name and
+        NOT_FOUND for an app that does not exist.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AppServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -203,6 +217,11 @@ def add_AppServiceServicer_to_server(servicer, server):
                     servicer.WatchApp,
                     request_deserializer=apothic_dot_v1_dot_app__service__pb2.WatchAppRequest.FromString,
                     response_serializer=apothic_dot_v1_dot_app__service__pb2.WatchAppResponse.SerializeToString,
+            ),
+            'ListSchedules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSchedules,
+                    request_deserializer=apothic_dot_v1_dot_app__service__pb2.ListSchedulesRequest.FromString,
+                    response_serializer=apothic_dot_v1_dot_app__service__pb2.ListSchedulesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -449,6 +468,33 @@ class AppService:
             '/apothic.v1.AppService/WatchApp',
             apothic_dot_v1_dot_app__service__pb2.WatchAppRequest.SerializeToString,
             apothic_dot_v1_dot_app__service__pb2.WatchAppResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSchedules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apothic.v1.AppService/ListSchedules',
+            apothic_dot_v1_dot_app__service__pb2.ListSchedulesRequest.SerializeToString,
+            apothic_dot_v1_dot_app__service__pb2.ListSchedulesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -64,6 +64,11 @@ class AppServiceStub:
     """Streams the events of every job of an app as they happen. Fails with NOT_FOUND for an
     unknown app.
     """
+    ListSchedules: _grpc.UnaryUnaryMultiCallable[_app_service_pb2.ListSchedulesRequest, _app_service_pb2.ListSchedulesResponse]
+    """Lists the scheduled functions of live deployments, with each one's schedule, its next
+    run time and its last run. Fails with INVALID_ARGUMENT for a malformed app name and
+    NOT_FOUND for an app that does not exist.
+    """
 
 @_typing.type_check_only
 class AppServiceAsyncStub(AppServiceStub):
@@ -100,6 +105,11 @@ class AppServiceAsyncStub(AppServiceStub):
     WatchApp: _aio.UnaryStreamMultiCallable[_app_service_pb2.WatchAppRequest, _app_service_pb2.WatchAppResponse]  # type: ignore[assignment]
     """Streams the events of every job of an app as they happen. Fails with NOT_FOUND for an
     unknown app.
+    """
+    ListSchedules: _aio.UnaryUnaryMultiCallable[_app_service_pb2.ListSchedulesRequest, _app_service_pb2.ListSchedulesResponse]  # type: ignore[assignment]
+    """Lists the scheduled functions of live deployments, with each one's schedule, its next
+    run time and its last run. Fails with INVALID_ARGUMENT for a malformed app name and
+    NOT_FOUND for an app that does not exist.
     """
 
 class AppServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -188,6 +198,17 @@ class AppServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_app_service_pb2.WatchAppResponse], _abc.AsyncIterator[_app_service_pb2.WatchAppResponse]]:
         """Streams the events of every job of an app as they happen. Fails with NOT_FOUND for an
         unknown app.
+        """
+
+    @_abc_1.abstractmethod
+    def ListSchedules(
+        self,
+        request: _app_service_pb2.ListSchedulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_app_service_pb2.ListSchedulesResponse, _abc.Awaitable[_app_service_pb2.ListSchedulesResponse]]:
+        """Lists the scheduled functions of live deployments, with each one's schedule, its next
+        run time and its last run. Fails with INVALID_ARGUMENT for a malformed app name and
+        NOT_FOUND for an app that does not exist.
         """
 
 def add_AppServiceServicer_to_server(servicer: AppServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
