@@ -7,6 +7,7 @@ exception from :mod:`apothic.exceptions` here and nowhere else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import weakref
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -307,21 +308,30 @@ class Client:
         room = asyncio.Semaphore(MAP_WINDOW)
         failure: list[BaseException] = []
         code = FORMAT_TO_PB[fmt]
+        started = asyncio.Event()
 
         async def write() -> None:
             try:
                 await call.write(fn_pb.MapFunctionRequest(start=fn_pb.MapStart(function=ref, result_format=code)))
+                # A write racing the server's rejection of the map (unknown or generator
+                # function) would replace its status with "Internal error from Core".
+                await started.wait()
                 async for batch in inputs:
                     for _ in batch:
                         await room.acquire()
                     items = [fn_pb.MapInput(index=i, args=pb.Payload(format=code, data=d)) for i, d in batch]
                     await call.write(fn_pb.MapFunctionRequest(inputs=fn_pb.MapInputs(inputs=items)))
                 await call.done_writing()
-            except grpc.aio.AioRpcError:
-                pass  # the read side reports it
-            except BaseException as exc:  # the caller's input iterator raised: stop the map
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                pass  # the call ended; the read side reports why
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - the caller's input iterator raised
+                # Like builtin map(): the inputs sent so far still deliver their results,
+                # then the caller sees the exception.
                 failure.append(exc)
-                call.cancel()
+                with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                    await call.done_writing()
 
         writer = asyncio.ensure_future(write())
         try:
@@ -329,6 +339,7 @@ class Client:
             async for resp in call:
                 if resp.WhichOneof("message") == "started":
                     job_id = resp.started.job_id
+                    started.set()
                     continue
                 for r in resp.results.results:
                     room.release()

@@ -104,6 +104,8 @@ async def input_batches(
                         yield batch
                     return
                 if isinstance(item, BaseException):
+                    if batch:  # the inputs before the failure still run, like builtin map()
+                        yield batch
                     raise item
                 batch.append(item)
                 if len(batch) >= BATCH or queue.empty():

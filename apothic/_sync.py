@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import concurrent.futures
+import contextlib
+import queue
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any, TypeVar
@@ -95,22 +96,49 @@ def run_sync(coro: Coroutine[Any, Any, T], what: str) -> T:
         raise
 
 
+#: Items an async iterator may run ahead of its blocking consumer.
+_ITER_AHEAD = 1024
+_DONE = object()
+
+
 def iter_sync(aiter: AsyncIterator[T], what: str) -> Iterator[T]:
-    """Iterates an async iterator from blocking code, one item at a time."""
+    """Iterates an async iterator from blocking code.
+
+    A task on the background loop drains the iterator into a thread-safe queue (up to
+    :data:`_ITER_AHEAD` items ahead), so a fast stream costs one queue hand-off per item
+    rather than a loop round trip.
+    """
     _check_not_in_loop(what)
     loop = _ensure_loop()
-    agen = aiter.__aiter__()
+    items: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    room = threading.Semaphore(_ITER_AHEAD)
+    stopped = threading.Event()
+
+    async def pump() -> None:
+        try:
+            async for item in aiter:
+                while not room.acquire(blocking=False):
+                    if stopped.is_set():
+                        return
+                    await asyncio.sleep(0.001)
+                items.put((True, item))
+            items.put((True, _DONE))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            items.put((False, exc))
+
+    future = asyncio.run_coroutine_threadsafe(pump(), loop)
     try:
         while True:
-            step: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(
-                agen.__anext__(),  # type: ignore[arg-type]
-                loop,
-            )
-            try:
-                yield step.result()
-            except StopAsyncIteration:
+            ok, item = items.get()
+            if not ok:
+                raise item
+            if item is _DONE:
                 return
+            room.release()
+            yield item
     finally:
-        aclose = getattr(agen, "aclose", None)
-        if aclose is not None:
-            asyncio.run_coroutine_threadsafe(aclose(), loop).result()
+        stopped.set()
+        if not future.done():
+            loop.call_soon_threadsafe(future.cancel)
+            with contextlib.suppress(BaseException):
+                future.result(timeout=10)

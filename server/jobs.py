@@ -70,6 +70,7 @@ class LiveJob:
     yielded_items: int = 0
     #: Set for the job of a map: its items run instead of the job itself.
     map_call: MapCall | None = None
+    prefetchable: bool = False
 
     @property
     def job_id(self) -> str:
@@ -244,6 +245,7 @@ class JobManager:
         job.item_sink = lambda fmt, data: items.put_nowait((fmt, data))
         self.scheduler.submit(job)
         done = asyncio.ensure_future(job.done.wait())
+        getter: asyncio.Future[tuple[str, bytes]] | None = None
         try:
             while True:
                 while not items.empty():
@@ -261,6 +263,8 @@ class JobManager:
             yield job
         finally:
             done.cancel()
+            if getter is not None:
+                getter.cancel()  # the caller went away mid-wait: no task left pending on the queue
             job.item_sink = None
             if not job.final:
                 self.cancel(job, "the caller went away before the generator finished")
@@ -390,6 +394,18 @@ class JobManager:
         if ran > 1:
             reason = f"{reason} (after {ran} attempts)" if reason else f"after {ran} attempts"
         self.finish(job, status, result, reason)
+
+    def returned(self, job: LiveJob) -> None:
+        """The attempt was handed to a container that stopped before starting it."""
+        rec = job.record
+        self._append(
+            job,
+            "job.log",
+            {"stream": "system", "data": f"attempt {rec.attempt} never started: its container stopped; queued again\n"},
+        )
+        rec.attempt -= 1
+        rec.status = JOB_QUEUED
+        job.record_dirty = True
 
     def _retry(self, job: LiveJob) -> None:
         if not job.final and self.scheduler is not None:

@@ -52,6 +52,7 @@ class MapItem:
     attempt: int = 0
     container_id: str = ""
     done: bool = False
+    prefetchable: bool = True
 
     @property
     def input_id(self) -> str:
@@ -175,6 +176,9 @@ class MapCall:
         self.outcomes.append(MapOutcome(item.index, status, result, reason, item.attempt))
         self.changed.fire()
         self._maybe_done()
+
+    def returned(self, item: MapItem) -> None:
+        item.attempt -= 1
 
     def _retry(self, item: MapItem) -> None:
         if not item.done:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from apothic._container.protocol import prefetch_for
 from apothic.schedules import Cron, Period
 
 JOB_QUEUED = "queued"
@@ -77,6 +78,16 @@ class FunctionSpecRecord:
     def slots(self) -> int:
         """Inputs one container takes at once (a batched one needs a whole batch)."""
         return max(1, self.batch_max_size or self.max_concurrent_inputs)
+
+    @property
+    def prefetch(self) -> int:
+        """Extra map items a serial container may hold beyond the one it runs."""
+        return prefetch_for(
+            max_inputs=self.max_concurrent_inputs,
+            batch_max_size=self.batch_max_size,
+            is_async=self.is_async,
+            is_generator=self.is_generator,
+        )
 
     @property
     def target_slots(self) -> int:

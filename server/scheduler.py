@@ -21,7 +21,7 @@ from typing import Any
 
 from apothic.server import ids
 from apothic.server.errors import ResourceExhausted
-from apothic.server.models import JOB_TIMED_OUT, DeploymentRecord, FunctionSpecRecord
+from apothic.server.models import JOB_QUEUED, JOB_TIMED_OUT, DeploymentRecord, FunctionSpecRecord
 from apothic.server.work import Work
 
 log = logging.getLogger("apothic.server.scheduler")
@@ -92,9 +92,12 @@ class ContainerHandle:
     inflight: dict[str, Work] = field(default_factory=dict)
     idle_since: float = field(default_factory=time.monotonic)
 
-    @property
-    def free(self) -> int:
-        return self.pool.spec.slots - len(self.inflight) if self.state == "ready" else 0
+    def free_for(self, work: Work) -> int:
+        """Inputs like ``work`` this container can take now."""
+        if self.state != "ready":
+            return 0
+        spec = self.pool.spec
+        return spec.slots + (spec.prefetch if work.prefetchable else 0) - len(self.inflight)
 
 
 @dataclass(eq=False)
@@ -119,12 +122,14 @@ class FunctionPool:
     def limit(self) -> int:
         return self.spec.max_containers or 1_000_000
 
-    def best_container(self) -> ContainerHandle | None:
-        """The ready container with the most free slots (least loaded), if any has one."""
+    def best_container(self, work: Work) -> ContainerHandle | None:
+        """The ready container with the most room for ``work`` (least loaded), if any."""
         best: ContainerHandle | None = None
+        room = 0
         for container in self.containers:
-            if container.free > 0 and (best is None or container.free > best.free):
-                best = container
+            free = container.free_for(work)
+            if free > room:
+                best, room = container, free
         return best
 
 
@@ -181,7 +186,7 @@ class Scheduler:
     def submit(self, work: Work) -> None:
         """Runs the input on a container with a free slot, or queues it and scales up."""
         pool = self.pool(work.deployment, work.spec)
-        container = pool.best_container() if not pool.pending else None
+        container = pool.best_container(work) if not pool.pending else None
         if container is not None:
             self._assign(container, work)
             if len(container.inflight) >= pool.spec.target_slots:
@@ -209,7 +214,7 @@ class Scheduler:
     def _fill(self, container: ContainerHandle) -> None:
         """Hands waiting inputs to a container with free slots."""
         pool = container.pool
-        while pool.pending and container.free > 0:
+        while pool.pending and container.free_for(pool.pending[0]) > 0:
             work = pool.pending.popleft()
             if not work.final:
                 self._assign(container, work)
@@ -373,6 +378,13 @@ class Scheduler:
         work = container.inflight.pop(input_id, None)
         if work is None:
             return  # cancelled meanwhile
+        if status == JOB_QUEUED:  # handed over but never started: its container is stopping
+            container.state = "stopping"
+            if not work.final:
+                work.handler.returned(work)
+                container.pool.pending.appendleft(work)
+                self._scale(container.pool)
+            return
         if status == JOB_TIMED_OUT and not work.spec.is_async:
             container.state = "stopping"  # the worker stops it: a sync input cannot be interrupted
         work.handler.ended(work, attempt, status, result, reason)

@@ -23,6 +23,8 @@ class Work(Protocol):
     spec: FunctionSpecRecord
     container_id: str
     handler: WorkHandler
+    #: May wait inside a busy serial container (map items), see protocol.PREFETCH.
+    prefetchable: bool
 
     @property
     def args_format(self) -> str: ...
@@ -52,3 +54,6 @@ class WorkHandler(Protocol):
 
     def ended(self, work: Any, attempt: int, status: str, result: dict[str, Any] | None, reason: str) -> None:
         """The attempt ended (succeeded, failed, timed out, or lost with its container)."""
+
+    def returned(self, work: Any) -> None:
+        """The attempt never started (its container stopped first); it runs again."""

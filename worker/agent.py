@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import grpc
 import grpc.aio
 
+from apothic._container.protocol import prefetch_for
 from apothic._proto.v1 import types_pb2 as pb
 from apothic._proto.v1 import worker_service_pb2 as w_pb
 from apothic.worker import offer as offer_mod
@@ -36,8 +37,27 @@ _STATUS_CODES = {
     "failed": pb.JOB_STATUS_FAILED,
     "timed_out": pb.JOB_STATUS_TIMED_OUT,
     "cancelled": pb.JOB_STATUS_CANCELLED,
+    "returned": pb.JOB_STATUS_QUEUED,  # handed over but never started: run it elsewhere
 }
 _STREAM_CODES = {"stdout": pb.LOG_STREAM_STDOUT, "stderr": pb.LOG_STREAM_STDERR, "system": pb.LOG_STREAM_SYSTEM}
+
+
+def _result_pb(report: Result) -> w_pb.InputResult:
+    if report.error is not None:
+        etype, emsg, etb, epk = report.error
+        result = pb.JobResult(error=pb.RemoteError(type=etype, message=emsg, traceback=etb, pickled=epk))
+    elif report.status == "succeeded":
+        result = pb.JobResult(value=pb.Payload(format=_FORMAT_CODES[report.value_format], data=report.value))
+    else:
+        result = pb.JobResult()
+    return w_pb.InputResult(
+        job_id=report.job_id,
+        attempt=report.attempt,
+        container_id=report.container_id,
+        status=_STATUS_CODES[report.status],
+        result=result,
+        reason=report.reason,
+    )
 
 
 def _to_message(report: Report) -> w_pb.SessionRequest:
@@ -48,23 +68,7 @@ def _to_message(report: Report) -> w_pb.SessionRequest:
             )
         )
     if isinstance(report, Result):
-        if report.error is not None:
-            etype, emsg, etb, epk = report.error
-            result = pb.JobResult(error=pb.RemoteError(type=etype, message=emsg, traceback=etb, pickled=epk))
-        elif report.status == "succeeded":
-            result = pb.JobResult(value=pb.Payload(format=_FORMAT_CODES[report.value_format], data=report.value))
-        else:
-            result = pb.JobResult()
-        return w_pb.SessionRequest(
-            input_result=w_pb.InputResult(
-                job_id=report.job_id,
-                attempt=report.attempt,
-                container_id=report.container_id,
-                status=_STATUS_CODES[report.status],
-                result=result,
-                reason=report.reason,
-            )
-        )
+        return w_pb.SessionRequest(input_result=_result_pb(report))
     if isinstance(report, Yield):
         return w_pb.SessionRequest(
             input_yield=w_pb.InputYield(
@@ -95,7 +99,13 @@ def _execution(spec: pb.FunctionSpec) -> dict[str, object]:
         env["APOTHIC_BATCH_MAX_SIZE"] = str(spec.batch_max_size)
         env["APOTHIC_BATCH_WAIT_MS"] = repr(spec.batch_wait_ms)
         max_inputs = spec.batch_max_size  # the container needs a whole batch in hand
-    return {"max_inputs": max_inputs, "env": tuple(env.items()), "cancel_in_place": spec.is_async}
+    prefetch = prefetch_for(
+        max_inputs=max_inputs,
+        batch_max_size=spec.batch_max_size,
+        is_async=spec.is_async,
+        is_generator=spec.is_generator,
+    )
+    return {"max_inputs": max_inputs, "env": tuple(env.items()), "cancel_in_place": spec.is_async, "prefetch": prefetch}
 
 
 class Worker:
@@ -110,14 +120,15 @@ class Worker:
         env["APOTHIC_BASE_URL"] = settings.base_url
         env["APOTHIC_API_KEY"] = settings.api_key
         self.containers = ContainerManager(settings.state_dir, self._report, env, settings.stop_grace_s)
-        self._outbox: asyncio.Queue[w_pb.SessionRequest | None] | None = None
+        #: What the session sends next: reports (converted as they leave) or ready messages.
+        self._outbox: asyncio.Queue[Report | w_pb.SessionRequest | None] | None = None
         self._stopping = asyncio.Event()
         self.connected = asyncio.Event()
         self.sessions = 0
 
     def _report(self, report: Report) -> None:
         if self._outbox is not None:
-            self._outbox.put_nowait(_to_message(report))
+            self._outbox.put_nowait(report)
 
     async def run(self) -> None:
         """Holds a session, reconnecting with backoff, until :meth:`stop`."""
@@ -157,19 +168,19 @@ class Worker:
         outbox = self._outbox
         yield hello
         while True:
-            msg = await outbox.get()
-            if msg is None:
+            item = await outbox.get()
+            if item is None:
                 return
-            if msg.WhichOneof("message") != "input_result" or outbox.empty():
-                yield msg
+            if not isinstance(item, Result):
+                yield item if isinstance(item, w_pb.SessionRequest) else _to_message(item)
                 continue
-            # Results that piled up travel together; everything keeps its order.
-            batch = [msg.input_result]
-            tail: w_pb.SessionRequest | None | bool = False
+            # Results that piled up travel in one message; everything keeps its order.
+            batch = [_result_pb(item)]
+            tail: Report | w_pb.SessionRequest | None | bool = False
             while not outbox.empty():
                 nxt = outbox.get_nowait()
-                if nxt is not None and nxt.WhichOneof("message") == "input_result":
-                    batch.append(nxt.input_result)
+                if isinstance(nxt, Result):
+                    batch.append(_result_pb(nxt))
                     continue
                 tail = nxt
                 break
@@ -177,7 +188,7 @@ class Worker:
             if tail is None:
                 return
             if tail is not False:
-                yield tail  # type: ignore[misc]
+                yield tail if isinstance(tail, w_pb.SessionRequest) else _to_message(tail)  # type: ignore[arg-type]
 
     async def _heartbeat(self, interval: float) -> None:
         while True:

@@ -49,6 +49,8 @@ class ContainerSpec:
     #: Inputs can be cancelled inside the container (async functions); otherwise a
     #: cancelled or timed-out input stops the whole container.
     cancel_in_place: bool = False
+    #: Extra inputs held by a serial container (see protocol.PREFETCH).
+    prefetch: int = 0
 
 
 # Events reported to the control plane.
@@ -78,7 +80,7 @@ class Result:
     container_id: str
     job_id: str
     attempt: int
-    status: str  # succeeded | failed | timed_out
+    status: str  # succeeded | failed | timed_out | returned (handed over, never started)
     value_format: str
     value: bytes
     error: tuple[str, str, str, bytes] | None
@@ -110,6 +112,8 @@ class _Input:
     timer: asyncio.TimerHandle | None = None
     log_bytes: int = 0
     log_truncated: bool = False
+    #: Cancelled after it was handed to a serial container that will still run it.
+    skip: bool = False
 
 
 def _describe_exit(code: int) -> str:
@@ -139,6 +143,7 @@ class ProcessContainer:
         #: Inputs sent to the process (at most ``spec.max_inputs``) and inputs waiting here.
         self.inflight: dict[str, _Input] = {}
         self.waiting: deque[_Input] = deque()
+        self._outgoing: list[bytes] = []
         self._exit_reason: str | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -187,22 +192,42 @@ class ProcessContainer:
     ) -> None:
         """Runs an input now, or once the container has a free slot."""
         item = _Input(job_id, attempt, args_format, args, result_format, timeout_s)
-        if len(self.inflight) < self.spec.max_inputs:
+        if len(self.inflight) < self.spec.max_inputs + self.spec.prefetch:
             self._send(item)
         else:
             self.waiting.append(item)
 
     def _send(self, item: _Input) -> None:
-        assert self._writer is not None
         self.inflight[item.job_id] = item
-        self._writer.write(
-            protocol.encode((protocol.RUN, item.job_id, item.attempt, item.args_format, item.args, item.result_format))
+        frame = protocol.encode(
+            (protocol.RUN, item.job_id, item.attempt, item.args_format, item.args, item.result_format)
         )
-        if item.timeout_s > 0:
+        if not self._outgoing:
+            asyncio.get_running_loop().call_soon(self._write_out)
+        self._outgoing.append(frame)
+        if not self.spec.prefetch:
+            self._arm(item)
+        elif len(self.inflight) == 1:
+            self._arm(item)  # a serial container starts it now; later ones start in turn
+
+    def _arm(self, item: _Input) -> None:
+        if item.timeout_s > 0 and item.timer is None:
             item.timer = asyncio.get_running_loop().call_later(item.timeout_s, self._timed_out, item)
 
+    def _arm_head(self) -> None:
+        """In a serial container the oldest unfinished input is the one running now."""
+        if self.spec.prefetch and self.inflight:
+            self._arm(next(iter(self.inflight.values())))
+
+    def _write_out(self) -> None:
+        """Writes the frames queued this loop iteration in one go."""
+        frames, self._outgoing = self._outgoing, []
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.write(b"".join(frames))
+
     def _next(self) -> None:
-        while self.waiting and len(self.inflight) < self.spec.max_inputs and self._exit_reason is None:
+        limit = self.spec.max_inputs + self.spec.prefetch
+        while self.waiting and len(self.inflight) < limit and self._exit_reason is None:
             self._send(self.waiting.popleft())
 
     def _timed_out(self, item: _Input) -> None:
@@ -219,8 +244,12 @@ class ProcessContainer:
                 self.waiting.remove(waiting)
                 return
         running = self.inflight.get(job_id)
-        if running is not None:
-            self._drop(running, f"job {job_id} was cancelled")
+        if running is None:
+            return
+        if self.spec.prefetch and next(iter(self.inflight.values())) is not running:
+            running.skip = True  # not started yet; the serial container runs it in turn, unseen
+            return
+        self._drop(running, f"job {job_id} was cancelled")
 
     def _drop(self, item: _Input, reason: str) -> None:
         """Ends a running input without a result: cancelled in place, or the container is
@@ -231,8 +260,14 @@ class ProcessContainer:
         if self.spec.cancel_in_place and self._writer is not None and not self._writer.is_closing():
             self._writer.write(protocol.encode((protocol.CANCEL, item.job_id)))
             self._next()
-        else:
-            self.kill(reason)
+            return
+        # Inputs handed over but not started go back to the control plane to run elsewhere.
+        cid = self.spec.container_id
+        for other in list(self.inflight.values()):
+            del self.inflight[other.job_id]
+            if not other.skip:
+                self._report(Result(cid, other.job_id, other.attempt, "returned", "", b"", None, reason))
+        self.kill(reason)
 
     def kill(self, reason: str) -> None:
         """Stops the process at once."""
@@ -280,11 +315,14 @@ class ProcessContainer:
             del self.inflight[job_id]
             if item.timer is not None:
                 item.timer.cancel()
+            if item.skip:
+                continue
             if ok:
                 self._report(Result(cid, job_id, attempt, "succeeded", fmt, payload, None, ""))
             else:
                 reason = f"{payload[0]}: {payload[1]}"
                 self._report(Result(cid, job_id, attempt, "failed", "", b"", tuple(payload), reason))
+        self._arm_head()
         self._next()
 
     async def _pump(self, reader: asyncio.StreamReader) -> None:

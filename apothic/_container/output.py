@@ -12,6 +12,7 @@ import codecs
 import contextvars
 import io
 import os
+import select
 import threading
 
 from apothic._container import protocol
@@ -111,7 +112,18 @@ class FdForwarder:
         self._running = running
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._synced = threading.Semaphore(0)
+        self._read_end = read_end
+        #: Set by the pump from the moment it sees data until that data has been sent.
+        self._busy = False
         threading.Thread(target=self._pump, args=(read_end,), name=f"apothic-fd{fd}", daemon=True).start()
+
+    def quiet(self) -> bool:
+        """True when everything written so far has been sent: nothing waits in the pipe
+        and the pump holds nothing. (Data is always in one of those places until sent.)"""
+        if self._busy:
+            return False
+        readable, _, _ = select.select([self._read_end], [], [], 0)
+        return not readable and not self._busy
 
     def mark(self) -> bool:
         """Marks the current end of the output; False when the fd no longer takes writes."""
@@ -134,7 +146,12 @@ class FdForwarder:
     def _pump(self, read_end: int) -> None:
         held = b""  # a possible beginning of a mark, split across reads
         with os.fdopen(read_end, "rb", buffering=0) as pipe:
-            while chunk := pipe.read(65536):
+            while True:
+                select.select([read_end], [], [])
+                self._busy = True
+                chunk = pipe.read(65536)
+                if not chunk:
+                    return
                 data = held + chunk
                 while (at := data.find(_SYNC_MARK)) >= 0:
                     self._send(data[:at])
@@ -146,9 +163,10 @@ class FdForwarder:
                 )
                 held = data[len(data) - keep :]
                 self._send(data[: len(data) - keep])
+                self._busy = False
 
 
 def sync_fds(forwarders: tuple[FdForwarder, ...]) -> None:
-    """Waits until fd-level output written so far has been sent."""
-    for forwarder in [f for f in forwarders if f.mark()]:
+    """Waits until fd-level output written so far has been sent (at once when there is none)."""
+    for forwarder in [f for f in forwarders if not f.quiet() and f.mark()]:
         forwarder.wait()

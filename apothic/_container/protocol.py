@@ -20,6 +20,17 @@ from typing import Any
 
 HEADER = struct.Struct("!I")
 
+#: Extra inputs a serial container may hold beyond the one it runs (map items only), so
+#: short inputs flow without a round trip each. The worker times each one from when the
+#: previous one's result arrived, since a serial container runs them in order.
+PREFETCH = 32
+
+
+def prefetch_for(*, max_inputs: int, batch_max_size: int, is_async: bool, is_generator: bool) -> int:
+    """How many extra inputs a container of this kind may hold."""
+    serial = max_inputs <= 1 and not batch_max_size and not is_async and not is_generator
+    return PREFETCH if serial else 0
+
 # Worker -> container
 RUN = "run"
 CANCEL = "cancel"

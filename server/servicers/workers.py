@@ -46,6 +46,17 @@ def _offer_dict(offer: pb.Offer) -> dict[str, object]:
     }
 
 
+def _run_input(cmd: RunInput) -> w_pb.RunInput:
+    return w_pb.RunInput(
+        container_id=cmd.container_id,
+        job_id=cmd.job_id,
+        attempt=cmd.attempt,
+        args=pb.Payload(format=convert.FORMAT_CODES[cmd.args_format], data=cmd.args),
+        result_format=convert.FORMAT_CODES[cmd.result_format],
+        timeout_s=cmd.timeout_s,
+    )
+
+
 class WorkerServicer(w_grpc.WorkerServiceServicer):
     def __init__(self, scheduler: Scheduler, deployments: DeploymentManager) -> None:
         self.scheduler = scheduler
@@ -53,16 +64,7 @@ class WorkerServicer(w_grpc.WorkerServiceServicer):
 
     async def _message(self, cmd: Command) -> w_pb.SessionResponse:
         if isinstance(cmd, RunInput):
-            return w_pb.SessionResponse(
-                run_input=w_pb.RunInput(
-                    container_id=cmd.container_id,
-                    job_id=cmd.job_id,
-                    attempt=cmd.attempt,
-                    args=pb.Payload(format=convert.FORMAT_CODES[cmd.args_format], data=cmd.args),
-                    result_format=convert.FORMAT_CODES[cmd.result_format],
-                    timeout_s=cmd.timeout_s,
-                )
-            )
+            return w_pb.SessionResponse(run_input=_run_input(cmd))
         if isinstance(cmd, StartContainer):
             return w_pb.SessionResponse(
                 start_container=w_pb.StartContainer(
@@ -158,7 +160,7 @@ class WorkerServicer(w_grpc.WorkerServiceServicer):
                         continue
                     tail = nxt
                     break
-                inputs = [(await self._message(c)).run_input for c in batch]
+                inputs = [_run_input(c) for c in batch]
                 yield w_pb.SessionResponse(run_inputs=w_pb.RunInputs(inputs=inputs))
                 if tail is None:
                     break
