@@ -9,7 +9,7 @@ from apothic.app import App
 from apothic.concurrency import batched, concurrent
 from apothic.config import ClientConfig
 from apothic.functions import Function, RemoteFunction
-from apothic.job import Job
+from apothic.job import Job, gather
 from apothic.models import (
     AppInfo,
     DeploymentInfo,
@@ -57,4 +57,5 @@ __all__ = [
     "concurrent",
     "config",
     "exceptions",
+    "gather",
 ]

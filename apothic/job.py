@@ -115,3 +115,40 @@ class Job:
     def watch(self, *, snapshot: bool = True, after_seq: int = 0) -> Iterator[JobEvent]:
         """Yields the job's events until its ``job.end`` event (see :meth:`_JobAio.watch`)."""
         return iter_sync(self.aio.watch(snapshot=snapshot, after_seq=after_seq), "job.watch()")
+
+
+#: Waits a gather keeps in flight at once.
+_GATHER_CONCURRENCY = 256
+
+
+class _Gather:
+    """``apothic.gather(*jobs)``: waits for many jobs at once; ``apothic.gather.aio`` is the
+    async form."""
+
+    async def aio(self, *jobs: Job, return_exceptions: bool = False) -> list[Any]:
+        """Waits for every job and returns their values in the given order.
+
+        Args:
+            jobs: the jobs to wait for.
+            return_exceptions: put a failed job's exception in its place instead of raising
+                the first one.
+        """
+        room = asyncio.Semaphore(_GATHER_CONCURRENCY)
+
+        async def one(job: Job) -> Any:
+            async with room:
+                try:
+                    return await job.aio.wait()
+                except Exception as exc:
+                    if return_exceptions:
+                        return exc
+                    raise
+
+        return list(await asyncio.gather(*(one(job) for job in jobs)))
+
+    def __call__(self, *jobs: Job, return_exceptions: bool = False) -> list[Any]:
+        """Waits for every job and returns their values in the given order (see :meth:`aio`)."""
+        return run_sync(self.aio(*jobs, return_exceptions=return_exceptions), "apothic.gather()")
+
+
+gather = _Gather()

@@ -59,6 +59,8 @@ class LiveJob:
     events: list[Event] = field(default_factory=list)
     persisted: int = 0
     record_dirty: bool = True
+    #: The store has the whole record (arguments included); later writes update it.
+    record_stored: bool = False
     log_bytes: int = 0
     log_truncated: bool = False
     changed: Signal = field(default_factory=Signal)
@@ -107,6 +109,8 @@ class JobManager:
         self._live: dict[str, LiveJob] = {}
         self.app_topics: Topics[Event] = Topics()
         self._evictions: dict[str, asyncio.TimerHandle] = {}
+        #: Jobs with changes to write at the end of this turn of the event loop.
+        self._dirty: dict[str, LiveJob] = {}
         #: Set once the control plane is shutting down (see :meth:`close`).
         self.closing = False
 
@@ -206,7 +210,7 @@ class JobManager:
         jobs = [self._new(account, dep, spec, args_format, args, result_format, durable=True) for args in args_list]
         try:
             extra = also(jobs) if also is not None else []
-            await self.store.commit([stmt for job in jobs for stmt in self._flush_statements(job)] + extra)
+            await self.store.commit(self._flush_statements(jobs) + extra)
         except BaseException:
             for job in jobs:
                 self._live.pop(job.job_id, None)
@@ -272,7 +276,14 @@ class JobManager:
     def adopt(self, record: JobRecord, dep: DeploymentRecord, spec: FunctionSpecRecord, events: list[Event]) -> LiveJob:
         """Takes back an unfinished job found in the store after a restart and re-queues it."""
         job = LiveJob(
-            record=record, deployment=dep, spec=spec, durable=True, events=events, persisted=len(events), handler=self
+            record=record,
+            deployment=dep,
+            spec=spec,
+            durable=True,
+            events=events,
+            persisted=len(events),
+            handler=self,
+            record_stored=True,
         )
         record.last_seq = max([record.last_seq, *(e.seq for e in events)])
         self._live[record.job_id] = job
@@ -300,18 +311,38 @@ class JobManager:
         self.app_topics.publish(f"{rec.account}/{rec.app_name}", event)
         return event
 
-    def _flush_statements(self, job: LiveJob) -> list[Any]:
-        stmts: list[Any] = []
-        if job.record_dirty:
-            stmts += self.store.update_job_statements(job.record)
-            job.record_dirty = False
-        if job.persisted < len(job.events):
-            stmts += self.store.job_event_statements(job.record.account, job.events[job.persisted :])
-            job.persisted = len(job.events)
-        return stmts
+    def _flush_statements(self, jobs: list[LiveJob]) -> list[Any]:
+        """Statements that store what changed in these jobs since they were last written:
+        new records, progress of stored ones, and new events, one statement each."""
+        new: list[JobRecord] = []
+        progress: list[JobRecord] = []
+        events: list[tuple[str, Event]] = []
+        for job in jobs:
+            if job.record_dirty:
+                (progress if job.record_stored else new).append(job.record)
+                job.record_stored = True
+                job.record_dirty = False
+            if job.persisted < len(job.events):
+                account = job.record.account
+                events += [(account, e) for e in job.events[job.persisted :]]
+                job.persisted = len(job.events)
+        return (
+            self.store.insert_jobs_statements(new)
+            + self.store.job_progress_statements(progress)
+            + self.store.job_event_statements(events)
+        )
 
     def _flush(self, job: LiveJob) -> None:
-        stmts = self._flush_statements(job)
+        """Writes the job's changes behind, together with every other job changed in this
+        turn of the event loop."""
+        if not self._dirty:
+            asyncio.get_running_loop().call_soon(self._flush_dirty)
+        self._dirty[job.job_id] = job
+
+    def _flush_dirty(self) -> None:
+        jobs = list(self._dirty.values())
+        self._dirty.clear()
+        stmts = self._flush_statements(jobs)
         if stmts:
             self.store.write_behind(stmts)
 
@@ -426,8 +457,7 @@ class JobManager:
         self._append(job, "job.end", {"status": status, "reason": reason})
         job.done.set()
         loop = asyncio.get_running_loop()
-        # Build the write-behind statements after the waiting caller has resumed.
-        loop.call_soon(self._flush, job)
+        self._flush(job)  # written in a later turn of the loop, after the waiting caller resumed
         self._evictions[job.job_id] = loop.call_later(RETAIN_ENDED_S, self._evict, job.job_id)
 
     def _evict(self, job_id: str) -> None:
@@ -546,6 +576,7 @@ class JobManager:
                 self._flush(job)
             else:
                 job.done.set()
+        self._flush_dirty()
         for handle in self._evictions.values():
             handle.cancel()
         self._evictions.clear()

@@ -189,7 +189,12 @@ class Scheduler:
         container = pool.best_container(work) if not pool.pending else None
         if container is not None:
             self._assign(container, work)
-            if len(container.inflight) >= pool.spec.target_slots:
+            target = pool.spec.target_slots
+            # Scale ahead only once every ready container is at its target: one spare, not
+            # a new container per call while the others sit idle.
+            if len(container.inflight) >= target and not any(
+                c.state == "ready" and len(c.inflight) < target for c in pool.containers
+            ):
                 self._scale(pool, extra=1)
             return
         pool.pending.append(work)

@@ -19,6 +19,7 @@ from typing import Any
 
 from surrealdb import AsyncSurreal, RecordID
 
+from apothic.server import cbor
 from apothic.server.models import (
     DEPLOYMENT_LIVE,
     DEPLOYMENT_STOPPED,
@@ -261,6 +262,7 @@ class Store:
 
     async def open(self) -> None:
         """Connects, selects the namespace and applies the schema."""
+        cbor.install()
         self._db = AsyncSurreal(self.url)
         if hasattr(self._db, "connect"):
             await self._db.connect()
@@ -468,26 +470,46 @@ class Store:
 
     # -- jobs ------------------------------------------------------------------------
 
-    def create_job_statements(self, job: JobRecord) -> list[Statement]:
-        """Statements that create a job record."""
-        return [("CREATE $id CONTENT $doc RETURN NONE", {"id": _rid("job", job.job_id), "doc": _job_doc(job)})]
+    def insert_jobs_statements(self, jobs: list[JobRecord]) -> list[Statement]:
+        """One statement that creates new job records."""
+        rows = [{"id": _rid("job", job.job_id), **_job_doc(job)} for job in jobs]
+        return [("INSERT INTO job $rows RETURN NONE", {"rows": rows})] if rows else []
 
     def update_job_statements(self, job: JobRecord) -> list[Statement]:
-        """Statements that write a job's current state over its record."""
+        """Statements that write a job's whole current state over its record."""
         return [("UPSERT $id CONTENT $doc RETURN NONE", {"id": _rid("job", job.job_id), "doc": _job_doc(job)})]
 
-    def job_event_statements(self, account: str, events: list[Event]) -> list[Statement]:
-        """Statements that append job events; a repeated seq fails the write."""
-        return [
-            (
-                "CREATE $id CONTENT $doc RETURN NONE",
-                {
-                    "id": RecordID("job_event", [_key(e.object_id), e.seq]),
-                    "doc": {"account": account, "seq": e.seq, "time": e.time, "kind": e.kind, "data": e.data},
-                },
-            )
-            for e in events
+    def job_progress_statements(self, jobs: list[JobRecord]) -> list[Statement]:
+        """One statement that updates what changes as stored jobs run (not their arguments)."""
+        rows = []
+        for job in jobs:
+            changes = {
+                "status": job.status,
+                "attempt": job.attempt,
+                "reason": job.reason,
+                "result": job.result,
+                "started_at": job.started_at,
+                "ended_at": job.ended_at,
+                "last_seq": job.last_seq,
+            }
+            rows.append({"id": _rid("job", job.job_id), "changes": {k: v for k, v in changes.items() if v is not None}})
+        return [("FOR $r IN $rows { UPDATE $r.id MERGE $r.changes RETURN NONE; }", {"rows": rows})] if rows else []
+
+    def job_event_statements(self, events: list[tuple[str, Event]]) -> list[Statement]:
+        """One statement that appends ``(account, event)`` job events; a repeated seq fails
+        the write."""
+        rows = [
+            {
+                "id": RecordID("job_event", [_key(e.object_id), e.seq]),
+                "account": account,
+                "seq": e.seq,
+                "time": e.time,
+                "kind": e.kind,
+                "data": e.data,
+            }
+            for account, e in events
         ]
+        return [("INSERT INTO job_event $rows RETURN NONE", {"rows": rows})] if rows else []
 
     async def get_job(self, job_id: str) -> JobRecord | None:
         row = await self._q("SELECT * FROM ONLY $id", {"id": _rid("job", job_id)})

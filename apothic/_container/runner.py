@@ -85,6 +85,7 @@ class Runner:
         self._pool: ThreadPoolExecutor | None = None
         self._batches: queue.Queue[tuple[Any, ...] | None] | None = None
         self._lock = threading.Lock()
+        self._held: _HeldResults | None = None
         if self.is_async:
             self._loop = asyncio.new_event_loop()
             threading.Thread(target=self._loop.run_forever, name="apothic-loop", daemon=True).start()
@@ -93,13 +94,13 @@ class Runner:
             threading.Thread(target=self._batch_loop, name="apothic-batcher", daemon=True).start()
         elif not self.is_async and config.max_inputs > 1:
             self._pool = ThreadPoolExecutor(config.max_inputs, thread_name_prefix="apothic-input")
+        elif not self.is_async:
+            self._held = _HeldResults(self._send_results)
 
     # -- the main loop's entry ----------------------------------------------------------
 
     def handle(self, frames: list[tuple[Any, ...]]) -> bool:
         """Dispatches a batch of frames; returns False when the container must stop."""
-        pending: list[ResultTuple] = []
-        first_at = 0.0
         for msg in frames:
             kind = msg[0]
             if kind == protocol.RUN:
@@ -110,18 +111,16 @@ class Runner:
                 elif self._pool is not None:
                     self._start_thread(msg)
                 else:
-                    pending.append(self._run_inline(msg))
-                    now = time.monotonic()
-                    first_at = first_at or now
-                    if now - first_at >= RESULT_HOLD_S:
-                        self._send_results(pending)
-                        pending, first_at = [], 0.0
+                    assert self._held is not None
+                    self._held.add(self._run_inline(msg))
             elif kind == protocol.CANCEL:
                 self._cancel(msg[1])
             elif kind == protocol.STOP:
-                self._send_results(pending)
+                if self._held is not None:
+                    self._held.flush()
                 return False
-        self._send_results(pending)
+        if self._held is not None:
+            self._held.flush()
         return True
 
     def _send_results(self, results: list[ResultTuple]) -> None:
@@ -308,6 +307,43 @@ class Runner:
                 results[i] = (batch[i][1], batch[i][2], False, "", error)
         finally:
             self._end(first_key, token)
+
+
+class _HeldResults:
+    """Results of a serial container's inputs, held back at most :data:`RESULT_HOLD_S` so
+    quick ones share a frame.
+
+    A thread sends them once the oldest has waited that long: a result must never wait for
+    the next input to finish, since the worker times that input from this result's arrival.
+    """
+
+    def __init__(self, send: Callable[[list[ResultTuple]], None]) -> None:
+        self._send = send
+        self._items: list[ResultTuple] = []
+        self._lock = threading.Lock()
+        self._held = threading.Event()
+        threading.Thread(target=self._flush_held, name="apothic-results", daemon=True).start()
+
+    def add(self, result: ResultTuple) -> None:
+        with self._lock:
+            self._items.append(result)
+            first = len(self._items) == 1
+        if first:
+            self._held.set()
+
+    def flush(self) -> None:
+        """Sends what is held now (in order: sends happen under the lock)."""
+        with self._lock:
+            items, self._items = self._items, []
+            if items:
+                self._send(items)
+
+    def _flush_held(self) -> None:
+        while True:
+            self._held.wait()
+            time.sleep(RESULT_HOLD_S)
+            self._held.clear()
+            self.flush()
 
 
 async def _await(awaitable: Any) -> Any:

@@ -48,7 +48,7 @@ def test_ephemeral_deployment_stops_when_its_client_stops_heartbeating(
         deps = apothic_runtime.run_coroutine(_list(apothic_runtime, app.name))
         return deps[0].status == apothic.DeploymentStatus.STOPPED
 
-    wait_for(stopped, timeout=10, what="the reaper to stop the abandoned ephemeral deployment")
+    wait_for(stopped, timeout=30, what="the reaper to stop the abandoned ephemeral deployment")
     with pytest.raises((apothic.exceptions.FailedPreconditionError, apothic.exceptions.NotFoundError)):
         one.remote()
 

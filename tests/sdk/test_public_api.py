@@ -41,6 +41,7 @@ EXPECTED_ALL = [
     "concurrent",
     "config",
     "exceptions",
+    "gather",
 ]
 
 
