@@ -170,6 +170,9 @@ def definition(
         if options.concurrent_requests != 1:
             raise InvalidConfigError(f"{name}: use either concurrent_requests= or @concurrent, not both")
         max_inputs, target = concurrent.max_inputs, concurrent.target_inputs
+    if options.tasks_per_container is not None:
+        # Inputs per container the autoscaler aims for before it adds a container.
+        target = min(options.tasks_per_container, max_inputs)
     is_generator = inspect.isgeneratorfunction(raw) or inspect.isasyncgenfunction(raw)
     if batched is not None and is_generator:
         raise InvalidConfigError(f"{name}: a generator function cannot be @batched")
