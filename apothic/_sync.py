@@ -56,14 +56,16 @@ def background_loop() -> asyncio.AbstractEventLoop:
     return _ensure_loop()
 
 
-def _check_not_in_loop(what: str) -> None:
+def _check_not_in_loop(what: str, *, iterator: bool = False) -> None:
     try:
         running = asyncio.get_running_loop()
     except RuntimeError:
         return
     if running is not _loop:
         owner, _, method = what.rpartition(".")
-        async_form = f"await {owner}.aio.{method.removesuffix('()')}(...)" if owner else f"the .aio form of {what}"
+        call = f"{owner}.aio.{method.removesuffix('()')}(...)"
+        usage = f"async for ... in {call}" if iterator else f"await {call}"
+        async_form = usage if owner else f"the .aio form of {what}"
         raise BlockingInAsyncContextError(
             f"{what} blocks, and was called inside a running event loop; use `{async_form}` instead"
         )
@@ -108,7 +110,7 @@ def iter_sync(aiter: AsyncIterator[T], what: str) -> Iterator[T]:
     :data:`_ITER_AHEAD` items ahead), so a fast stream costs one queue hand-off per item
     rather than a loop round trip.
     """
-    _check_not_in_loop(what)
+    _check_not_in_loop(what, iterator=True)
     loop = _ensure_loop()
     items: queue.SimpleQueue[Any] = queue.SimpleQueue()
     room = threading.Semaphore(_ITER_AHEAD)

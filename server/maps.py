@@ -124,7 +124,10 @@ class MapCall:
                 raise InvalidArgument(f"map input index {index} was sent twice")
             item = MapItem(call=self, index=index, args=args)
             self.items[index] = item
-            self.scheduler.submit(item)
+            if self.job.final:  # the map was cancelled: later inputs end at once
+                self._cancelled(item, self.job.record.reason)
+            else:
+                self.scheduler.submit(item)
 
     def close_inputs(self) -> None:
         """No more inputs will come."""
@@ -137,13 +140,23 @@ class MapCall:
         return out
 
     def cancel(self, reason: str) -> None:
-        """Stops every unfinished item (the caller went away)."""
-        for item in self.items.values():
-            if not item.done:
-                item.done = True
-                self.scheduler.cancel(item)
+        """Stops every unfinished item, each ending as cancelled (the caller went away, or
+        the map's job was cancelled: the caller then gets those outcomes instead of waiting
+        for results that will never come)."""
         if not self.job.final:
             self.jobs.finish(self.job, JOB_CANCELLED, None, reason)
+        unfinished = [item for item in self.items.values() if not item.done]
+        for item in unfinished:
+            self._cancelled(item, reason)
+        for item in unfinished:
+            self.scheduler.cancel(item)
+
+    def _cancelled(self, item: MapItem, reason: str) -> None:
+        item.done = True
+        self.finished += 1
+        self.failed += 1
+        self.outcomes.append(MapOutcome(item.index, JOB_CANCELLED, None, reason, item.attempt))
+        self.changed.fire()
 
     # -- WorkHandler ----------------------------------------------------------------
 

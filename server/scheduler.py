@@ -356,6 +356,14 @@ class Scheduler:
         container.state = "gone"
         pool = container.pool
         lost, container.inflight = list(container.inflight.values()), {}
+        if pool.spec.prefetch:
+            # A serial container runs what it holds in the order handed over: only the
+            # oldest was running; the prefetched ones never started and run elsewhere.
+            lost, unstarted = lost[: pool.spec.slots], lost[pool.spec.slots :]
+            for work in reversed(unstarted):
+                if not work.final:
+                    work.handler.returned(work)
+                    pool.pending.appendleft(work)
         for work in lost:
             if not work.final:
                 work.handler.ended(

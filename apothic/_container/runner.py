@@ -86,6 +86,7 @@ class Runner:
         self._batches: queue.Queue[tuple[Any, ...] | None] | None = None
         self._lock = threading.Lock()
         self._held: _HeldResults | None = None
+        self._signature: inspect.Signature | None = None
         if self.is_async:
             self._loop = asyncio.new_event_loop()
             threading.Thread(target=self._loop.run_forever, name="apothic-loop", daemon=True).start()
@@ -254,7 +255,7 @@ class Runner:
         decoded: list[tuple[int, tuple[Any, ...], dict[str, Any]]] = []
         for i, msg in enumerate(batch):
             try:
-                decoded.append((i, *ser.loads_args(msg[3], msg[4])))
+                decoded.append((i, *self._by_name(*ser.loads_args(msg[3], msg[4]))))
             except BaseException as exc:  # noqa: BLE001
                 results[i] = (msg[1], msg[2], False, "", _error(exc))
         if decoded:
@@ -270,6 +271,23 @@ class Runner:
             if group:
                 self._call_batch(batch, keys, group, results)
         return [r for r in results if r is not None]
+
+    def _by_name(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """A batched call's arguments keyed by parameter name, so that callers passing the
+        same parameters positionally or by keyword share a batch.
+
+        Raises:
+            TypeError: the arguments do not fit the function's signature.
+        """
+        if self._signature is None:
+            try:
+                self._signature = inspect.signature(self.func)
+            except (TypeError, ValueError):
+                return args, kwargs
+        kinds = {p.kind for p in self._signature.parameters.values()}
+        if not kinds <= {inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY}:
+            return args, kwargs  # *args, **kwargs or positional-only: keep the call's own shape
+        return (), dict(self._signature.bind(*args, **kwargs).arguments)
 
     def _call_batch(
         self,

@@ -129,6 +129,9 @@ class FunctionServicer(fn_grpc.FunctionServiceServicer):
         self, request: fn_pb.InvokeFunctionStreamRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[fn_pb.InvokeFunctionStreamResponse]:
         account, dep, spec, args_fmt, result_fmt = await self._target(request)
+        if not spec.is_generator:
+            # Its return value would be dropped: the stream carries only yielded items.
+            raise InvalidArgument(f"function {spec.name!r} is not a generator; call it with remote() instead")
         async for item in self.jobs.invoke_stream(account, dep, spec, args_fmt, request.args.data, result_fmt):
             if isinstance(item, tuple):
                 fmt, data = item
