@@ -24,6 +24,7 @@ from apothic.server.models import (
     JOB_FAILED,
     JOB_QUEUED,
     JOB_RUNNING,
+    JOB_SUCCEEDED,
     JOB_TIMED_OUT,
     DeploymentRecord,
     Event,
@@ -422,7 +423,7 @@ class JobManager:
                 self._flush(job)
             asyncio.get_running_loop().call_later(delay, self._retry, job)
             return
-        if ran > 1:
+        if ran > 1 and status != JOB_SUCCEEDED:
             reason = f"{reason} (after {ran} attempts)" if reason else f"after {ran} attempts"
         self.finish(job, status, result, reason)
 
@@ -558,8 +559,19 @@ class JobManager:
     async def list_jobs(self, account: str, app_name: str, status: str, limit: int) -> list[JobRecord]:
         if not 0 <= limit <= 1000:
             raise InvalidArgument(f"limit must be between 0 and 1000, got {limit}")
+        limit = limit or 50
         await self.store.drain()
-        return await self.store.list_jobs(account, app_name, status, limit or 50)
+        stored = await self.store.list_jobs(account, app_name, status, limit)
+        # Jobs still running whose record is written when they end (warm calls, maps).
+        live = {
+            job.job_id: job.record
+            for job in self._live.values()
+            if job.record.account == account
+            and (not app_name or job.record.app_name == app_name)
+            and (not status or job.record.status == status)
+        }
+        merged = {r.job_id: r for r in stored} | live
+        return sorted(merged.values(), key=lambda r: r.created_at, reverse=True)[:limit]
 
     async def close(self) -> None:
         """Fails in-flight invokes (UNAVAILABLE for their callers) and flushes records.

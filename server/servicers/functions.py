@@ -32,6 +32,13 @@ def _check_args(payload: pb.Payload) -> str:
     return fmt
 
 
+def _not_a_generator(spec: Any) -> None:
+    if spec.is_generator:
+        raise InvalidArgument(
+            f"function {spec.name!r} is a generator: call it with remote_gen() to receive its items as it yields them"
+        )
+
+
 class FunctionServicer(fn_grpc.FunctionServiceServicer):
     def __init__(self, deployments: DeploymentManager, jobs: JobManager) -> None:
         self.deployments = deployments
@@ -49,6 +56,7 @@ class FunctionServicer(fn_grpc.FunctionServiceServicer):
         self, request: fn_pb.InvokeFunctionRequest, context: grpc.aio.ServicerContext
     ) -> fn_pb.InvokeFunctionResponse:
         account, dep, spec, args_fmt, result_fmt = await self._target(request)
+        _not_a_generator(spec)
         job = await self.jobs.invoke(account, dep, spec, args_fmt, request.args.data, result_fmt)
         rec = job.record
         if not job.final:
@@ -65,6 +73,7 @@ class FunctionServicer(fn_grpc.FunctionServiceServicer):
         self, request: fn_pb.SpawnFunctionRequest, context: grpc.aio.ServicerContext
     ) -> fn_pb.SpawnFunctionResponse:
         account, dep, spec, args_fmt, result_fmt = await self._target(request)
+        _not_a_generator(spec)
         job = await self.jobs.spawn(account, dep, spec, args_fmt, request.args.data, result_fmt)
         return fn_pb.SpawnFunctionResponse(job_id=job.job_id)
 
@@ -111,6 +120,7 @@ class FunctionServicer(fn_grpc.FunctionServiceServicer):
         account = current_account.get()
         ref = request.function
         dep, spec = await self.deployments.resolve(account, ref.app_name, ref.function_name, ref.deployment_id)
+        _not_a_generator(spec)
         if not request.args:
             return fn_pb.SpawnFunctionManyResponse()
         if len(request.args) > MAX_SPAWN_BATCH:
