@@ -25,8 +25,10 @@ from apothic.worker.containers import (
     Result,
     Yield,
 )
+from apothic.worker.process import ExecLauncher, Launcher
 from apothic.worker.settings import WorkerSettings
 from apothic.worker.transport import GrpcTransport, SessionTransport
+from apothic.worker.zygote import ZygoteLauncher
 
 log = logging.getLogger("apothic.worker")
 
@@ -119,7 +121,10 @@ class Worker:
         }
         env["APOTHIC_BASE_URL"] = settings.base_url
         env["APOTHIC_API_KEY"] = settings.api_key
-        self.containers = ContainerManager(settings.state_dir, self._report, env, settings.stop_grace_s)
+        self.launcher: Launcher = ZygoteLauncher(env=env) if settings.zygote else ExecLauncher()
+        self.containers = ContainerManager(
+            settings.state_dir, self._report, env, settings.stop_grace_s, launcher=self.launcher
+        )
         #: What the session sends next: reports (converted as they leave) or ready messages.
         self._outbox: asyncio.Queue[Report | w_pb.SessionRequest | None] | None = None
         self._stopping = asyncio.Event()
@@ -134,6 +139,7 @@ class Worker:
         """Holds a session, reconnecting with backoff, until :meth:`stop`."""
         backoff = 0.1
         offer = offer_mod.detect(self.settings.state_dir, self.settings.labels)
+        self.launcher.warm()  # the zygote preloads while the session opens
         while not self._stopping.is_set():
             try:
                 await self._session(offer)
@@ -156,6 +162,7 @@ class Worker:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), backoff * (1 + random.random() / 2))
             backoff = min(backoff * 2, self.settings.max_backoff_s)
+        await self.launcher.close()
 
     async def stop(self) -> None:
         """Ends the session and stops every container."""

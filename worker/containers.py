@@ -13,8 +13,6 @@ import io
 import logging
 import os
 import signal
-import socket
-import sys
 import zipfile
 from collections import deque
 from collections.abc import Callable
@@ -23,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from apothic._container import protocol
+from apothic.worker.process import ContainerProcess, ExecLauncher, Launcher
 
 log = logging.getLogger("apothic.worker.containers")
 
@@ -131,13 +130,20 @@ class ProcessContainer:
     """One container process and the task that pumps its frames."""
 
     def __init__(
-        self, spec: ContainerSpec, source_dir: Path, report: Callable[[Report], None], env: dict[str, str]
+        self,
+        spec: ContainerSpec,
+        source_dir: Path,
+        report: Callable[[Report], None],
+        env: dict[str, str],
+        *,
+        launcher: Launcher | None = None,
     ) -> None:
         self.spec = spec
         self.source_dir = source_dir
         self._report = report
         self._env = env
-        self.proc: asyncio.subprocess.Process | None = None
+        self._launcher = launcher or ExecLauncher()
+        self.proc: ContainerProcess | None = None
         self._writer: asyncio.StreamWriter | None = None
         self.ready = False
         #: Inputs sent to the process (at most ``spec.max_inputs``) and inputs waiting here.
@@ -148,10 +154,8 @@ class ProcessContainer:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        parent, child = socket.socketpair()
         env = dict(self._env)
         env.update(
-            APOTHIC_CONTAINER_FD=str(child.fileno()),
             APOTHIC_SOURCE_DIR=str(self.source_dir),
             APOTHIC_CONTAINER_ID=self.spec.container_id,
             PYTHONUNBUFFERED="1",
@@ -164,21 +168,9 @@ class ProcessContainer:
         else:
             env["APOTHIC_MODULE"] = self.spec.module
             env["APOTHIC_QUALNAME"] = self.spec.qualname
-        try:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "apothic._container",
-                env=env,
-                pass_fds=(child.fileno(),),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,
-            )
-        finally:
-            child.close()
-        reader, self._writer = await asyncio.open_unix_connection(sock=parent)
+        launched = await self._launcher.launch(env)
+        self.proc = launched.process
+        reader, self._writer = await asyncio.open_unix_connection(sock=launched.channel)
         self._task = asyncio.create_task(self._pump(reader), name=f"container-{self.spec.container_id}")
         loop = asyncio.get_running_loop()
         loop.call_later(self.spec.startup_timeout_s, self._startup_deadline)
@@ -273,9 +265,8 @@ class ProcessContainer:
         """Stops the process at once."""
         if self._exit_reason is None:
             self._exit_reason = reason
-        if self.proc is not None and self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.kill()
 
     async def stop(self, reason: str, grace_s: float) -> None:
         """Asks the process to exit, then kills it after ``grace_s``."""
@@ -357,11 +348,10 @@ class ProcessContainer:
 
     async def _finish(self, startup_error: str) -> None:
         assert self.proc is not None
-        stderr = b""
-        if self.proc.stderr is not None:
-            with contextlib.suppress(Exception):
-                stderr = await asyncio.wait_for(self.proc.stderr.read(), 5)
+        stderr = await self.proc.stderr_tail()
         code = await self.proc.wait()
+        if self._writer is not None:
+            self._writer.close()
         for item in self.inflight.values():
             if item.timer is not None:
                 item.timer.cancel()
@@ -380,8 +370,17 @@ class ProcessContainer:
 class ContainerManager:
     """Starts, feeds and stops this worker's containers."""
 
-    def __init__(self, state_dir: Path, report: Callable[[Report], None], env: dict[str, str], grace_s: float) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        report: Callable[[Report], None],
+        env: dict[str, str],
+        grace_s: float,
+        *,
+        launcher: Launcher | None = None,
+    ) -> None:
         self.state_dir = state_dir
+        self.launcher = launcher or ExecLauncher()
         self._report = report
         self._env = env
         self._grace_s = grace_s
@@ -407,7 +406,7 @@ class ContainerManager:
         try:
             source = self._source_dir(spec.archive_sha256, spec.archive) if spec.archive else self.state_dir / "empty"
             source.mkdir(parents=True, exist_ok=True)
-            container = ProcessContainer(spec, source, self._on_report, self._env)
+            container = ProcessContainer(spec, source, self._on_report, self._env, launcher=self.launcher)
             self.containers[spec.container_id] = container
             await container.start()
         except Exception as exc:

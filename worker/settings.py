@@ -17,6 +17,10 @@ class WorkerSettings:
         state_dir: where source archives are unpacked.
         labels: free-form labels added to the offer.
         max_backoff_s: longest wait between reconnect attempts.
+        stop_grace_s: how long a stopped container may take to exit before it is killed.
+        zygote: start containers by forking a zygote process that has already imported
+            what they need (cold starts skip the interpreter start); False starts a fresh
+            interpreter for each container.
     """
 
     base_url: str
@@ -26,3 +30,4 @@ class WorkerSettings:
     labels: dict[str, str] = field(default_factory=dict)
     max_backoff_s: float = 5.0
     stop_grace_s: float = 2.0
+    zygote: bool = True
