@@ -7,10 +7,8 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, ParamSpec, TypeVar, overload
 
-import cloudpickle
-
 from apothic import _source
-from apothic._client import get_client
+from apothic._lazy import get_client
 from apothic._sync import run_sync
 from apothic.config import ClientConfig
 from apothic.exceptions import InvalidConfigError, UsageError
@@ -23,6 +21,12 @@ R = TypeVar("R")
 
 #: Seconds between heartbeats that keep an ephemeral run's deployment alive.
 HEARTBEAT_INTERVAL_S = 5.0
+
+
+def _pickle_by_value(func: Callable[..., Any]) -> bytes:
+    import cloudpickle
+
+    return bytes(cloudpickle.dumps(func))
 
 
 class _AppAio:
@@ -190,7 +194,7 @@ class App:
                     raw,
                     module="" if by_value else raw.__module__,
                     qualname=raw.__qualname__,
-                    pickled=cloudpickle.dumps(raw) if by_value else b"",
+                    pickled=_pickle_by_value(raw) if by_value else b"",
                 )
             )
         return defs

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, It
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from apothic import _serialization as ser
-from apothic._client import function_ref, get_client
 from apothic._inputs import input_batches
+from apothic._lazy import function_ref, get_client
 from apothic._sync import iter_sync, run_sync
 from apothic.config import ClientConfig, load_client_config
 from apothic.exceptions import InvalidConfigError

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from apothic._client import get_client
+from apothic._lazy import get_client
 from apothic._sync import iter_sync, run_sync
 from apothic.config import ClientConfig
 from apothic.models import JobEvent, JobInfo, JobStatus
