@@ -25,6 +25,17 @@ log = logging.getLogger("apothic.runtime")
 LOCAL_ACCOUNT = "local"
 
 
+def tune_gc_for_serving() -> None:
+    """For a process that serves the runtime for long (``apothic up``/``server``): freeze what
+    start-up allocated and collect the young generation less often, since every call makes
+    many short-lived objects. Not done by :class:`LocalRuntime` itself, which may share its
+    process with other code."""
+    import gc
+
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+
+
 class LocalRuntime:
     """A control plane and ``workers`` local workers (process executor).
 

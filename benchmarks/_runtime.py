@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 
-from apothic.runtime import LocalRuntime
+from apothic.runtime import LocalRuntime, tune_gc_for_serving
 
 
 def _watch_stdin(loop: asyncio.AbstractEventLoop, done: asyncio.Event) -> None:
@@ -54,6 +54,7 @@ async def serve(*, db_url: str, workers: int) -> None:
     runtime = LocalRuntime(db_url=db_url, workers=workers)
     try:
         await runtime.astart()
+        tune_gc_for_serving()  # as `apothic up` does
         sys.stdout.write(json.dumps({"base_url": runtime.address, "api_key": runtime.api_key}) + "\n")
         sys.stdout.flush()
         _watch_stdin(loop, done)

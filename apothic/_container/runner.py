@@ -102,7 +102,8 @@ class Runner:
 
     def handle(self, frames: list[tuple[Any, ...]]) -> bool:
         """Dispatches a batch of frames; returns False when the container must stop."""
-        for msg in frames:
+        last = len(frames) - 1
+        for i, msg in enumerate(frames):
             kind = msg[0]
             if kind == protocol.RUN:
                 if self._batches is not None:
@@ -113,7 +114,8 @@ class Runner:
                     self._start_thread(msg)
                 else:
                     assert self._held is not None
-                    self._held.add(self._run_inline(msg))
+                    # The last frame's result is sent right below; only earlier ones wait.
+                    self._held.add(self._run_inline(msg), arm=i < last)
             elif kind == protocol.CANCEL:
                 self._cancel(msg[1])
             elif kind == protocol.STOP:
@@ -342,11 +344,13 @@ class _HeldResults:
         self._held = threading.Event()
         threading.Thread(target=self._flush_held, name="apothic-results", daemon=True).start()
 
-    def add(self, result: ResultTuple) -> None:
+    def add(self, result: ResultTuple, *, arm: bool = True) -> None:
+        """Holds a result; ``arm`` starts the clock that sends it (off when the caller
+        flushes right away)."""
         with self._lock:
             self._items.append(result)
             first = len(self._items) == 1
-        if first:
+        if first and arm:
             self._held.set()
 
     def flush(self) -> None:

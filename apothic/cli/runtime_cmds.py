@@ -57,7 +57,7 @@ def register(app: typer.Typer) -> None:
         """
         from apothic.cli._render import console
         from apothic.config import load_client_config, server_env, write_profile
-        from apothic.runtime import LocalRuntime
+        from apothic.runtime import LocalRuntime, tune_gc_for_serving
 
         _setup_logging(verbose)
         env = server_env()
@@ -78,6 +78,7 @@ def register(app: typer.Typer) -> None:
 
         async def main() -> None:
             await runtime.astart()
+            tune_gc_for_serving()
             path = write_profile(profile, base_url=runtime.address, api_key=runtime.api_key)
             console.print(f"[green]✓[/green] Apothic is up at [bold]{runtime.address}[/bold] ({workers} worker(s))")
             console.print(f"  state: {folder}   client profile {profile!r} written to {path}")
@@ -104,7 +105,7 @@ def register(app: typer.Typer) -> None:
         """Run only the control plane (workers connect with `apothic worker`)."""
         from apothic.cli._render import console
         from apothic.config import server_env
-        from apothic.runtime import LOCAL_ACCOUNT
+        from apothic.runtime import LOCAL_ACCOUNT, tune_gc_for_serving
         from apothic.server.errors import Unauthenticated
         from apothic.server.server import create_server
         from apothic.server.settings import ServerSettings
@@ -123,6 +124,7 @@ def register(app: typer.Typer) -> None:
         async def main() -> None:
             plane = create_server(settings)
             await plane.start()
+            tune_gc_for_serving()
             account = await plane.accounts.ensure_account(LOCAL_ACCOUNT)
             key = keys.read_text().strip() if keys.exists() else ""
             try:
