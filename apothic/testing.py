@@ -14,6 +14,7 @@ Fixtures:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
@@ -22,11 +23,12 @@ from typing import TypeVar
 
 import pytest
 
+from apothic.app import App
 from apothic.runtime import LocalRuntime
 
 T = TypeVar("T")
 
-__all__ = ["LocalRuntime", "apothic_runtime", "unique_name", "wait_for"]
+__all__ = ["LocalRuntime", "apothic_runtime", "deployed", "unique_name", "wait_for"]
 
 
 def unique_name(prefix: str = "t") -> str:
@@ -48,6 +50,27 @@ def wait_for(condition: Callable[[], T], *, timeout: float = 10.0, interval: flo
         if time.monotonic() >= deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what or condition}")
         time.sleep(interval)
+
+
+@contextlib.contextmanager
+def deployed(app: App, runtime: LocalRuntime) -> Iterator[App]:
+    """Deploys ``app`` to ``runtime`` for the ``with`` block, then stops it.
+
+    Example::
+
+        @pytest.fixture(scope="module")
+        def my_app(apothic_runtime):
+            with deployed(myapp.app, apothic_runtime):
+                yield myapp
+    """
+    previous = app._client
+    app._client = runtime.config
+    app.deploy()
+    try:
+        yield app
+    finally:
+        app.stop()
+        app._client = previous
 
 
 @pytest.fixture(scope="session")

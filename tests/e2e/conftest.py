@@ -8,17 +8,13 @@ from types import ModuleType
 import pytest
 
 from apothic.runtime import LocalRuntime
-from tests.e2e.apps import basic, broken, failing
+from apothic.testing import deployed
+from tests.e2e.apps import basic, broken, calls, failing, nested
 
 
 def _deployed(module: ModuleType, runtime: LocalRuntime) -> Iterator[ModuleType]:
-    module.app._client = runtime.config
-    module.app.deploy()
-    try:
+    with deployed(module.app, runtime):
         yield module
-    finally:
-        module.app.stop()
-        module.app._client = None
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +33,15 @@ def failing_app(apothic_runtime: LocalRuntime) -> Iterator[ModuleType]:
 def broken_app(apothic_runtime: LocalRuntime) -> Iterator[ModuleType]:
     """``tests.e2e.apps.broken``, deployed (it fails to import in its container)."""
     yield from _deployed(broken, apothic_runtime)
+
+
+@pytest.fixture(scope="module")
+def calls_app(apothic_runtime: LocalRuntime) -> Iterator[ModuleType]:
+    """``tests.e2e.apps.calls``, deployed afresh for each test module that uses it."""
+    yield from _deployed(calls, apothic_runtime)
+
+
+@pytest.fixture(scope="module")
+def nested_app(apothic_runtime: LocalRuntime) -> Iterator[ModuleType]:
+    """``tests.e2e.apps.nested``, deployed."""
+    yield from _deployed(nested, apothic_runtime)

@@ -15,19 +15,6 @@ import apothic
 from apothic.exceptions import InvalidConfigError
 from apothic.runtime import LocalRuntime
 from apothic.testing import unique_name, wait_for
-from tests.e2e.apps import calls
-
-
-@pytest.fixture(scope="module")
-def calls_app(apothic_runtime: LocalRuntime) -> Iterator[ModuleType]:
-    """``tests.e2e.apps.calls``, deployed for this module."""
-    calls.app._client = apothic_runtime.config
-    calls.app.deploy()
-    try:
-        yield calls
-    finally:
-        calls.app.stop()
-        calls.app._client = None
 
 
 def _spawn_and_wait(fn: apothic.Function, args: list[tuple[object, ...]]) -> tuple[list[object], float]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -13,22 +12,8 @@ import apothic
 from apothic._client import get_client
 from apothic._sync import run_sync
 from apothic.exceptions import BlockingInAsyncContextError, InvalidArgumentError
-from apothic.runtime import LocalRuntime
 from apothic.testing import wait_for
-from tests.e2e.apps import calls
 from tests.e2e.apps.calls import CallError
-
-
-@pytest.fixture(scope="module")
-def calls_app(apothic_runtime: LocalRuntime) -> Iterator[ModuleType]:
-    """``tests.e2e.apps.calls``, deployed for this module."""
-    calls.app._client = apothic_runtime.config
-    calls.app.deploy()
-    try:
-        yield calls
-    finally:
-        calls.app.stop()
-        calls.app._client = None
 
 
 def _jobs(config: apothic.ClientConfig, function_name: str) -> list[apothic.JobInfo]:

@@ -11,16 +11,6 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 import apothic
 from apothic.runtime import LocalRuntime
 from apothic.testing import unique_name, wait_for
-from tests.e2e.apps import nested
-
-
-@pytest.fixture(scope="module")
-def nested_app(apothic_runtime: LocalRuntime):
-    nested.app._client = apothic_runtime.config
-    nested.app.deploy()
-    yield nested
-    nested.app.stop()
-    nested.app._client = None
 
 
 def test_function_calls_another_function_from_its_container(nested_app) -> None:

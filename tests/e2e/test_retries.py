@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -15,20 +14,7 @@ import apothic
 from apothic.exceptions import FunctionTimeoutError, InvalidConfigError
 from apothic.runtime import LocalRuntime
 from apothic.testing import unique_name, wait_for
-from tests.e2e.apps import calls
 from tests.e2e.apps.calls import CallError
-
-
-@pytest.fixture(scope="module")
-def calls_app(apothic_runtime: LocalRuntime) -> Iterator[ModuleType]:
-    """``tests.e2e.apps.calls``, deployed for this module."""
-    calls.app._client = apothic_runtime.config
-    calls.app.deploy()
-    try:
-        yield calls
-    finally:
-        calls.app.stop()
-        calls.app._client = None
 
 
 def _attempts(counter: Path) -> int:
