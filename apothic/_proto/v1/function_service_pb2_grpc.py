@@ -99,8 +99,10 @@ class FunctionServiceServicer:
     def InvokeFunction(self, request, context):
         """Calls a function and waits for its result. A failure of the user's code comes back
         in-band in `result`; the RPC fails with NOT_FOUND for an unknown app or function,
-        INVALID_ARGUMENT for a malformed or oversized payload, FAILED_PRECONDITION for a stopped
-        deployment and UNAVAILABLE when the control plane stops mid-call.
+        INVALID_ARGUMENT for a malformed or oversized payload or a generator function (use
+        InvokeFunctionStream), FAILED_PRECONDITION for a stopped deployment, RESOURCE_EXHAUSTED
+        beyond the function's max_pending_tasks and UNAVAILABLE when the control plane stops
+        mid-call.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -181,7 +183,8 @@ class FunctionServiceServicer:
 
     def InvokeFunctionStream(self, request, context):
         """Calls a generator function and streams its items as it yields them, then its end.
-        Fails as InvokeFunction does.
+        Fails as InvokeFunction does, and with INVALID_ARGUMENT for a function that is not a
+        generator.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

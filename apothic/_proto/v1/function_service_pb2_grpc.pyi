@@ -36,8 +36,10 @@ class FunctionServiceStub:
     InvokeFunction: _grpc.UnaryUnaryMultiCallable[_function_service_pb2.InvokeFunctionRequest, _function_service_pb2.InvokeFunctionResponse]
     """Calls a function and waits for its result. A failure of the user's code comes back
     in-band in `result`; the RPC fails with NOT_FOUND for an unknown app or function,
-    INVALID_ARGUMENT for a malformed or oversized payload, FAILED_PRECONDITION for a stopped
-    deployment and UNAVAILABLE when the control plane stops mid-call.
+    INVALID_ARGUMENT for a malformed or oversized payload or a generator function (use
+    InvokeFunctionStream), FAILED_PRECONDITION for a stopped deployment, RESOURCE_EXHAUSTED
+    beyond the function's max_pending_tasks and UNAVAILABLE when the control plane stops
+    mid-call.
     """
     SpawnFunction: _grpc.UnaryUnaryMultiCallable[_function_service_pb2.SpawnFunctionRequest, _function_service_pb2.SpawnFunctionResponse]
     """Creates a job and answers with its id once the job has committed. Fails with NOT_FOUND,
@@ -75,7 +77,8 @@ class FunctionServiceStub:
     """
     InvokeFunctionStream: _grpc.UnaryStreamMultiCallable[_function_service_pb2.InvokeFunctionStreamRequest, _function_service_pb2.InvokeFunctionStreamResponse]
     """Calls a generator function and streams its items as it yields them, then its end.
-    Fails as InvokeFunction does.
+    Fails as InvokeFunction does, and with INVALID_ARGUMENT for a function that is not a
+    generator.
     """
 
 @_typing.type_check_only
@@ -86,8 +89,10 @@ class FunctionServiceAsyncStub(FunctionServiceStub):
     InvokeFunction: _aio.UnaryUnaryMultiCallable[_function_service_pb2.InvokeFunctionRequest, _function_service_pb2.InvokeFunctionResponse]  # type: ignore[assignment]
     """Calls a function and waits for its result. A failure of the user's code comes back
     in-band in `result`; the RPC fails with NOT_FOUND for an unknown app or function,
-    INVALID_ARGUMENT for a malformed or oversized payload, FAILED_PRECONDITION for a stopped
-    deployment and UNAVAILABLE when the control plane stops mid-call.
+    INVALID_ARGUMENT for a malformed or oversized payload or a generator function (use
+    InvokeFunctionStream), FAILED_PRECONDITION for a stopped deployment, RESOURCE_EXHAUSTED
+    beyond the function's max_pending_tasks and UNAVAILABLE when the control plane stops
+    mid-call.
     """
     SpawnFunction: _aio.UnaryUnaryMultiCallable[_function_service_pb2.SpawnFunctionRequest, _function_service_pb2.SpawnFunctionResponse]  # type: ignore[assignment]
     """Creates a job and answers with its id once the job has committed. Fails with NOT_FOUND,
@@ -125,7 +130,8 @@ class FunctionServiceAsyncStub(FunctionServiceStub):
     """
     InvokeFunctionStream: _aio.UnaryStreamMultiCallable[_function_service_pb2.InvokeFunctionStreamRequest, _function_service_pb2.InvokeFunctionStreamResponse]  # type: ignore[assignment]
     """Calls a generator function and streams its items as it yields them, then its end.
-    Fails as InvokeFunction does.
+    Fails as InvokeFunction does, and with INVALID_ARGUMENT for a function that is not a
+    generator.
     """
 
 class FunctionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -139,8 +145,10 @@ class FunctionServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_function_service_pb2.InvokeFunctionResponse, _abc.Awaitable[_function_service_pb2.InvokeFunctionResponse]]:
         """Calls a function and waits for its result. A failure of the user's code comes back
         in-band in `result`; the RPC fails with NOT_FOUND for an unknown app or function,
-        INVALID_ARGUMENT for a malformed or oversized payload, FAILED_PRECONDITION for a stopped
-        deployment and UNAVAILABLE when the control plane stops mid-call.
+        INVALID_ARGUMENT for a malformed or oversized payload or a generator function (use
+        InvokeFunctionStream), FAILED_PRECONDITION for a stopped deployment, RESOURCE_EXHAUSTED
+        beyond the function's max_pending_tasks and UNAVAILABLE when the control plane stops
+        mid-call.
         """
 
     @_abc_1.abstractmethod
@@ -238,7 +246,8 @@ class FunctionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_function_service_pb2.InvokeFunctionStreamResponse], _abc.AsyncIterator[_function_service_pb2.InvokeFunctionStreamResponse]]:
         """Calls a generator function and streams its items as it yields them, then its end.
-        Fails as InvokeFunction does.
+        Fails as InvokeFunction does, and with INVALID_ARGUMENT for a function that is not a
+        generator.
         """
 
 def add_FunctionServiceServicer_to_server(servicer: FunctionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
