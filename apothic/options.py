@@ -215,11 +215,7 @@ def check_schedule_target(name: str, options: FunctionOptions, raw: Callable[...
         params = inspect.signature(raw).parameters.values()
     except (TypeError, ValueError):
         return
-    required = [
-        p.name
-        for p in params
-        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    ]
+    required = [p.name for p in params if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     if required:
         raise InvalidConfigError(
             f"{name}: a scheduled function is called with no arguments, but it requires "

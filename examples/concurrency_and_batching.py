@@ -1,6 +1,6 @@
 """Several inputs per container: @concurrent for I/O-bound work, @batched for vectorised work.
 
-    apothic run examples/concurrency_and_batching.py
+apothic run examples/concurrency_and_batching.py
 """
 
 import asyncio

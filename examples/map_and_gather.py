@@ -1,6 +1,6 @@
 """Fan out: map, starmap, for_each, spawn_map and gather.
 
-    apothic run examples/map_and_gather.py
+apothic run examples/map_and_gather.py
 """
 
 import apothic

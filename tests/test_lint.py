@@ -15,13 +15,16 @@ def _ruff() -> list[str]:
     return [exe]
 
 
+DIRS = ["apothic", "server", "worker", "tests", "examples", "benchmarks"]
+
+
 def test_ruff_check() -> None:
-    proc = subprocess.run(
-        [*_ruff(), "check", "apothic", "server", "worker", "tests", "examples"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    proc = subprocess.run([*_ruff(), "check", *DIRS], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_ruff_format() -> None:
+    proc = subprocess.run([*_ruff(), "format", "--check", *DIRS], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

@@ -31,6 +31,7 @@ def prefetch_for(*, max_inputs: int, batch_max_size: int, is_async: bool, is_gen
     serial = max_inputs <= 1 and not batch_max_size and not is_async and not is_generator
     return PREFETCH if serial else 0
 
+
 # Worker -> container
 RUN = "run"
 CANCEL = "cancel"
