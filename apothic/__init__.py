@@ -8,6 +8,7 @@ from apothic import config, exceptions
 from apothic.app import App
 from apothic.concurrency import batched, concurrent
 from apothic.config import ClientConfig
+from apothic.dict import Dict
 from apothic.functions import Function, RemoteFunction
 from apothic.job import Job, gather
 from apothic.models import (
@@ -25,6 +26,7 @@ from apothic.models import (
     JobStatus,
     ScheduleInfo,
 )
+from apothic.queue import Claim, Queue
 from apothic.retries import Retries
 from apothic.schedules import Cron, Period
 
@@ -33,10 +35,12 @@ __version__ = "0.1.0"
 __all__ = [
     "App",
     "AppInfo",
+    "Claim",
     "ClientConfig",
     "Cron",
     "DeploymentInfo",
     "DeploymentStatus",
+    "Dict",
     "Function",
     "Job",
     "JobEndEvent",
@@ -49,6 +53,7 @@ __all__ = [
     "JobSnapshotEvent",
     "JobStatus",
     "Period",
+    "Queue",
     "RemoteFunction",
     "Retries",
     "ScheduleInfo",

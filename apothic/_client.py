@@ -50,6 +50,7 @@ from apothic.models import (
     ScheduleInfo,
 )
 from apothic.options import FunctionDefinition
+from apothic.queue import QueueInfo, QueueItem
 from apothic.retries import Retries
 from apothic.schedules import Cron, Period
 
@@ -499,6 +500,258 @@ class Client:
             raise from_grpc_error(err) from None
         finally:
             call.cancel()
+
+    # -- dicts --------------------------------------------------------------------------
+
+    @property
+    def _dicts(self) -> Any:
+        stub = self.__dict__.get("_dict_stub")
+        if stub is None:
+            from apothic._proto.v1 import dict_service_pb2_grpc as dict_grpc
+
+            stub = self.__dict__["_dict_stub"] = dict_grpc.DictServiceStub(self._channel)
+        return stub
+
+    async def create_dict(self, name: str, *, exist_ok: bool) -> tuple[int, bool]:
+        """Creates a dict (or finds it when ``exist_ok``); returns its rev and whether it was
+        created."""
+        from apothic._proto.v1 import dict_service_pb2 as dict_pb
+
+        resp = await self._unary(self._dicts.CreateDict, dict_pb.CreateDictRequest(name=name, exist_ok=exist_ok))
+        return int(resp.dict.rev), bool(resp.created)
+
+    async def get_dict(self, name: str) -> tuple[int, int]:
+        """Returns a dict's rev and number of keys."""
+        from apothic._proto.v1 import dict_service_pb2 as dict_pb
+
+        resp = await self._unary(self._dicts.GetDict, dict_pb.GetDictRequest(name=name))
+        return int(resp.dict.rev), int(resp.dict.length)
+
+    async def delete_dict(self, name: str) -> None:
+        """Deletes a dict and its keys."""
+        from apothic._proto.v1 import dict_service_pb2 as dict_pb
+
+        await self._unary(self._dicts.DeleteDict, dict_pb.DeleteDictRequest(name=name))
+
+    @staticmethod
+    def _dict_entry(entry: Any) -> Any:
+        from apothic.dict import DictEntry
+
+        value = None
+        if entry.HasField("value"):
+            value = ser.loads_value(FORMAT_FROM_PB.get(entry.value.format, ser.CLOUDPICKLE), entry.value.data)
+        return DictEntry(
+            key=entry.key, value=value, version=entry.version, mod_rev=entry.mod_rev, create_rev=entry.create_rev
+        )
+
+    async def dict_get(self, name: str, key: str) -> Any:
+        """Returns one key as a :class:`apothic.dict.DictEntry`, or None when it is missing."""
+        from apothic._proto.v1 import dict_service_pb2 as dict_pb
+
+        resp = await self._unary(self._dicts.GetDictValue, dict_pb.GetDictValueRequest(name=name, key=key))
+        return self._dict_entry(resp.entry) if resp.found else None
+
+    async def dict_put(
+        self,
+        name: str,
+        key: str,
+        value: Any,
+        *,
+        if_absent: bool = False,
+        if_version: int | None = None,
+        request_id: str = "",
+    ) -> tuple[int, int]:
+        """Writes one key (value cloudpickled); returns its new version and the dict's rev."""
+        from apothic._proto.v1 import dict_service_pb2 as dict_pb
+        from apothic.dict import encode_value
+
+        req = dict_pb.PutDictValueRequest(
+            name=name,
+            key=key,
+            value=pb.Payload(format=pb.PAYLOAD_FORMAT_CLOUDPICKLE, data=encode_value(key, value)),
+            if_absent=if_absent,
+            request_id=request_id,
+        )
+        if if_version is not None:
+            req.if_version = if_version
+        resp = await self._unary(self._dicts.PutDictValue, req)
+        return int(resp.version), int(resp.rev)
+
+    async def dict_delete(self, name: str, key: str, *, request_id: str = "") -> tuple[bool, int]:
+        """Deletes one key; returns whether it existed and the dict's rev."""
+        from apothic._proto.v1 import dict_service_pb2 as dict_pb
+
+        req = dict_pb.DeleteDictValueRequest(name=name, key=key, request_id=request_id)
+        resp = await self._unary(self._dicts.DeleteDictValue, req)
+        return bool(resp.deleted), int(resp.rev)
+
+    async def dict_list(
+        self, name: str, *, prefix: str = "", start_after: str = "", limit: int = 0, keys_only: bool = False
+    ) -> tuple[list[Any], bool]:
+        """One page of entries in key order, and whether more follow."""
+        from apothic._proto.v1 import dict_service_pb2 as dict_pb
+
+        req = dict_pb.ListDictEntriesRequest(
+            name=name, prefix=prefix, start_after=start_after, limit=limit, keys_only=keys_only
+        )
+        resp = await self._unary(self._dicts.ListDictEntries, req)
+        return [self._dict_entry(e) for e in resp.entries], bool(resp.more)
+
+    async def dict_txn(
+        self, name: str, compares: list[Any], then: list[Any], else_: list[Any], *, request_id: str = ""
+    ) -> Any:
+        """Runs a transaction of :mod:`apothic.dict` compares and ops; returns a
+        :class:`apothic.dict.DictTxnResult`."""
+        from apothic._proto.v1 import dict_service_pb2 as dict_pb
+        from apothic.dict import DictDelete, DictPut, DictTxnResult, encode_value
+
+        ops_pb = {
+            "==": dict_pb.DICT_COMPARE_OP_EQUAL,
+            "!=": dict_pb.DICT_COMPARE_OP_NOT_EQUAL,
+            ">": dict_pb.DICT_COMPARE_OP_GREATER,
+            "<": dict_pb.DICT_COMPARE_OP_LESS,
+        }
+
+        def op_pb(op: Any) -> Any:
+            if isinstance(op, DictPut):
+                data = encode_value(op.key, op.value)
+                value = pb.Payload(format=pb.PAYLOAD_FORMAT_CLOUDPICKLE, data=data)
+                return dict_pb.DictOp(put=dict_pb.DictPutOp(key=op.key, value=value))
+            if isinstance(op, DictDelete):
+                return dict_pb.DictOp(delete=dict_pb.DictDeleteOp(key=op.key))
+            raise InvalidConfigError(f"a txn operation must be a DictPut or DictDelete, not {type(op).__name__}")
+
+        compares_pb = []
+        for c in compares:
+            if c.op not in ops_pb:
+                raise InvalidConfigError(f"compare op {c.op!r} is not one of {', '.join(ops_pb)}")
+            compares_pb.append(dict_pb.DictCompare(key=c.key, op=ops_pb[c.op], version=c.version))
+        req = dict_pb.ExecuteDictTxnRequest(
+            name=name,
+            compares=compares_pb,
+            then_ops=[op_pb(o) for o in then],
+            else_ops=[op_pb(o) for o in else_],
+            request_id=request_id,
+        )
+        resp = await self._unary(self._dicts.ExecuteDictTxn, req)
+        return DictTxnResult(succeeded=bool(resp.succeeded), rev=int(resp.rev))
+
+    # -- queues -------------------------------------------------------------------------
+
+    def _queue_stub(self) -> Any:
+        stub = self.__dict__.get("_queue_service")
+        if stub is None:
+            from apothic._proto.v1 import queue_service_pb2_grpc as q_grpc
+
+            stub = self.__dict__["_queue_service"] = q_grpc.QueueServiceStub(self._channel)
+        return stub
+
+    async def create_queue(self, name: str, max_attempts: int | None = None) -> QueueInfo:
+        """Creates a queue, or returns the existing one."""
+        from apothic._proto.v1 import queue_service_pb2 as q_pb
+
+        req = q_pb.CreateQueueRequest(name=name, max_attempts=max_attempts)
+        return _queue_info(await self._unary(self._queue_stub().CreateQueue, req))
+
+    async def get_queue(self, name: str) -> QueueInfo:
+        """Returns a queue's state."""
+        from apothic._proto.v1 import queue_service_pb2 as q_pb
+
+        return _queue_info(await self._unary(self._queue_stub().GetQueue, q_pb.GetQueueRequest(name=name)))
+
+    async def delete_queue(self, name: str) -> None:
+        """Deletes a queue and its dead-letter queue."""
+        from apothic._proto.v1 import queue_service_pb2 as q_pb
+
+        await self._unary(self._queue_stub().DeleteQueue, q_pb.DeleteQueueRequest(name=name))
+
+    async def put_items(self, name: str, items: list[tuple[str, bytes]], *, partition: str, request_id: str) -> int:
+        """Appends ``(format, data)`` items; returns the queue's rev once they committed."""
+        from apothic._proto.v1 import queue_service_pb2 as q_pb
+
+        payloads = [pb.Payload(format=FORMAT_TO_PB[fmt], data=data) for fmt, data in items]
+        req = q_pb.PutItemsRequest(name=name, partition=partition, items=payloads, request_id=request_id)
+        return int((await self._unary(self._queue_stub().PutItems, req)).rev)
+
+    async def get_items(self, name: str, n: int, *, wait_s: float, partition: str, request_id: str) -> list[QueueItem]:
+        """Removes up to ``n`` items (claim and ack in one step)."""
+        from apothic._proto.v1 import queue_service_pb2 as q_pb
+
+        req = q_pb.GetItemsRequest(name=name, partition=partition, n=n, wait_s=wait_s, request_id=request_id)
+        return [_queue_item(i) for i in (await self._unary(self._queue_stub().GetItems, req)).items]
+
+    async def claim_items(
+        self, name: str, n: int, *, lease_s: float, wait_s: float, partition: str, request_id: str
+    ) -> list[QueueItem]:
+        """Leases up to ``n`` items."""
+        from apothic._proto.v1 import queue_service_pb2 as q_pb
+
+        req = q_pb.ClaimItemsRequest(
+            name=name, partition=partition, n=n, lease_s=lease_s, wait_s=wait_s, request_id=request_id
+        )
+        return [_queue_item(i) for i in (await self._unary(self._queue_stub().ClaimItems, req)).items]
+
+    async def ack_items(self, name: str, receipts: list[str], *, request_id: str) -> int:
+        """Acknowledges claims; returns the queue's rev."""
+        from apothic._proto.v1 import queue_service_pb2 as q_pb
+
+        req = q_pb.AckItemsRequest(name=name, receipts=receipts, request_id=request_id)
+        return int((await self._unary(self._queue_stub().AckItems, req)).rev)
+
+    async def renew_lease(self, name: str, receipt: str, lease_s: float, *, request_id: str) -> datetime:
+        """Extends a claim's lease; returns its new deadline."""
+        from apothic._proto.v1 import queue_service_pb2 as q_pb
+
+        req = q_pb.RenewLeaseRequest(name=name, receipt=receipt, lease_s=lease_s, request_id=request_id)
+        resp = await self._unary(self._queue_stub().RenewLease, req)
+        return resp.lease_deadline.ToDatetime(tzinfo=UTC)
+
+    async def release_item(self, name: str, receipt: str, delay_s: float, error: str, *, request_id: str) -> bool:
+        """Gives a claimed item back; returns whether it moved to the dead-letter queue."""
+        from apothic._proto.v1 import queue_service_pb2 as q_pb
+
+        req = q_pb.ReleaseItemRequest(name=name, receipt=receipt, delay_s=delay_s, error=error, request_id=request_id)
+        return bool((await self._unary(self._queue_stub().ReleaseItem, req)).dead_lettered)
+
+    async def queue_length(self, name: str, partition: str | None) -> int:
+        """Counts items not yet acked, in one partition or all (None)."""
+        from apothic._proto.v1 import queue_service_pb2 as q_pb
+
+        req = q_pb.GetQueueLengthRequest(name=name, partition=partition)
+        return int((await self._unary(self._queue_stub().GetQueueLength, req)).length)
+
+    async def clear_queue(self, name: str, partition: str | None, *, request_id: str) -> int:
+        """Removes the items of one partition or all (None); returns how many."""
+        from apothic._proto.v1 import queue_service_pb2 as q_pb
+
+        req = q_pb.ClearQueueRequest(name=name, partition=partition, request_id=request_id)
+        return int((await self._unary(self._queue_stub().ClearQueue, req)).removed)
+
+    async def redrive_queue(self, name: str, *, request_id: str) -> int:
+        """Moves the dead-letter queue's items back; returns how many."""
+        from apothic._proto.v1 import queue_service_pb2 as q_pb
+
+        req = q_pb.RedriveQueueRequest(name=name, request_id=request_id)
+        return int((await self._unary(self._queue_stub().RedriveQueue, req)).moved)
+
+
+def _queue_info(resp: Any) -> QueueInfo:
+    q = resp.queue
+    return QueueInfo(
+        name=q.name, rev=q.rev, max_attempts=q.max_attempts, length=q.length, dead_letter_queue=q.dead_letter_queue
+    )
+
+
+def _queue_item(item: Any) -> QueueItem:
+    return QueueItem(
+        format=FORMAT_FROM_PB.get(item.value.format, ser.CLOUDPICKLE),
+        data=item.value.data,
+        receipt=item.receipt,
+        attempt=item.attempt,
+        lease_deadline=_time(item.lease_deadline) if item.HasField("lease_deadline") else None,
+        last_error=item.last_error,
+        partition=item.partition,
+    )
 
 
 _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], Client]] = (

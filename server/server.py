@@ -14,18 +14,30 @@ import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from apothic._proto.v1 import app_service_pb2, function_service_pb2, worker_service_pb2
+from apothic._proto.v1 import (
+    app_service_pb2,
+    dict_service_pb2,
+    function_service_pb2,
+    queue_service_pb2,
+    worker_service_pb2,
+)
 from apothic._proto.v1 import app_service_pb2_grpc as app_grpc
+from apothic._proto.v1 import dict_service_pb2_grpc as dict_grpc
 from apothic._proto.v1 import function_service_pb2_grpc as fn_grpc
+from apothic._proto.v1 import queue_service_pb2_grpc as queue_grpc
 from apothic._proto.v1 import worker_service_pb2_grpc as w_grpc
 from apothic.server.auth import Accounts, AuthInterceptor
 from apothic.server.deployments import DeploymentManager
+from apothic.server.dicts import DictManager
 from apothic.server.jobs import JobManager
 from apothic.server.models import JOB_FAILED
+from apothic.server.queues import QueueManager
 from apothic.server.scheduler import Scheduler
 from apothic.server.schedules import ScheduleRunner
 from apothic.server.servicers.apps import AppServicer
+from apothic.server.servicers.dicts import DictServicer
 from apothic.server.servicers.functions import FunctionServicer
+from apothic.server.servicers.queues import QueueServicer
 from apothic.server.servicers.workers import WorkerServicer
 from apothic.server.settings import ServerSettings
 from apothic.server.store import Store
@@ -37,6 +49,8 @@ SERVICE_NAMES = (
     function_service_pb2.DESCRIPTOR.services_by_name["FunctionService"].full_name,
     app_service_pb2.DESCRIPTOR.services_by_name["AppService"].full_name,
     worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
+    dict_service_pb2.DESCRIPTOR.services_by_name["DictService"].full_name,
+    queue_service_pb2.DESCRIPTOR.services_by_name["QueueService"].full_name,
 )
 
 
@@ -56,6 +70,8 @@ class ControlPlane:
         self.jobs.scheduler = self.scheduler
         self.deployments = DeploymentManager(self.store)
         self.deployments.scheduler = self.scheduler
+        self.dicts = DictManager(self.store)
+        self.queues = QueueManager(self.store)
         self.scheduler.live_deployments = self.deployments.live
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         #: Also serves in-process worker sessions (see apothic.worker.transport).
@@ -95,6 +111,8 @@ class ControlPlane:
         self._lock_state_dir()
         await self.store.open()
         await self.deployments.load()
+        await self.queues.load()
+        self.queues.start()
         self.scheduler.start()
         self.deployments.start_reaper()
         await self._recover_jobs()
@@ -111,6 +129,8 @@ class ControlPlane:
         fn_grpc.add_FunctionServiceServicer_to_server(FunctionServicer(self.deployments, self.jobs), server)
         app_grpc.add_AppServiceServicer_to_server(AppServicer(self.deployments, self.jobs, self.schedules), server)
         w_grpc.add_WorkerServiceServicer_to_server(self.worker_servicer, server)
+        dict_grpc.add_DictServiceServicer_to_server(DictServicer(self.dicts), server)
+        queue_grpc.add_QueueServiceServicer_to_server(QueueServicer(self.queues), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         self.port = server.add_insecure_port(f"{self.settings.host}:{self.settings.grpc_port}")
@@ -146,6 +166,7 @@ class ControlPlane:
                 await self._set_health(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.schedules.stop()
         await self.jobs.close()
+        await self.queues.close()
         for worker in list(self.scheduler.workers.values()):
             worker.outbox.put_nowait(None)  # ends in-process sessions too
         if self.server is not None:

@@ -20,6 +20,7 @@ from typing import Any
 from surrealdb import AsyncSurreal, RecordID
 
 from apothic.server import cbor
+from apothic.server.dicts import DictEntryRecord, DictRecord
 from apothic.server.models import (
     DEPLOYMENT_LIVE,
     DEPLOYMENT_STOPPED,
@@ -41,6 +42,8 @@ MAX_BATCH = 512
 _VAR_RE = re.compile(r"\$([A-Za-z_]\w*)")
 #: Error text of a schedule tick that already fired (see ``Store.schedule_fire_statements``).
 _TICK_TAKEN = "schedule tick already fired"
+#: Error text of a dict write whose dict changed since it was read (another replica wrote).
+_DICT_CONFLICT = "dict changed concurrently"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 Statement = tuple[str, dict[str, Any]]
@@ -618,6 +621,217 @@ class Store:
             {"dep": deployment_id, "fn": function, "acct": account},
         )
         return [(r["tick"], r["job"]) for r in rows]
+
+    # -- queues ------------------------------------------------------------------------
+    # A queue is one ``queue`` record ([account, name]: rev, next_seq, max_attempts), one
+    # ``queue_item`` record per item not yet acked ([account, name, seq]) and the request
+    # ids it recently applied (``queue_request``). See apothic.server.queues.
+
+    async def queue_rows(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+        """Every queue, queue item (by seq) and recorded request id (by ``n``), of all accounts."""
+        queues = await self._q("SELECT * FROM queue")
+        items = await self._q("SELECT * FROM queue_item ORDER BY seq")
+        requests = await self._q("SELECT * FROM queue_request ORDER BY n")
+        return list(queues), list(items), list(requests)
+
+    def queue_create_statement(self, account: str, name: str, max_attempts: int, now: datetime) -> Statement:
+        """Creates a queue record at rev 1; fails the write when the queue already exists."""
+        doc = {
+            "account": account,
+            "name": name,
+            "rev": 1,
+            "next_seq": 1,
+            "max_attempts": max_attempts,
+            "created_at": now,
+        }
+        return ("CREATE $id CONTENT $doc RETURN NONE", {"id": RecordID("queue", [account, name]), "doc": doc})
+
+    def queue_rev_statement(self, account: str, name: str, rev: int, next_seq: int) -> Statement:
+        """Records a queue's new rev and next item seq."""
+        return (
+            "UPDATE $id SET rev = $rev, next_seq = $next RETURN NONE",
+            {"id": RecordID("queue", [account, name]), "rev": rev, "next": next_seq},
+        )
+
+    def queue_insert_items_statement(self, account: str, name: str, items: list[dict[str, Any]]) -> Statement:
+        """Inserts items; each dict holds seq, partition, format, data, attempt, epoch, leased,
+        lease_deadline, visible_at, last_error and enqueued_at."""
+        rows = [
+            {"id": RecordID("queue_item", [account, name, i["seq"]]), "account": account, "queue": name, **i}
+            for i in items
+        ]
+        return ("INSERT INTO queue_item $rows RETURN NONE", {"rows": rows})
+
+    def queue_update_items_statement(self, account: str, name: str, items: list[dict[str, Any]]) -> Statement:
+        """Updates the mutable fields of items; each dict holds seq, attempt, epoch, leased,
+        lease_deadline, visible_at and last_error."""
+        rows = [
+            {"id": RecordID("queue_item", [account, name, i["seq"]]), "set": {k: v for k, v in i.items() if k != "seq"}}
+            for i in items
+        ]
+        return ("FOR $r IN $rows { UPDATE $r.id MERGE $r.set RETURN NONE; }", {"rows": rows})
+
+    def queue_delete_items_statement(self, account: str, name: str, seqs: list[int]) -> Statement:
+        """Deletes items by seq."""
+        ids = [RecordID("queue_item", [account, name, seq]) for seq in seqs]
+        return ("FOR $i IN $ids { DELETE $i RETURN NONE; }", {"ids": ids})
+
+    def queue_clear_statement(self, account: str, name: str, partition: str | None) -> Statement:
+        """Deletes every item of one partition of a queue, or of all its partitions."""
+        where = "account = $acct AND queue = $name" + ("" if partition is None else " AND partition = $part")
+        return (
+            f"DELETE queue_item WHERE {where} RETURN NONE",
+            {"acct": account, "name": name, "part": partition or ""},
+        )
+
+    def queue_delete_statements(self, account: str, name: str) -> list[Statement]:
+        """Deletes a queue record, its items and its recorded request ids."""
+        params = {"acct": account, "name": name}
+        return [
+            ("DELETE $id RETURN NONE", {"id": RecordID("queue", [account, name])}),
+            ("DELETE queue_item WHERE account = $acct AND queue = $name RETURN NONE", params),
+            ("DELETE queue_request WHERE account = $acct AND queue = $name RETURN NONE", dict(params)),
+        ]
+
+    def queue_request_statements(
+        self, account: str, name: str, request_id: str, n: int, result: dict[str, Any], evict: list[str]
+    ) -> list[Statement]:
+        """Records that a request id was applied (with what it answered) and forgets ``evict``."""
+        doc = {"account": account, "queue": name, "request_id": request_id, "n": n, "result": result}
+        stmts: list[Statement] = [
+            (
+                "CREATE $id CONTENT $doc RETURN NONE",
+                {"id": RecordID("queue_request", [account, name, request_id]), "doc": doc},
+            )
+        ]
+        if evict:
+            ids = [RecordID("queue_request", [account, name, old]) for old in evict]
+            stmts.append(("FOR $i IN $ids { DELETE $i RETURN NONE; }", {"ids": ids}))
+        return stmts
+
+    # -- dicts -------------------------------------------------------------------------
+    # A dict is one ``dict`` record (rev), one ``dict_entry`` record per key ([dict key,
+    # key]) and its recent request ids (``dict_request``). See apothic.server.dicts.
+
+    async def create_dict(self, record: DictRecord) -> None:
+        """Creates a dict's row; fails when the account already has a dict of that name."""
+        doc = {
+            "account": record.account,
+            "name": record.name,
+            "rev": record.rev,
+            "writes": record.writes,
+            "created_at": record.created_at,
+        }
+        await self.commit([("CREATE $id CONTENT $doc RETURN NONE", {"id": _rid("dict", record.dict_id), "doc": doc})])
+
+    async def find_dict(self, account: str, name: str) -> DictRecord | None:
+        rows = await self._q(
+            "SELECT * FROM dict WHERE account = $acct AND name = $name LIMIT 1", {"acct": account, "name": name}
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return DictRecord(f"dicts:{r['id'].id}", r["account"], r["name"], r["rev"], r["created_at"], r["writes"])
+
+    async def dict_entries(self, dict_id: str) -> list[DictEntryRecord]:
+        rows = await self._q("SELECT * FROM dict_entry WHERE dict = $d", {"d": dict_id})
+        return [
+            DictEntryRecord(r["key"], r["value"], r["format"], r["version"], r["mod_rev"], r["create_rev"])
+            for r in rows
+        ]
+
+    async def dict_requests(self, dict_id: str, limit: int) -> list[tuple[str, int, dict[str, Any]]]:
+        """The newest ``limit`` request ids of a dict with their seq and outcome, oldest first."""
+        rows = await self._q(
+            "SELECT request_id, seq, outcome FROM dict_request WHERE dict = $d ORDER BY seq DESC LIMIT $n",
+            {"d": dict_id, "n": limit},
+        )
+        return [(r["request_id"], r["seq"], r["outcome"]) for r in reversed(rows)]
+
+    async def delete_dict(self, dict_id: str) -> None:
+        """Deletes a dict's row, its entries and its request ids."""
+        await self.commit(
+            [
+                ("DELETE $id RETURN NONE", {"id": _rid("dict", dict_id)}),
+                ("DELETE dict_entry WHERE dict = $d RETURN NONE", {"d": dict_id}),
+                ("DELETE dict_request WHERE dict = $d RETURN NONE", {"d": dict_id}),
+            ]
+        )
+
+    def dict_mutation_statements(
+        self,
+        record: DictRecord,
+        new_rev: int,
+        writes: list[DictEntryRecord],
+        deletes: list[str],
+        *,
+        request: tuple[str, int, dict[str, Any]] | None = None,
+        evicted_requests: list[str] | None = None,
+    ) -> list[Statement]:
+        """Statements of one dict mutation.
+
+        Guarded on the dict row's write counter still being at ``record.writes``
+        (:meth:`is_dict_conflict` recognizes the failure), they advance it by one, move the
+        rev to ``new_rev`` and write the entries. ``request`` (id, seq, outcome) is stored
+        for idempotent retries and ``evicted_requests`` are forgotten. With no writes and no
+        deletes only the request is stored (the rev stays, the write counter advances).
+        """
+        dict_rid = _rid("dict", record.dict_id)
+        dkey = _key(record.dict_id)
+        guard = {
+            "d": dict_rid,
+            "expected": record.writes,
+            "writes": record.writes + 1,
+            "rev": new_rev,
+            "msg": f"{_DICT_CONFLICT}: {record.dict_id} changed since write {record.writes}",
+        }
+        stmts: list[Statement] = [
+            ("IF $d.writes != $expected { THROW $msg }; UPDATE $d SET rev = $rev, writes = $writes RETURN NONE", guard)
+        ]
+        if writes:
+            rows = [
+                {
+                    "id": RecordID("dict_entry", [dkey, e.key]),
+                    "doc": {
+                        "account": record.account,
+                        "dict": record.dict_id,
+                        "key": e.key,
+                        "value": e.value,
+                        "format": e.format,
+                        "version": e.version,
+                        "mod_rev": e.mod_rev,
+                        "create_rev": e.create_rev,
+                    },
+                }
+                for e in writes
+            ]
+            stmts.append(("FOR $r IN $rows { UPSERT $r.id CONTENT $r.doc RETURN NONE; }", {"rows": rows}))
+        if deletes:
+            ids = [RecordID("dict_entry", [dkey, k]) for k in deletes]
+            stmts.append(("FOR $i IN $ids { DELETE $i RETURN NONE; }", {"ids": ids}))
+        if request is not None:
+            request_id, seq, outcome = request
+            doc = {"account": record.account, "dict": record.dict_id, "request_id": request_id, "seq": seq}
+            stmts.append(
+                (
+                    "UPSERT $id CONTENT $doc RETURN NONE",
+                    {"id": RecordID("dict_request", [dkey, request_id]), "doc": {**doc, "outcome": outcome}},
+                )
+            )
+        if evicted_requests:
+            ids = [RecordID("dict_request", [dkey, r]) for r in evicted_requests]
+            stmts.append(("FOR $i IN $ids { DELETE $i RETURN NONE; }", {"ids": ids}))
+        return stmts
+
+    async def dict_writes(self, dict_id: str) -> int | None:
+        """A dict's committed write counter (None when it no longer exists)."""
+        writes = await self._q("SELECT VALUE writes FROM ONLY $d", {"d": _rid("dict", dict_id)})
+        return int(writes) if writes is not None else None
+
+    @staticmethod
+    def is_dict_conflict(exc: BaseException) -> bool:
+        """Whether a failed write failed because its dict changed since it was read."""
+        return _DICT_CONFLICT in str(exc)
 
 
 __all__ = ["DEPLOYMENT_STOPPED", "DEPLOYMENT_SUPERSEDED", "Store"]

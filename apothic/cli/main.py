@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import typer
 
-from apothic.cli import runtime_cmds
+from apothic.cli import dict_cmds, queue_cmds, runtime_cmds
 from apothic.cli._render import err_console
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -33,6 +33,8 @@ app.add_typer(job_app, name="job")
 app.add_typer(deployment_app, name="deployment")
 app.add_typer(app_app, name="app")
 runtime_cmds.register(app)
+dict_cmds.register(app)
+queue_cmds.register(app)
 
 JSON_OPT = typer.Option(False, "--json", help="Print machine-readable JSON.")
 

@@ -1,0 +1,400 @@
+"""``Dict``: a named, durable key-value map with per-key versions and compare-and-set.
+
+Example::
+
+    counters = apothic.Dict.from_name("counters")
+    counters["visits"] = 0
+    while True:
+        entry = counters.get_entry("visits")
+        try:
+            counters.compare_and_set("visits", entry.version, entry.value + 1)
+            break
+        except apothic.exceptions.FailedPreconditionError:
+            continue  # someone else wrote first: read again
+
+Every write answers after it committed. Each key carries a ``version`` (1 when created, +1
+per write; a missing key has version 0) and ``mod_rev``/``create_rev``, the dict's ``rev``
+at its last and first write; the dict's ``rev`` grows by one with each committed mutation,
+across control-plane restarts too. Mutations take an optional ``request_id``: a retried
+request with the same id is applied once and answers as the first did.
+
+Keys are non-empty strings of at most 512 UTF-8 bytes; values are anything cloudpickle can
+serialize, up to 1 MiB serialized.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import cloudpickle
+
+from apothic._lazy import get_client
+from apothic._sync import iter_sync, run_sync
+from apothic.config import ClientConfig
+from apothic.exceptions import SerializationError
+
+__all__ = ["Dict", "DictCompare", "DictDelete", "DictEntry", "DictPut", "DictTxnResult"]
+
+CompareOp = Literal["==", "!=", ">", "<"]
+_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class DictEntry:
+    """One key of a dict as stored.
+
+    Attributes:
+        key: the key.
+        value: the value.
+        version: 1 when the key was created, +1 per write since.
+        mod_rev: the dict's rev of the last write to this key.
+        create_rev: the dict's rev of the write that created this key.
+    """
+
+    key: str
+    value: Any
+    version: int
+    mod_rev: int
+    create_rev: int
+
+
+@dataclass(frozen=True)
+class DictCompare:
+    """A condition of :meth:`Dict.txn`: ``version(key) <op> version``; a missing key has
+    version 0, so ``DictCompare(key, "==", 0)`` means "absent" and ``DictCompare(key, ">",
+    0)`` "present".
+
+    Attributes:
+        key: the key compared.
+        op: one of ``==``, ``!=``, ``>``, ``<``.
+        version: the version compared with.
+    """
+
+    key: str
+    op: CompareOp = "=="
+    version: int = 0
+
+
+@dataclass(frozen=True)
+class DictPut:
+    """An operation of :meth:`Dict.txn` that writes ``key``."""
+
+    key: str
+    value: Any
+
+
+@dataclass(frozen=True)
+class DictDelete:
+    """An operation of :meth:`Dict.txn` that deletes ``key`` (nothing when it is missing)."""
+
+    key: str
+
+
+@dataclass(frozen=True)
+class DictTxnResult:
+    """How :meth:`Dict.txn` went.
+
+    Attributes:
+        succeeded: every compare held and the ``then`` branch ran; else the ``else_``
+            branch ran.
+        rev: the dict's rev after the transaction.
+    """
+
+    succeeded: bool
+    rev: int
+
+
+def encode_value(key: str, value: Any) -> bytes:
+    """Serializes a value for ``key`` with cloudpickle.
+
+    Raises:
+        SerializationError: the value cannot be pickled.
+    """
+    try:
+        return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise SerializationError(f"the value for dict key {key!r} cannot be serialized: {exc}") from exc
+
+
+class _DictAio:
+    """The async forms of :class:`Dict`'s methods (``d.aio.get(key)``…)."""
+
+    def __init__(self, d: Dict) -> None:
+        self._d = d
+
+    def _client(self) -> Any:
+        return get_client(self._d._config)
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        """Returns the value of ``key``, or ``default`` when it is missing."""
+        entry = await self.get_entry(key)
+        return default if entry is None else entry.value
+
+    async def get_entry(self, key: str) -> DictEntry | None:
+        """Returns ``key`` with its version and revisions, or None when it is missing."""
+        entry: DictEntry | None = await self._client().dict_get(self._d.name, key)
+        return entry
+
+    async def contains(self, key: str) -> bool:
+        """Whether ``key`` exists."""
+        return await self.get_entry(key) is not None
+
+    async def put(
+        self, key: str, value: Any, *, if_absent: bool = False, if_version: int | None = None, request_id: str = ""
+    ) -> int:
+        """Writes ``key`` and returns its new version.
+
+        Args:
+            key: the key.
+            value: any value cloudpickle can serialize, up to 1 MiB serialized.
+            if_absent: write only when the key does not exist.
+            if_version: write only when the key is at this version (0: does not exist).
+            request_id: a retried call with the same id is applied once.
+
+        Raises:
+            FailedPreconditionError: the condition does not hold; the message names the
+                key's current version.
+            InvalidArgumentError: a bad key, or a value over 1 MiB.
+        """
+        version, _ = await self._client().dict_put(
+            self._d.name, key, value, if_absent=if_absent, if_version=if_version, request_id=request_id
+        )
+        return int(version)
+
+    async def compare_and_set(self, key: str, expected_version: int, value: Any, *, request_id: str = "") -> int:
+        """Writes ``key`` only when it is at ``expected_version`` (0: does not exist);
+        returns the new version (see :meth:`put`)."""
+        return await self.put(key, value, if_version=expected_version, request_id=request_id)
+
+    async def delete(self, key: str, *, request_id: str = "") -> bool:
+        """Deletes ``key``; returns whether it existed."""
+        deleted, _ = await self._client().dict_delete(self._d.name, key, request_id=request_id)
+        return bool(deleted)
+
+    async def len(self) -> int:
+        """The number of keys."""
+        _, length = await self._client().get_dict(self._d.name)
+        return int(length)
+
+    async def rev(self) -> int:
+        """The dict's current rev."""
+        rev, _ = await self._client().get_dict(self._d.name)
+        return int(rev)
+
+    async def entries(self, prefix: str = "") -> AsyncIterator[DictEntry]:
+        """Yields every entry in key order (only keys starting with ``prefix``), a page at a
+        time."""
+        async for entry in self._pages(prefix, keys_only=False):
+            yield entry
+
+    async def _pages(self, prefix: str, *, keys_only: bool) -> AsyncIterator[DictEntry]:
+        client = self._client()
+        after = ""
+        while True:
+            page, more = await client.dict_list(
+                self._d.name, prefix=prefix, start_after=after, limit=_PAGE, keys_only=keys_only
+            )
+            for entry in page:
+                yield entry
+            if not more or not page:
+                return
+            after = page[-1].key
+
+    async def keys(self, prefix: str = "") -> list[str]:
+        """Every key in order (only those starting with ``prefix``)."""
+        return [e.key async for e in self._pages(prefix, keys_only=True)]
+
+    async def items(self, prefix: str = "") -> list[tuple[str, Any]]:
+        """Every ``(key, value)`` in key order (only keys starting with ``prefix``)."""
+        return [(e.key, e.value) async for e in self._pages(prefix, keys_only=False)]
+
+    async def txn(
+        self,
+        compares: list[DictCompare],
+        then: list[DictPut | DictDelete],
+        else_: list[DictPut | DictDelete] | None = None,
+        *,
+        request_id: str = "",
+    ) -> DictTxnResult:
+        """Applies ``then`` when every compare holds, else ``else_``, atomically.
+
+        Args:
+            compares: conditions on key versions (see :class:`DictCompare`).
+            then: puts and deletes applied when all compares hold.
+            else_: puts and deletes applied otherwise.
+            request_id: a retried call with the same id is applied once.
+
+        Returns:
+            Which branch ran and the dict's rev after it.
+
+        Raises:
+            InvalidArgumentError: a bad key or value, or a key twice in one branch.
+        """
+        result: DictTxnResult = await self._client().dict_txn(
+            self._d.name, list(compares), list(then), list(else_ or []), request_id=request_id
+        )
+        return result
+
+
+class _DeleteMethod:
+    """``Dict.delete(name)`` deletes a whole dict; ``d.delete(key)`` deletes one key."""
+
+    def __get__(self, obj: Dict | None, owner: type[Dict]) -> Callable[..., Any]:
+        if obj is None:
+            return owner._delete_dict
+        return obj._delete_key
+
+
+class Dict:
+    """A named, durable key-value map (see the module docstring for the guarantees).
+
+    Get one with :meth:`from_name`. Blocking methods have async forms under ``.aio``.
+
+    Attributes:
+        name: the dict's name.
+    """
+
+    def __init__(self, name: str, *, client: ClientConfig | None = None) -> None:
+        self.name = name
+        self._config = client
+        self.aio = _DictAio(self)
+
+    @classmethod
+    def from_name(cls, name: str, create_if_missing: bool = True, *, client: ClientConfig | None = None) -> Dict:
+        """Returns a handle on the dict ``name`` of your account.
+
+        Args:
+            name: 1-63 letters, digits, ``-`` or ``_``.
+            create_if_missing: create the dict when it does not exist.
+            client: the control plane to use (the default configuration when None).
+
+        Raises:
+            NotFoundError: the dict does not exist and ``create_if_missing`` is false.
+        """
+        d = cls(name, client=client)
+
+        async def lookup() -> None:
+            c = get_client(client)
+            if create_if_missing:
+                await c.create_dict(name, exist_ok=True)
+            else:
+                await c.get_dict(name)
+
+        run_sync(lookup(), "Dict.from_name()")
+        return d
+
+    @classmethod
+    def _delete_dict(cls, name: str, *, client: ClientConfig | None = None) -> None:
+        """Deletes the dict ``name`` and every key in it (``Dict.delete(name)``).
+
+        Raises:
+            NotFoundError: the dict does not exist.
+        """
+
+        async def delete() -> None:
+            await get_client(client).delete_dict(name)
+
+        run_sync(delete(), "Dict.delete()")
+
+    #: ``Dict.delete(name)`` deletes a dict; ``d.delete(key)`` deletes one of its keys.
+    delete = _DeleteMethod()
+
+    def __repr__(self) -> str:
+        return f"Dict({self.name!r})"
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Returns the value of ``key``, or ``default`` when it is missing."""
+        return run_sync(self.aio.get(key, default), "d.get()")
+
+    def get_entry(self, key: str) -> DictEntry | None:
+        """Returns ``key`` with its version and revisions, or None when it is missing."""
+        return run_sync(self.aio.get_entry(key), "d.get_entry()")
+
+    def contains(self, key: str) -> bool:
+        """Whether ``key`` exists."""
+        return run_sync(self.aio.contains(key), "d.contains()")
+
+    def put(
+        self, key: str, value: Any, *, if_absent: bool = False, if_version: int | None = None, request_id: str = ""
+    ) -> int:
+        """Writes ``key`` and returns its new version (see :meth:`_DictAio.put`).
+
+        Raises:
+            FailedPreconditionError: ``if_absent`` or ``if_version`` does not hold.
+            InvalidArgumentError: a bad key, or a value over 1 MiB.
+        """
+        return run_sync(
+            self.aio.put(key, value, if_absent=if_absent, if_version=if_version, request_id=request_id), "d.put()"
+        )
+
+    def compare_and_set(self, key: str, expected_version: int, value: Any, *, request_id: str = "") -> int:
+        """Writes ``key`` only when it is at ``expected_version`` (0: does not exist).
+
+        Returns:
+            The key's new version.
+
+        Raises:
+            FailedPreconditionError: the key is at another version.
+        """
+        return run_sync(
+            self.aio.compare_and_set(key, expected_version, value, request_id=request_id), "d.compare_and_set()"
+        )
+
+    def _delete_key(self, key: str, *, request_id: str = "") -> bool:
+        """Deletes ``key``; returns whether it existed (``d.delete(key)``; ``del d[key]``
+        raises KeyError instead when it is missing)."""
+        return run_sync(self.aio.delete(key, request_id=request_id), "d.delete()")
+
+    def len(self) -> int:
+        """The number of keys."""
+        return run_sync(self.aio.len(), "d.len()")
+
+    def rev(self) -> int:
+        """The dict's current rev."""
+        return run_sync(self.aio.rev(), "d.rev()")
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """Every key in order (only those starting with ``prefix``)."""
+        return run_sync(self.aio.keys(prefix), "d.keys()")
+
+    def items(self, prefix: str = "") -> list[tuple[str, Any]]:
+        """Every ``(key, value)`` in key order (only keys starting with ``prefix``)."""
+        return run_sync(self.aio.items(prefix), "d.items()")
+
+    def entries(self, prefix: str = "") -> Iterator[DictEntry]:
+        """Yields every entry in key order, a page at a time."""
+        return iter_sync(self.aio.entries(prefix), "d.entries()")
+
+    def txn(
+        self,
+        compares: list[DictCompare],
+        then: list[DictPut | DictDelete],
+        else_: list[DictPut | DictDelete] | None = None,
+        *,
+        request_id: str = "",
+    ) -> DictTxnResult:
+        """Applies ``then`` when every compare holds, else ``else_``, atomically (see
+        :meth:`_DictAio.txn`)."""
+        return run_sync(self.aio.txn(compares, then, else_, request_id=request_id), "d.txn()")
+
+    def __getitem__(self, key: str) -> Any:
+        entry = self.get_entry(key)
+        if entry is None:
+            raise KeyError(key)
+        return entry.value
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.put(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        if not self._delete_key(key):
+            raise KeyError(key)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.contains(key)
+
+    def __len__(self) -> int:
+        return self.len()

@@ -1,0 +1,508 @@
+"""Dicts: named, durable key-value maps with per-key versions, CAS and small transactions.
+
+Each dict lives in control-plane memory (loaded from the store on first use) with the store
+as the durable record. A mutation runs under the dict's lock: its condition is checked in
+memory, then its write is committed in one transaction guarded on the dict row's write
+counter (another replica that wrote in between makes the guard fail; the dict is reloaded
+and the mutation re-evaluated). A mutation that writes nothing (a failed condition, a
+delete of a missing key) first checks that counter in the store, so it is never decided on
+a stale copy. Memory changes only after the commit, so a reader never sees a write that is
+not durable. Reads are served from memory: on a replica that has not written a dict since
+another replica did, they can be stale (there is no cross-replica invalidation yet).
+
+Every committed mutation raises the dict's ``rev`` by one; each key carries ``version``
+(1 on creation, +1 per write), ``mod_rev`` and ``create_rev``. Mutations may carry a
+request id: the outcome is stored in the same transaction, and a retry with that id
+answers the stored outcome without applying anything (the last
+:data:`MAX_REQUEST_IDS` ids per dict are kept).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from apothic.server.deployments import validate_name
+from apothic.server.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
+from apothic.server.ids import new_id
+
+if TYPE_CHECKING:
+    from apothic.server.store import Statement, Store
+
+#: Largest key, in UTF-8 bytes.
+MAX_KEY_BYTES = 512
+#: Largest value, in serialized bytes.
+MAX_VALUE_BYTES = 1024 * 1024
+#: Request ids remembered per dict for idempotent retries.
+MAX_REQUEST_IDS = 1024
+MAX_REQUEST_ID_CHARS = 128
+#: Page size of ListDictEntries.
+DEFAULT_LIST_LIMIT = 1000
+MAX_LIST_LIMIT = 10_000
+#: Times a mutation is re-evaluated after another replica wrote the same dict.
+_CONFLICT_RETRIES = 5
+
+COMPARE_OPS = ("==", "!=", ">", "<")
+
+
+class AlreadyExists(DomainError):
+    """The dict already exists."""
+
+    code = "ALREADY_EXISTS"
+
+
+@dataclass(frozen=True)
+class DictEntryRecord:
+    """One stored key."""
+
+    key: str
+    value: bytes
+    format: str
+    version: int
+    mod_rev: int
+    create_rev: int
+
+
+@dataclass(frozen=True)
+class DictRecord:
+    """A dict's row: identity and current rev."""
+
+    dict_id: str
+    account: str
+    name: str
+    rev: int
+    created_at: datetime
+    #: Committed writes, including those that only record a request id; every write is
+    #: guarded on it, so a replica with a stale copy cannot write.
+    writes: int = 0
+
+
+@dataclass(frozen=True)
+class DictCompare:
+    """``version(key) op version``; a missing key has version 0."""
+
+    key: str
+    op: str
+    version: int
+
+
+@dataclass(frozen=True)
+class DictPut:
+    """Writes ``key``."""
+
+    key: str
+    value: bytes
+    format: str
+
+
+@dataclass(frozen=True)
+class DictDelete:
+    """Deletes ``key``."""
+
+    key: str
+
+
+DictOp = DictPut | DictDelete
+
+
+@dataclass(frozen=True)
+class PutOutcome:
+    version: int
+    rev: int
+
+
+@dataclass(frozen=True)
+class DeleteOutcome:
+    deleted: bool
+    rev: int
+
+
+@dataclass(frozen=True)
+class TxnOutcome:
+    succeeded: bool
+    rev: int
+
+
+Outcome = PutOutcome | DeleteOutcome | TxnOutcome
+_OUTCOME_KINDS: dict[str, type[Any]] = {"put": PutOutcome, "delete": DeleteOutcome, "txn": TxnOutcome}
+_KIND_OF = {v: k for k, v in _OUTCOME_KINDS.items()}
+
+
+def outcome_to_doc(outcome: Outcome) -> dict[str, Any]:
+    """How an outcome is stored with its request id."""
+    doc: dict[str, Any] = {"kind": _KIND_OF[type(outcome)], **outcome.__dict__}
+    return doc
+
+
+def outcome_from_doc(doc: dict[str, Any]) -> Outcome:
+    cls = _OUTCOME_KINDS[doc["kind"]]
+    return cls(**{k: doc[k] for k in cls.__dataclass_fields__})  # type: ignore[no-any-return]
+
+
+@dataclass
+class _LiveDict:
+    record: DictRecord
+    entries: dict[str, DictEntryRecord]
+    requests: OrderedDict[str, Outcome]
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: Sorted keys, rebuilt lazily after a change (for listing).
+    _sorted: list[str] | None = None
+
+    def sorted_keys(self) -> list[str]:
+        if self._sorted is None:
+            self._sorted = sorted(self.entries)
+        return self._sorted
+
+
+def validate_key(key: str) -> None:
+    """Raises InvalidArgument unless ``key`` is a valid dict key."""
+    if not isinstance(key, str) or not key:
+        raise InvalidArgument("a dict key must be a non-empty string")
+    if "\x00" in key:
+        raise InvalidArgument("a dict key must not contain NUL characters")
+    size = len(key.encode())
+    if size > MAX_KEY_BYTES:
+        raise InvalidArgument(f"dict key is {size} bytes; keys are at most {MAX_KEY_BYTES} bytes of UTF-8")
+
+
+def validate_value(key: str, value: bytes) -> None:
+    """Raises InvalidArgument when a serialized value is over the limit."""
+    if len(value) > MAX_VALUE_BYTES:
+        raise InvalidArgument(
+            f"the value for dict key {key!r} is {len(value):,} bytes serialized, over the 1 MiB limit "
+            f"({MAX_VALUE_BYTES:,} bytes); store it on a Volume and put a reference instead"
+        )
+
+
+def _validate_request_id(request_id: str) -> None:
+    if len(request_id) > MAX_REQUEST_ID_CHARS:
+        raise InvalidArgument(f"a request id is at most {MAX_REQUEST_ID_CHARS} characters")
+
+
+def _validate_ops(ops: list[DictOp], branch: str) -> None:
+    seen: set[str] = set()
+    for op in ops:
+        validate_key(op.key)
+        if isinstance(op, DictPut):
+            validate_value(op.key, op.value)
+        if op.key in seen:
+            raise InvalidArgument(f"key {op.key!r} appears twice in the {branch} branch of a transaction")
+        seen.add(op.key)
+
+
+def _holds(compare: DictCompare, entries: dict[str, DictEntryRecord]) -> bool:
+    entry = entries.get(compare.key)
+    current = entry.version if entry is not None else 0
+    if compare.op == "==":
+        return current == compare.version
+    if compare.op == "!=":
+        return current != compare.version
+    if compare.op == ">":
+        return current > compare.version
+    return current < compare.version
+
+
+class _Conflict(Exception):
+    """Another replica changed the dict since it was loaded."""
+
+
+class DictManager:
+    """Dicts of every account: the business logic behind DictService.
+
+    Args:
+        store: where dicts are durable.
+        clock: the server's clock (injectable in tests).
+    """
+
+    def __init__(self, store: Store, *, clock: Any = None) -> None:
+        self.store = store
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._live: dict[tuple[str, str], _LiveDict] = {}
+        self._load_locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    # -- dicts -------------------------------------------------------------------------
+
+    async def create(self, account: str, name: str, *, exist_ok: bool) -> tuple[DictRecord, int, bool]:
+        """Creates a dict (or returns the existing one when ``exist_ok``).
+
+        Returns:
+            The dict, its number of keys, and whether this call created it.
+        """
+        validate_name("dict", name)
+        async with self._load_lock(account, name):
+            live = await self._load(account, name)
+            if live is not None:
+                if not exist_ok:
+                    raise AlreadyExists(f"dict {name!r} already exists")
+                return live.record, len(live.entries), False
+            record = DictRecord(new_id("dicts"), account, name, 0, self._clock())
+            try:
+                await self.store.create_dict(record)
+            except Exception:
+                # Another replica created it first (the unique index refused ours).
+                live = await self._load(account, name)
+                if live is None:
+                    raise
+                if not exist_ok:
+                    raise AlreadyExists(f"dict {name!r} already exists") from None
+                return live.record, len(live.entries), False
+            self._live[(account, name)] = _LiveDict(record, {}, OrderedDict())
+            return record, 0, True
+
+    async def info(self, account: str, name: str) -> tuple[DictRecord, int]:
+        """A dict and its number of keys."""
+        live = await self._get(account, name)
+        return live.record, len(live.entries)
+
+    async def delete_dict(self, account: str, name: str) -> None:
+        """Deletes a dict and all its keys."""
+        live = await self._get(account, name)
+        async with live.lock:
+            await self.store.delete_dict(live.record.dict_id)
+            self._live.pop((account, name), None)
+
+    # -- reads -------------------------------------------------------------------------
+
+    async def get(self, account: str, name: str, key: str) -> tuple[DictEntryRecord | None, int]:
+        """One key (None when missing) and the dict's rev."""
+        validate_key(key)
+        live = await self._get(account, name)
+        return live.entries.get(key), live.record.rev
+
+    async def list_entries(
+        self, account: str, name: str, *, prefix: str = "", start_after: str = "", limit: int = 0
+    ) -> tuple[list[DictEntryRecord], bool, int]:
+        """Entries in key order: a page, whether more follow, and the dict's rev."""
+        if limit < 0 or limit > MAX_LIST_LIMIT:
+            raise InvalidArgument(f"limit must be from 1 to {MAX_LIST_LIMIT} (0 for {DEFAULT_LIST_LIMIT})")
+        limit = limit or DEFAULT_LIST_LIMIT
+        live = await self._get(account, name)
+        keys = live.sorted_keys()
+        start = bisect.bisect_right(keys, start_after) if start_after else bisect.bisect_left(keys, prefix)
+        page: list[DictEntryRecord] = []
+        more = False
+        for key in keys[start:]:
+            if not key.startswith(prefix):
+                if key > prefix:
+                    break
+                continue
+            if len(page) == limit:
+                more = True
+                break
+            page.append(live.entries[key])
+        return page, more, live.record.rev
+
+    # -- writes ------------------------------------------------------------------------
+
+    async def put(
+        self,
+        account: str,
+        name: str,
+        key: str,
+        value: bytes,
+        fmt: str,
+        *,
+        if_absent: bool = False,
+        if_version: int | None = None,
+        request_id: str = "",
+    ) -> PutOutcome:
+        """Writes a key, optionally only when absent or at ``if_version`` (0: absent).
+
+        Raises:
+            FailedPrecondition: the condition does not hold; the message names the key's
+                current version.
+        """
+        validate_key(key)
+        validate_value(key, value)
+        if if_version is not None and if_version < 0:
+            raise InvalidArgument("if_version must be 0 (absent) or a version >= 1")
+
+        def plan(live: _LiveDict) -> tuple[Outcome, list[DictOp]]:
+            entry = live.entries.get(key)
+            if if_absent and entry is not None:
+                raise FailedPrecondition(
+                    f"put if_absent failed: key {key!r} of dict {name!r} exists at version {entry.version}"
+                )
+            current = entry.version if entry is not None else 0
+            if if_version is not None and current != if_version:
+                now = f"is at version {current}" if entry is not None else "does not exist (version 0)"
+                raise FailedPrecondition(f"put if_version={if_version} failed: key {key!r} of dict {name!r} {now}")
+            return PutOutcome(current + 1, live.record.rev + 1), [DictPut(key, value, fmt)]
+
+        outcome = await self._mutate(account, name, request_id, PutOutcome, plan)
+        assert isinstance(outcome, PutOutcome)
+        return outcome
+
+    async def delete(self, account: str, name: str, key: str, *, request_id: str = "") -> DeleteOutcome:
+        """Deletes a key; a missing key changes nothing (and does not raise the rev)."""
+        validate_key(key)
+
+        def plan(live: _LiveDict) -> tuple[Outcome, list[DictOp]]:
+            if key not in live.entries:
+                return DeleteOutcome(False, live.record.rev), []
+            return DeleteOutcome(True, live.record.rev + 1), [DictDelete(key)]
+
+        outcome = await self._mutate(account, name, request_id, DeleteOutcome, plan)
+        assert isinstance(outcome, DeleteOutcome)
+        return outcome
+
+    async def txn(
+        self,
+        account: str,
+        name: str,
+        compares: list[DictCompare],
+        then: list[DictOp],
+        else_: list[DictOp],
+        *,
+        request_id: str = "",
+    ) -> TxnOutcome:
+        """Applies ``then`` when every compare holds, else ``else_``, atomically."""
+        for compare in compares:
+            validate_key(compare.key)
+            if compare.op not in COMPARE_OPS:
+                raise InvalidArgument(f"compare op {compare.op!r} is not one of {', '.join(COMPARE_OPS)}")
+            if compare.version < 0:
+                raise InvalidArgument("a compared version is 0 (absent) or >= 1")
+        _validate_ops(then, "then")
+        _validate_ops(else_, "else")
+
+        def plan(live: _LiveDict) -> tuple[Outcome, list[DictOp]]:
+            succeeded = all(_holds(c, live.entries) for c in compares)
+            ops = [op for op in (then if succeeded else else_) if isinstance(op, DictPut) or op.key in live.entries]
+            return TxnOutcome(succeeded, live.record.rev + (1 if ops else 0)), ops
+
+        outcome = await self._mutate(account, name, request_id, TxnOutcome, plan)
+        assert isinstance(outcome, TxnOutcome)
+        return outcome
+
+    # -- internals ---------------------------------------------------------------------
+
+    async def _mutate(self, account: str, name: str, request_id: str, kind: type[Any], plan: Any) -> Outcome:
+        """Runs ``plan`` against the dict under its lock and commits its operations.
+
+        ``plan(live)`` returns the outcome and the operations to apply (none: nothing is
+        written and the rev stays), or raises a domain error.
+        """
+        _validate_request_id(request_id)
+        for _ in range(_CONFLICT_RETRIES):
+            live = await self._get(account, name)
+            async with live.lock:
+                if self._live.get((account, name)) is not live:
+                    continue  # deleted or reloaded while we waited
+                if request_id and request_id in live.requests:
+                    earlier = live.requests[request_id]
+                    if not isinstance(earlier, kind):
+                        raise InvalidArgument(
+                            f"request id {request_id!r} was already used for a {_KIND_OF[type(earlier)]} "
+                            f"on dict {name!r}; use a new id for each operation"
+                        )
+                    return earlier
+                try:
+                    outcome, ops = plan(live)
+                except FailedPrecondition:
+                    # Decided from memory: make sure no other replica wrote since it loaded.
+                    if await self.store.dict_writes(live.record.dict_id) != live.record.writes:
+                        self._live.pop((account, name), None)
+                        continue
+                    raise
+                if not ops and not request_id:
+                    if await self.store.dict_writes(live.record.dict_id) != live.record.writes:
+                        self._live.pop((account, name), None)
+                        continue
+                    return outcome
+                try:
+                    await self._commit(live, ops, request_id, outcome)
+                except _Conflict:
+                    self._live.pop((account, name), None)
+                    continue
+                return outcome
+        raise FailedPrecondition(f"dict {name!r} kept changing under concurrent writers from other replicas; retry")
+
+    async def _commit(self, live: _LiveDict, ops: list[DictOp], request_id: str, outcome: Outcome) -> None:
+        """Commits ``ops`` (one rev) and the request id's outcome, then applies them in memory.
+
+        With no ops only the request id is recorded (a no-op stays a no-op on retry) and the
+        rev stays.
+        """
+        rec = live.record
+        rev = rec.rev + 1 if ops else rec.rev
+        entries = dict(live.entries)
+        writes: list[DictEntryRecord] = []
+        deletes: list[str] = []
+        for op in ops:
+            if isinstance(op, DictPut):
+                old = entries.get(op.key)
+                entry = DictEntryRecord(
+                    op.key,
+                    op.value,
+                    op.format,
+                    (old.version + 1) if old else 1,
+                    rev,
+                    old.create_rev if old else rev,
+                )
+                entries[op.key] = entry
+                writes.append(entry)
+            else:
+                entries.pop(op.key, None)
+                deletes.append(op.key)
+        evicted: list[str] = []
+        if request_id:
+            extra = len(live.requests) + 1 - MAX_REQUEST_IDS
+            evicted = list(live.requests)[: max(0, extra)]
+        statements: list[Statement] = self.store.dict_mutation_statements(
+            rec,
+            rev,
+            writes,
+            deletes,
+            request=(request_id, rec.writes + 1, outcome_to_doc(outcome)) if request_id else None,
+            evicted_requests=evicted,
+        )
+        try:
+            await self.store.commit(statements)
+        except Exception as exc:
+            if self.store.is_dict_conflict(exc):
+                raise _Conflict from exc
+            raise
+        live.record = replace(rec, rev=rev, writes=rec.writes + 1)
+        if deletes or any(w.key not in live.entries for w in writes):
+            live._sorted = None
+        live.entries = entries
+        if request_id:
+            for old_id in evicted:
+                live.requests.pop(old_id, None)
+            live.requests[request_id] = outcome
+
+    def _load_lock(self, account: str, name: str) -> asyncio.Lock:
+        return self._load_locks.setdefault((account, name), asyncio.Lock())
+
+    async def _get(self, account: str, name: str) -> _LiveDict:
+        validate_name("dict", name)
+        live = self._live.get((account, name))
+        if live is not None:
+            return live
+        async with self._load_lock(account, name):
+            live = await self._load(account, name)
+        if live is None:
+            raise NotFound(f"dict {name!r} not found; create it with Dict.from_name({name!r}, create_if_missing=True)")
+        return live
+
+    async def _load(self, account: str, name: str) -> _LiveDict | None:
+        """The dict from memory, else from the store (None when it does not exist).
+
+        Called under the dict's load lock.
+        """
+        live = self._live.get((account, name))
+        if live is not None:
+            return live
+        record = await self.store.find_dict(account, name)
+        if record is None:
+            return None
+        entries = {e.key: e for e in await self.store.dict_entries(record.dict_id)}
+        stored = await self.store.dict_requests(record.dict_id, MAX_REQUEST_IDS)
+        requests: OrderedDict[str, Outcome] = OrderedDict((rid, outcome_from_doc(doc)) for rid, _, doc in stored)
+        live = self._live[(account, name)] = _LiveDict(record, entries, requests)
+        return live

@@ -1,0 +1,143 @@
+"""DictService: named key-value dicts with versions, compare-and-set and transactions."""
+
+from __future__ import annotations
+
+import grpc.aio
+
+from apothic._proto.v1 import dict_service_pb2 as dict_pb
+from apothic._proto.v1 import dict_service_pb2_grpc as dict_grpc
+from apothic._proto.v1 import types_pb2 as pb
+from apothic.server.auth import current_account
+from apothic.server.dicts import (
+    DictCompare,
+    DictDelete,
+    DictEntryRecord,
+    DictManager,
+    DictOp,
+    DictPut,
+    DictRecord,
+)
+from apothic.server.errors import InvalidArgument
+from apothic.server.servicers.convert import FORMAT_CODES, payload_format
+
+_COMPARE_OPS = {
+    dict_pb.DICT_COMPARE_OP_EQUAL: "==",
+    dict_pb.DICT_COMPARE_OP_NOT_EQUAL: "!=",
+    dict_pb.DICT_COMPARE_OP_GREATER: ">",
+    dict_pb.DICT_COMPARE_OP_LESS: "<",
+}
+
+
+def _info(record: DictRecord, length: int) -> dict_pb.DictInfo:
+    return dict_pb.DictInfo(dict_id=record.dict_id, name=record.name, rev=record.rev, length=length)
+
+
+def _entry(entry: DictEntryRecord, *, with_value: bool = True) -> dict_pb.DictEntry:
+    value = pb.Payload(format=FORMAT_CODES[entry.format], data=entry.value) if with_value else None
+    return dict_pb.DictEntry(
+        key=entry.key, value=value, version=entry.version, mod_rev=entry.mod_rev, create_rev=entry.create_rev
+    )
+
+
+def _ops(ops: list[dict_pb.DictOp], branch: str) -> list[DictOp]:
+    out: list[DictOp] = []
+    for op in ops:
+        which = op.WhichOneof("op")
+        if which == "put":
+            fmt = payload_format(op.put.value, f"the value of key {op.put.key!r}")
+            out.append(DictPut(op.put.key, op.put.value.data, fmt))
+        elif which == "delete":
+            out.append(DictDelete(op.delete.key))
+        else:
+            raise InvalidArgument(f"an operation of the {branch} branch is neither a put nor a delete")
+    return out
+
+
+class DictServicer(dict_grpc.DictServiceServicer):
+    def __init__(self, dicts: DictManager) -> None:
+        self.dicts = dicts
+
+    async def CreateDict(
+        self, request: dict_pb.CreateDictRequest, context: grpc.aio.ServicerContext
+    ) -> dict_pb.CreateDictResponse:
+        record, length, created = await self.dicts.create(
+            current_account.get(), request.name, exist_ok=request.exist_ok
+        )
+        return dict_pb.CreateDictResponse(dict=_info(record, length), created=created)
+
+    async def GetDict(
+        self, request: dict_pb.GetDictRequest, context: grpc.aio.ServicerContext
+    ) -> dict_pb.GetDictResponse:
+        record, length = await self.dicts.info(current_account.get(), request.name)
+        return dict_pb.GetDictResponse(dict=_info(record, length))
+
+    async def DeleteDict(
+        self, request: dict_pb.DeleteDictRequest, context: grpc.aio.ServicerContext
+    ) -> dict_pb.DeleteDictResponse:
+        await self.dicts.delete_dict(current_account.get(), request.name)
+        return dict_pb.DeleteDictResponse()
+
+    async def GetDictValue(
+        self, request: dict_pb.GetDictValueRequest, context: grpc.aio.ServicerContext
+    ) -> dict_pb.GetDictValueResponse:
+        entry, rev = await self.dicts.get(current_account.get(), request.name, request.key)
+        if entry is None:
+            return dict_pb.GetDictValueResponse(found=False, rev=rev)
+        return dict_pb.GetDictValueResponse(found=True, entry=_entry(entry), rev=rev)
+
+    async def PutDictValue(
+        self, request: dict_pb.PutDictValueRequest, context: grpc.aio.ServicerContext
+    ) -> dict_pb.PutDictValueResponse:
+        fmt = payload_format(request.value, f"the value of key {request.key!r}")
+        outcome = await self.dicts.put(
+            current_account.get(),
+            request.name,
+            request.key,
+            request.value.data,
+            fmt,
+            if_absent=request.if_absent,
+            if_version=request.if_version if request.HasField("if_version") else None,
+            request_id=request.request_id,
+        )
+        return dict_pb.PutDictValueResponse(version=outcome.version, rev=outcome.rev)
+
+    async def DeleteDictValue(
+        self, request: dict_pb.DeleteDictValueRequest, context: grpc.aio.ServicerContext
+    ) -> dict_pb.DeleteDictValueResponse:
+        outcome = await self.dicts.delete(
+            current_account.get(), request.name, request.key, request_id=request.request_id
+        )
+        return dict_pb.DeleteDictValueResponse(deleted=outcome.deleted, rev=outcome.rev)
+
+    async def ListDictEntries(
+        self, request: dict_pb.ListDictEntriesRequest, context: grpc.aio.ServicerContext
+    ) -> dict_pb.ListDictEntriesResponse:
+        entries, more, rev = await self.dicts.list_entries(
+            current_account.get(),
+            request.name,
+            prefix=request.prefix,
+            start_after=request.start_after,
+            limit=request.limit,
+        )
+        return dict_pb.ListDictEntriesResponse(
+            entries=[_entry(e, with_value=not request.keys_only) for e in entries], more=more, rev=rev
+        )
+
+    async def ExecuteDictTxn(
+        self, request: dict_pb.ExecuteDictTxnRequest, context: grpc.aio.ServicerContext
+    ) -> dict_pb.ExecuteDictTxnResponse:
+        compares = []
+        for c in request.compares:
+            op = _COMPARE_OPS.get(c.op)
+            if op is None:
+                raise InvalidArgument(f"the compare on key {c.key!r} has no valid op")
+            compares.append(DictCompare(c.key, op, c.version))
+        outcome = await self.dicts.txn(
+            current_account.get(),
+            request.name,
+            compares,
+            _ops(list(request.then_ops), "then"),
+            _ops(list(request.else_ops), "else"),
+            request_id=request.request_id,
+        )
+        return dict_pb.ExecuteDictTxnResponse(succeeded=outcome.succeeded, rev=outcome.rev)
