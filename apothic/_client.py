@@ -559,9 +559,12 @@ class Client:
         *,
         if_absent: bool = False,
         if_version: int | None = None,
+        lease_id: str = "",
+        fence: tuple[str, int] | None = None,
         request_id: str = "",
     ) -> tuple[int, int]:
-        """Writes one key (value cloudpickled); returns its new version and the dict's rev."""
+        """Writes one key (value cloudpickled), optionally attached to a lease or fenced by
+        ``(lock, token)``; returns its new version and the dict's rev."""
         from apothic._proto.v1 import dict_service_pb2 as dict_pb
         from apothic.dict import encode_value
 
@@ -571,9 +574,12 @@ class Client:
             value=pb.Payload(format=pb.PAYLOAD_FORMAT_CLOUDPICKLE, data=encode_value(key, value)),
             if_absent=if_absent,
             request_id=request_id,
+            lease_id=lease_id,
         )
         if if_version is not None:
             req.if_version = if_version
+        if fence is not None:
+            req.fence.lock, req.fence.token = fence
         resp = await self._unary(self._dicts.PutDictValue, req)
         return int(resp.version), int(resp.rev)
 
@@ -635,6 +641,54 @@ class Client:
         )
         resp = await self._unary(self._dicts.ExecuteDictTxn, req)
         return DictTxnResult(succeeded=bool(resp.succeeded), rev=int(resp.rev))
+
+    @staticmethod
+    def _dict_lease(lease: Any) -> Any:
+        from apothic.dict import Lease
+
+        return Lease(lease_id=lease.lease_id, ttl_s=lease.ttl_s, deadline=lease.deadline.ToDatetime(tzinfo=UTC))
+
+    async def dict_grant(self, name: str, ttl_s: float) -> Any:
+        """Grants a lease; returns a :class:`apothic.dict.Lease`."""
+        from apothic._proto.v1 import dict_service_pb2 as dict_pb
+
+        resp = await self._unary(self._dicts.GrantDictLease, dict_pb.GrantDictLeaseRequest(name=name, ttl_s=ttl_s))
+        return self._dict_lease(resp.lease)
+
+    async def dict_keepalive(self, name: str, lease_id: str) -> Any:
+        """Extends a lease to now + its TTL; returns the :class:`apothic.dict.Lease`."""
+        from apothic._proto.v1 import dict_service_pb2 as dict_pb
+
+        req = dict_pb.KeepDictLeaseAliveRequest(name=name, lease_id=lease_id)
+        resp = await self._unary(self._dicts.KeepDictLeaseAlive, req)
+        return self._dict_lease(resp.lease)
+
+    async def dict_revoke(self, name: str, lease_id: str) -> bool:
+        """Revokes a lease (deleting its keys); returns whether it was live."""
+        from apothic._proto.v1 import dict_service_pb2 as dict_pb
+
+        req = dict_pb.RevokeDictLeaseRequest(name=name, lease_id=lease_id)
+        resp = await self._unary(self._dicts.RevokeDictLease, req)
+        return bool(resp.revoked)
+
+    async def dict_acquire_lock(self, name: str, lock: str, ttl_s: float, timeout_s: float) -> tuple[Any, int] | None:
+        """One acquisition attempt (waiting up to ``timeout_s`` server-side); returns the
+        :class:`apothic.dict.Lease` and the fencing token, or None on timeout."""
+        from apothic._proto.v1 import dict_service_pb2 as dict_pb
+
+        req = dict_pb.AcquireDictLockRequest(name=name, lock=lock, ttl_s=ttl_s, timeout_s=timeout_s)
+        resp = await self._unary(self._dicts.AcquireDictLock, req)
+        if not resp.acquired:
+            return None
+        return self._dict_lease(resp.lease), int(resp.token)
+
+    async def dict_release_lock(self, name: str, lock: str, token: int) -> bool:
+        """Releases a lock held with ``token``; returns whether it still was."""
+        from apothic._proto.v1 import dict_service_pb2 as dict_pb
+
+        req = dict_pb.ReleaseDictLockRequest(name=name, lock=lock, token=token)
+        resp = await self._unary(self._dicts.ReleaseDictLock, req)
+        return bool(resp.released)
 
     # -- queues -------------------------------------------------------------------------
 

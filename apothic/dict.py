@@ -20,13 +20,35 @@ request with the same id is applied once and answers as the first did.
 
 Keys are non-empty strings of at most 512 UTF-8 bytes; values are anything cloudpickle can
 serialize, up to 1 MiB serialized.
+
+Leases: ``lease = d.grant(ttl_s)`` makes a lease that expires ``ttl_s`` seconds from now on
+the control plane's clock; ``d.put(key, value, lease=lease)`` attaches a key to it (a later
+put without ``lease`` detaches it). ``d.keepalive(lease)`` moves the deadline to now + TTL;
+when the lease is revoked (``d.revoke(lease)``) or expires, every attached key is deleted,
+each delete raising the dict's rev by one.
+
+Locks with fencing::
+
+    with d.lock("leader", ttl_s=10) as token:
+        d.put("config", new_config, fence=("leader", token))
+
+``d.lock(name)`` waits for the lock (``timeout=`` seconds, forever by default), holds it as
+the key ``__lock__/<name>`` attached to a lease that it keeps alive in the background, and
+revokes that lease on exit. The token is the dict's rev at acquisition, so tokens of one
+lock strictly increase across acquisitions. A put with ``fence=(name, token)`` is applied
+only while the lock is still held with that token; if the holder stalled past its TTL and
+lost the lock, the put fails with :class:`~apothic.exceptions.FailedPreconditionError`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import pickle
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
 from typing import Any, Literal
 
 import cloudpickle
@@ -34,12 +56,14 @@ import cloudpickle
 from apothic._lazy import get_client
 from apothic._sync import iter_sync, run_sync
 from apothic.config import ClientConfig
-from apothic.exceptions import SerializationError
+from apothic.exceptions import NotFoundError, SerializationError
 
-__all__ = ["Dict", "DictCompare", "DictDelete", "DictEntry", "DictPut", "DictTxnResult"]
+__all__ = ["Dict", "DictCompare", "DictDelete", "DictEntry", "DictLock", "DictPut", "DictTxnResult", "Lease"]
 
 CompareOp = Literal["==", "!=", ">", "<"]
 _PAGE = 1000
+#: Longest wait of one acquisition call (the control plane's cap); longer waits call again.
+_LOCK_WAIT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -107,6 +131,113 @@ class DictTxnResult:
     rev: int
 
 
+@dataclass(frozen=True)
+class Lease:
+    """A lease of a dict (see :meth:`Dict.grant`).
+
+    Attributes:
+        lease_id: the lease's id.
+        ttl_s: its time to live, in seconds.
+        deadline: when it expires unless kept alive, on the control plane's clock.
+    """
+
+    lease_id: str
+    ttl_s: float
+    deadline: datetime
+
+
+def _lease_id(lease: Lease | str | None) -> str:
+    if lease is None:
+        return ""
+    return lease if isinstance(lease, str) else lease.lease_id
+
+
+class DictLock:
+    """A lock of a dict, held inside ``with`` (or ``async with``); see :meth:`Dict.lock`.
+
+    Attributes:
+        name: the lock's name.
+        token: the fencing token of the current acquisition (None when not held).
+        lease: the lease that holds the lock (None when not held).
+        lost: whether the lease ended while held (a keepalive found it expired).
+    """
+
+    def __init__(self, d: Dict, name: str, *, ttl_s: float, timeout: float | None) -> None:
+        self.name = name
+        self.token: int | None = None
+        self.lease: Lease | None = None
+        self.lost = False
+        self._d = d
+        self._ttl_s = ttl_s
+        self._timeout = timeout
+        self._keepalive_task: asyncio.Task[None] | None = None
+
+    async def acquire(self) -> int:
+        """Waits for the lock and returns the fencing token.
+
+        Raises:
+            TimeoutError: not acquired within ``timeout`` seconds.
+        """
+        client = get_client(self._d._config)
+        loop = asyncio.get_running_loop()
+        give_up = None if self._timeout is None else loop.time() + self._timeout
+        while True:
+            wait = _LOCK_WAIT_S if give_up is None else max(0.0, min(_LOCK_WAIT_S, give_up - loop.time()))
+            acquired = await client.dict_acquire_lock(self._d.name, self.name, self._ttl_s, wait)
+            if acquired is not None:
+                break
+            if give_up is not None and loop.time() >= give_up:
+                raise TimeoutError(
+                    f"lock {self.name!r} of dict {self._d.name!r} was not acquired within {self._timeout} s"
+                )
+        self.lease, self.token = acquired
+        self.lost = False
+        self._keepalive_task = asyncio.create_task(self._keepalive(), name=f"apothic-dict-lock-{self.name}")
+        return self.token
+
+    async def release(self) -> bool:
+        """Stops the keepalive and releases the lock; returns whether it was still held."""
+        await self._stop_keepalive()
+        token, self.token, self.lease = self.token, None, None
+        if token is None:
+            return False
+        return bool(await get_client(self._d._config).dict_release_lock(self._d.name, self.name, token))
+
+    async def _keepalive(self) -> None:
+        assert self.lease is not None
+        client = get_client(self._d._config)
+        while True:
+            await asyncio.sleep(self._ttl_s / 3)
+            try:
+                self.lease = await client.dict_keepalive(self._d.name, self.lease.lease_id)
+            except NotFoundError:
+                self.lost = True
+                return
+            except Exception:
+                continue  # a transient failure: the next keepalive still lands within the TTL
+
+    async def _stop_keepalive(self) -> None:
+        task, self._keepalive_task = self._keepalive_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def __enter__(self) -> int:
+        return run_sync(self.acquire(), "with d.lock()")
+
+    def __exit__(self, *exc: object) -> None:
+        run_sync(self.release(), "with d.lock()")
+
+    async def __aenter__(self) -> int:
+        return await self.acquire()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.release()
+
+
 def encode_value(key: str, value: Any) -> bytes:
     """Serializes a value for ``key`` with cloudpickle.
 
@@ -143,7 +274,15 @@ class _DictAio:
         return await self.get_entry(key) is not None
 
     async def put(
-        self, key: str, value: Any, *, if_absent: bool = False, if_version: int | None = None, request_id: str = ""
+        self,
+        key: str,
+        value: Any,
+        *,
+        if_absent: bool = False,
+        if_version: int | None = None,
+        lease: Lease | str | None = None,
+        fence: tuple[str, int] | None = None,
+        request_id: str = "",
     ) -> int:
         """Writes ``key`` and returns its new version.
 
@@ -152,17 +291,55 @@ class _DictAio:
             value: any value cloudpickle can serialize, up to 1 MiB serialized.
             if_absent: write only when the key does not exist.
             if_version: write only when the key is at this version (0: does not exist).
+            lease: attach the key to this lease: it is deleted when the lease ends.
+            fence: ``(lock name, token)``: write only while that lock is held with that
+                token (see :meth:`Dict.lock`).
             request_id: a retried call with the same id is applied once.
 
         Raises:
-            FailedPreconditionError: the condition does not hold; the message names the
-                key's current version.
+            FailedPreconditionError: the condition does not hold (the message names the
+                key's current version), or the fence's token is stale.
+            NotFoundError: the lease expired or was revoked.
             InvalidArgumentError: a bad key, or a value over 1 MiB.
         """
         version, _ = await self._client().dict_put(
-            self._d.name, key, value, if_absent=if_absent, if_version=if_version, request_id=request_id
+            self._d.name,
+            key,
+            value,
+            if_absent=if_absent,
+            if_version=if_version,
+            lease_id=_lease_id(lease),
+            fence=fence,
+            request_id=request_id,
         )
         return int(version)
+
+    async def grant(self, ttl_s: float) -> Lease:
+        """Grants a lease that expires ``ttl_s`` seconds from now (on the control plane's
+        clock) unless kept alive.
+
+        Raises:
+            InvalidArgumentError: the TTL is out of range (0.05 s to one day).
+        """
+        lease: Lease = await self._client().dict_grant(self._d.name, float(ttl_s))
+        return lease
+
+    async def keepalive(self, lease: Lease | str) -> datetime:
+        """Extends ``lease`` to now + its TTL and returns its new deadline.
+
+        Raises:
+            NotFoundError: the lease expired or was revoked.
+        """
+        renewed: Lease = await self._client().dict_keepalive(self._d.name, _lease_id(lease))
+        return renewed.deadline
+
+    async def revoke(self, lease: Lease | str) -> bool:
+        """Ends ``lease`` and deletes every key attached to it; returns whether it was live."""
+        return bool(await self._client().dict_revoke(self._d.name, _lease_id(lease)))
+
+    def lock(self, name: str, *, ttl_s: float = 10.0, timeout: float | None = None) -> DictLock:
+        """A lock for ``async with`` (see :meth:`Dict.lock`)."""
+        return DictLock(self._d, name, ttl_s=ttl_s, timeout=timeout)
 
     async def compare_and_set(self, key: str, expected_version: int, value: Any, *, request_id: str = "") -> int:
         """Writes ``key`` only when it is at ``expected_version`` (0: does not exist);
@@ -318,17 +495,70 @@ class Dict:
         return run_sync(self.aio.contains(key), "d.contains()")
 
     def put(
-        self, key: str, value: Any, *, if_absent: bool = False, if_version: int | None = None, request_id: str = ""
+        self,
+        key: str,
+        value: Any,
+        *,
+        if_absent: bool = False,
+        if_version: int | None = None,
+        lease: Lease | str | None = None,
+        fence: tuple[str, int] | None = None,
+        request_id: str = "",
     ) -> int:
         """Writes ``key`` and returns its new version (see :meth:`_DictAio.put`).
 
         Raises:
-            FailedPreconditionError: ``if_absent`` or ``if_version`` does not hold.
+            FailedPreconditionError: ``if_absent`` or ``if_version`` does not hold, or the
+                ``fence`` token is stale.
+            NotFoundError: ``lease`` expired or was revoked.
             InvalidArgumentError: a bad key, or a value over 1 MiB.
         """
         return run_sync(
-            self.aio.put(key, value, if_absent=if_absent, if_version=if_version, request_id=request_id), "d.put()"
+            self.aio.put(
+                key,
+                value,
+                if_absent=if_absent,
+                if_version=if_version,
+                lease=lease,
+                fence=fence,
+                request_id=request_id,
+            ),
+            "d.put()",
         )
+
+    def grant(self, ttl_s: float) -> Lease:
+        """Grants a lease that expires ``ttl_s`` seconds from now unless kept alive (see
+        :meth:`_DictAio.grant`)."""
+        return run_sync(self.aio.grant(ttl_s), "d.grant()")
+
+    def keepalive(self, lease: Lease | str) -> datetime:
+        """Extends ``lease`` to now + its TTL and returns its new deadline.
+
+        Raises:
+            NotFoundError: the lease expired or was revoked.
+        """
+        return run_sync(self.aio.keepalive(lease), "d.keepalive()")
+
+    def revoke(self, lease: Lease | str) -> bool:
+        """Ends ``lease`` and deletes every key attached to it; returns whether it was live."""
+        return run_sync(self.aio.revoke(lease), "d.revoke()")
+
+    def lock(self, name: str, *, ttl_s: float = 10.0, timeout: float | None = None) -> DictLock:
+        """A lock to hold with ``with d.lock(name) as token:``.
+
+        Entering waits for the lock and returns its fencing token; while held, the lease
+        behind it is kept alive in the background; leaving releases it. Use the token in
+        ``d.put(key, value, fence=(name, token))``.
+
+        Args:
+            name: the lock's name (its key is ``__lock__/<name>``).
+            ttl_s: the lease's TTL: a holder that stalls this long loses the lock.
+            timeout: seconds to wait for the lock (None: forever).
+
+        Raises:
+            TimeoutError: on entering, when not acquired within ``timeout``.
+        """
+        return DictLock(self, name, ttl_s=ttl_s, timeout=timeout)
 
     def compare_and_set(self, key: str, expected_version: int, value: Any, *, request_id: str = "") -> int:
         """Writes ``key`` only when it is at ``expected_version`` (0: does not exist).

@@ -91,6 +91,11 @@ def _parser() -> argparse.ArgumentParser:
         "--spawn-repeat", type=int, help=f"timed spawn_map + wait runs (default: {FULL['spawn_repeat']})"
     )
     parser.add_argument("--no-ray", action="store_true", help="measure Apothic only")
+    parser.add_argument(
+        "--primitives",
+        action="store_true",
+        help="afterwards, run issue 4's Queue/Dict figures beside Redis and etcd (python -m benchmarks.primitives)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--json-out", type=Path, metavar="FILE", help="also write the JSON to FILE")
     parser.add_argument(
@@ -271,5 +276,15 @@ def main(argv: list[str] | None = None) -> None:
         print("\n\n".join(b for b in profile_summary.split("\n\n") if "CPU accounting only" in b or "CPU used" in b))
 
 
+def _main_with_primitives(argv: list[str] | None = None) -> None:
+    """:func:`main`, then ``benchmarks.primitives`` when ``--primitives`` is given."""
+    args = _parser().parse_args(argv)
+    main(argv)
+    if args.primitives:
+        from benchmarks import primitives
+
+        primitives.main(["--json"] if args.json else [])
+
+
 if __name__ == "__main__":
-    main()
+    _main_with_primitives()

@@ -113,6 +113,7 @@ class ControlPlane:
         await self.deployments.load()
         await self.queues.load()
         self.queues.start()
+        self.dicts.start()
         self.scheduler.start()
         self.deployments.start_reaper()
         await self._recover_jobs()
@@ -167,6 +168,7 @@ class ControlPlane:
         await self.schedules.stop()
         await self.jobs.close()
         await self.queues.close()
+        await self.dicts.close()
         for worker in list(self.scheduler.workers.values()):
             worker.outbox.put_nowait(None)  # ends in-process sessions too
         if self.server is not None:

@@ -20,7 +20,7 @@ from typing import Any
 from surrealdb import AsyncSurreal, RecordID
 
 from apothic.server import cbor
-from apothic.server.dicts import DictEntryRecord, DictRecord
+from apothic.server.dicts import DictEntryRecord, DictLeaseRecord, DictRecord
 from apothic.server.models import (
     DEPLOYMENT_LIVE,
     DEPLOYMENT_STOPPED,
@@ -711,7 +711,8 @@ class Store:
 
     # -- dicts -------------------------------------------------------------------------
     # A dict is one ``dict`` record (rev), one ``dict_entry`` record per key ([dict key,
-    # key]) and its recent request ids (``dict_request``). See apothic.server.dicts.
+    # key]), its recent request ids (``dict_request``) and its leases (``dict_lease``, [dict
+    # key, lease id]). See apothic.server.dicts.
 
     async def create_dict(self, record: DictRecord) -> None:
         """Creates a dict's row; fails when the account already has a dict of that name."""
@@ -736,9 +737,21 @@ class Store:
     async def dict_entries(self, dict_id: str) -> list[DictEntryRecord]:
         rows = await self._q("SELECT * FROM dict_entry WHERE dict = $d", {"d": dict_id})
         return [
-            DictEntryRecord(r["key"], r["value"], r["format"], r["version"], r["mod_rev"], r["create_rev"])
+            DictEntryRecord(
+                r["key"], r["value"], r["format"], r["version"], r["mod_rev"], r["create_rev"], r.get("lease") or ""
+            )
             for r in rows
         ]
+
+    async def dict_leases(self, dict_id: str) -> list[DictLeaseRecord]:
+        """A dict's live leases."""
+        rows = await self._q("SELECT lease_id, ttl_s, deadline FROM dict_lease WHERE dict = $d", {"d": dict_id})
+        return [DictLeaseRecord(r["lease_id"], float(r["ttl_s"]), r["deadline"]) for r in rows]
+
+    async def leased_dicts(self) -> list[tuple[str, str]]:
+        """``(account, name)`` of every dict that has leases."""
+        rows = await self._q("SELECT account, name FROM dict_lease GROUP BY account, name")
+        return [(r["account"], r["name"]) for r in rows]
 
     async def dict_requests(self, dict_id: str, limit: int) -> list[tuple[str, int, dict[str, Any]]]:
         """The newest ``limit`` request ids of a dict with their seq and outcome, oldest first."""
@@ -755,6 +768,7 @@ class Store:
                 ("DELETE $id RETURN NONE", {"id": _rid("dict", dict_id)}),
                 ("DELETE dict_entry WHERE dict = $d RETURN NONE", {"d": dict_id}),
                 ("DELETE dict_request WHERE dict = $d RETURN NONE", {"d": dict_id}),
+                ("DELETE dict_lease WHERE dict = $d RETURN NONE", {"d": dict_id}),
             ]
         )
 
@@ -767,14 +781,17 @@ class Store:
         *,
         request: tuple[str, int, dict[str, Any]] | None = None,
         evicted_requests: list[str] | None = None,
+        lease_puts: list[DictLeaseRecord] | None = None,
+        lease_drops: list[str] | None = None,
     ) -> list[Statement]:
         """Statements of one dict mutation.
 
         Guarded on the dict row's write counter still being at ``record.writes``
         (:meth:`is_dict_conflict` recognizes the failure), they advance it by one, move the
         rev to ``new_rev`` and write the entries. ``request`` (id, seq, outcome) is stored
-        for idempotent retries and ``evicted_requests`` are forgotten. With no writes and no
-        deletes only the request is stored (the rev stays, the write counter advances).
+        for idempotent retries and ``evicted_requests`` are forgotten; ``lease_puts`` are
+        created or updated and ``lease_drops`` deleted. With no writes and no deletes the
+        rev stays (the write counter advances).
         """
         dict_rid = _rid("dict", record.dict_id)
         dkey = _key(record.dict_id)
@@ -801,6 +818,7 @@ class Store:
                         "version": e.version,
                         "mod_rev": e.mod_rev,
                         "create_rev": e.create_rev,
+                        "lease": e.lease,
                     },
                 }
                 for e in writes
@@ -820,6 +838,25 @@ class Store:
             )
         if evicted_requests:
             ids = [RecordID("dict_request", [dkey, r]) for r in evicted_requests]
+            stmts.append(("FOR $i IN $ids { DELETE $i RETURN NONE; }", {"ids": ids}))
+        if lease_puts:
+            rows = [
+                {
+                    "id": RecordID("dict_lease", [dkey, le.lease_id]),
+                    "doc": {
+                        "account": record.account,
+                        "dict": record.dict_id,
+                        "name": record.name,
+                        "lease_id": le.lease_id,
+                        "ttl_s": float(le.ttl_s),
+                        "deadline": le.deadline,
+                    },
+                }
+                for le in lease_puts
+            ]
+            stmts.append(("FOR $r IN $rows { UPSERT $r.id CONTENT $r.doc RETURN NONE; }", {"rows": rows}))
+        if lease_drops:
+            ids = [RecordID("dict_lease", [dkey, lid]) for lid in lease_drops]
             stmts.append(("FOR $i IN $ids { DELETE $i RETURN NONE; }", {"ids": ids}))
         return stmts
 

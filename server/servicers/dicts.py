@@ -1,4 +1,5 @@
-"""DictService: named key-value dicts with versions, compare-and-set and transactions."""
+"""DictService: named key-value dicts with versions, compare-and-set, transactions, leases
+and fenced locks."""
 
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ from apothic.server.dicts import (
     DictCompare,
     DictDelete,
     DictEntryRecord,
+    DictLeaseRecord,
     DictManager,
     DictOp,
     DictPut,
     DictRecord,
 )
 from apothic.server.errors import InvalidArgument
-from apothic.server.servicers.convert import FORMAT_CODES, payload_format
+from apothic.server.servicers.convert import FORMAT_CODES, payload_format, timestamp
 
 _COMPARE_OPS = {
     dict_pb.DICT_COMPARE_OP_EQUAL: "==",
@@ -37,6 +39,10 @@ def _entry(entry: DictEntryRecord, *, with_value: bool = True) -> dict_pb.DictEn
     return dict_pb.DictEntry(
         key=entry.key, value=value, version=entry.version, mod_rev=entry.mod_rev, create_rev=entry.create_rev
     )
+
+
+def _lease(lease: DictLeaseRecord) -> dict_pb.DictLease:
+    return dict_pb.DictLease(lease_id=lease.lease_id, ttl_s=lease.ttl_s, deadline=timestamp(lease.deadline))
 
 
 def _ops(ops: list[dict_pb.DictOp], branch: str) -> list[DictOp]:
@@ -97,6 +103,8 @@ class DictServicer(dict_grpc.DictServiceServicer):
             fmt,
             if_absent=request.if_absent,
             if_version=request.if_version if request.HasField("if_version") else None,
+            lease=request.lease_id,
+            fence=(request.fence.lock, request.fence.token) if request.HasField("fence") else None,
             request_id=request.request_id,
         )
         return dict_pb.PutDictValueResponse(version=outcome.version, rev=outcome.rev)
@@ -141,3 +149,38 @@ class DictServicer(dict_grpc.DictServiceServicer):
             request_id=request.request_id,
         )
         return dict_pb.ExecuteDictTxnResponse(succeeded=outcome.succeeded, rev=outcome.rev)
+
+    async def GrantDictLease(
+        self, request: dict_pb.GrantDictLeaseRequest, context: grpc.aio.ServicerContext
+    ) -> dict_pb.GrantDictLeaseResponse:
+        lease = await self.dicts.grant(current_account.get(), request.name, request.ttl_s)
+        return dict_pb.GrantDictLeaseResponse(lease=_lease(lease))
+
+    async def KeepDictLeaseAlive(
+        self, request: dict_pb.KeepDictLeaseAliveRequest, context: grpc.aio.ServicerContext
+    ) -> dict_pb.KeepDictLeaseAliveResponse:
+        lease = await self.dicts.keepalive(current_account.get(), request.name, request.lease_id)
+        return dict_pb.KeepDictLeaseAliveResponse(lease=_lease(lease))
+
+    async def RevokeDictLease(
+        self, request: dict_pb.RevokeDictLeaseRequest, context: grpc.aio.ServicerContext
+    ) -> dict_pb.RevokeDictLeaseResponse:
+        revoked, rev = await self.dicts.revoke(current_account.get(), request.name, request.lease_id)
+        return dict_pb.RevokeDictLeaseResponse(revoked=revoked, rev=rev)
+
+    async def AcquireDictLock(
+        self, request: dict_pb.AcquireDictLockRequest, context: grpc.aio.ServicerContext
+    ) -> dict_pb.AcquireDictLockResponse:
+        acquired = await self.dicts.acquire_lock(
+            current_account.get(), request.name, request.lock, request.ttl_s, request.timeout_s
+        )
+        if acquired is None:
+            return dict_pb.AcquireDictLockResponse(acquired=False)
+        lease, token = acquired
+        return dict_pb.AcquireDictLockResponse(acquired=True, lease=_lease(lease), token=token)
+
+    async def ReleaseDictLock(
+        self, request: dict_pb.ReleaseDictLockRequest, context: grpc.aio.ServicerContext
+    ) -> dict_pb.ReleaseDictLockResponse:
+        released = await self.dicts.release_lock(current_account.get(), request.name, request.lock, request.token)
+        return dict_pb.ReleaseDictLockResponse(released=released)

@@ -7,6 +7,7 @@ from apothic._proto.v1 import types_pb2 as _types_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
@@ -309,6 +310,8 @@ class PutDictValueRequest(_message.Message):
     IF_ABSENT_FIELD_NUMBER: _builtins.int
     IF_VERSION_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    LEASE_ID_FIELD_NUMBER: _builtins.int
+    FENCE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     key: _builtins.str
     if_absent: _builtins.bool
@@ -317,8 +320,14 @@ class PutDictValueRequest(_message.Message):
     """Write only when the key is at this version (0: only when it does not exist)."""
     request_id: _builtins.str
     """A retried request with the same id is applied once and answers as the first did."""
+    lease_id: _builtins.str
+    """Attach the key to this lease (empty: none; a key put without a lease is detached)."""
     @_builtins.property
     def value(self) -> _types_pb2.Payload: ...
+    @_builtins.property
+    def fence(self) -> Global___DictFence:
+        """Write only while this lock is held with this token."""
+
     def __init__(
         self,
         *,
@@ -328,16 +337,42 @@ class PutDictValueRequest(_message.Message):
         if_absent: _builtins.bool = ...,
         if_version: _builtins.int | None = ...,
         request_id: _builtins.str = ...,
+        lease_id: _builtins.str = ...,
+        fence: Global___DictFence | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_if_version", b"_if_version", "if_version", b"if_version", "value", b"value"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_if_version", b"_if_version", "fence", b"fence", "if_version", b"if_version", "value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_if_version", b"_if_version", "if_absent", b"if_absent", "if_version", b"if_version", "key", b"key", "name", b"name", "request_id", b"request_id", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_if_version", b"_if_version", "fence", b"fence", "if_absent", b"if_absent", "if_version", b"if_version", "key", b"key", "lease_id", b"lease_id", "name", b"name", "request_id", b"request_id", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__if_version: _TypeAlias = _typing.Literal["if_version"]  # noqa: Y015
     _WhichOneofArgType__if_version: _TypeAlias = _typing.Literal["_if_version", b"_if_version"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__if_version) -> _WhichOneofReturnType__if_version | None: ...
 
 Global___PutDictValueRequest: _TypeAlias = PutDictValueRequest  # noqa: Y015
+
+@_typing.final
+class DictFence(_message.Message):
+    """A guard on a write: the lock `lock` must be held with fencing token `token`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOCK_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    lock: _builtins.str
+    token: _builtins.int
+    def __init__(
+        self,
+        *,
+        lock: _builtins.str = ...,
+        token: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lock", b"lock", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DictFence: _TypeAlias = DictFence  # noqa: Y015
 
 @_typing.final
 class PutDictValueResponse(_message.Message):
@@ -649,3 +684,286 @@ class ExecuteDictTxnResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExecuteDictTxnResponse: _TypeAlias = ExecuteDictTxnResponse  # noqa: Y015
+
+@_typing.final
+class DictLease(_message.Message):
+    """A lease of a dict."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASE_ID_FIELD_NUMBER: _builtins.int
+    TTL_S_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
+    lease_id: _builtins.str
+    ttl_s: _builtins.float
+    @_builtins.property
+    def deadline(self) -> _timestamp_pb2.Timestamp:
+        """When it expires unless kept alive, on the server's clock."""
+
+    def __init__(
+        self,
+        *,
+        lease_id: _builtins.str = ...,
+        ttl_s: _builtins.float = ...,
+        deadline: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "lease_id", b"lease_id", "ttl_s", b"ttl_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DictLease: _TypeAlias = DictLease  # noqa: Y015
+
+@_typing.final
+class GrantDictLeaseRequest(_message.Message):
+    """Arguments of GrantDictLease."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TTL_S_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    ttl_s: _builtins.float
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        ttl_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "ttl_s", b"ttl_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GrantDictLeaseRequest: _TypeAlias = GrantDictLeaseRequest  # noqa: Y015
+
+@_typing.final
+class GrantDictLeaseResponse(_message.Message):
+    """Result of GrantDictLease."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def lease(self) -> Global___DictLease: ...
+    def __init__(
+        self,
+        *,
+        lease: Global___DictLease | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GrantDictLeaseResponse: _TypeAlias = GrantDictLeaseResponse  # noqa: Y015
+
+@_typing.final
+class KeepDictLeaseAliveRequest(_message.Message):
+    """Arguments of KeepDictLeaseAlive."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    LEASE_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    lease_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        lease_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_id", b"lease_id", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeepDictLeaseAliveRequest: _TypeAlias = KeepDictLeaseAliveRequest  # noqa: Y015
+
+@_typing.final
+class KeepDictLeaseAliveResponse(_message.Message):
+    """Result of KeepDictLeaseAlive."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def lease(self) -> Global___DictLease: ...
+    def __init__(
+        self,
+        *,
+        lease: Global___DictLease | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeepDictLeaseAliveResponse: _TypeAlias = KeepDictLeaseAliveResponse  # noqa: Y015
+
+@_typing.final
+class RevokeDictLeaseRequest(_message.Message):
+    """Arguments of RevokeDictLease."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    LEASE_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    lease_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        lease_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_id", b"lease_id", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeDictLeaseRequest: _TypeAlias = RevokeDictLeaseRequest  # noqa: Y015
+
+@_typing.final
+class RevokeDictLeaseResponse(_message.Message):
+    """Result of RevokeDictLease."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVOKED_FIELD_NUMBER: _builtins.int
+    REV_FIELD_NUMBER: _builtins.int
+    revoked: _builtins.bool
+    """Whether the lease was live."""
+    rev: _builtins.int
+    """The dict's rev after the call."""
+    def __init__(
+        self,
+        *,
+        revoked: _builtins.bool = ...,
+        rev: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rev", b"rev", "revoked", b"revoked"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeDictLeaseResponse: _TypeAlias = RevokeDictLeaseResponse  # noqa: Y015
+
+@_typing.final
+class AcquireDictLockRequest(_message.Message):
+    """Arguments of AcquireDictLock."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    LOCK_FIELD_NUMBER: _builtins.int
+    TTL_S_FIELD_NUMBER: _builtins.int
+    TIMEOUT_S_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    lock: _builtins.str
+    ttl_s: _builtins.float
+    timeout_s: _builtins.float
+    """How long to wait for the lock; 0 tries once."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        lock: _builtins.str = ...,
+        ttl_s: _builtins.float = ...,
+        timeout_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lock", b"lock", "name", b"name", "timeout_s", b"timeout_s", "ttl_s", b"ttl_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcquireDictLockRequest: _TypeAlias = AcquireDictLockRequest  # noqa: Y015
+
+@_typing.final
+class AcquireDictLockResponse(_message.Message):
+    """Result of AcquireDictLock."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACQUIRED_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    acquired: _builtins.bool
+    token: _builtins.int
+    """Set when `acquired`: the fencing token."""
+    @_builtins.property
+    def lease(self) -> Global___DictLease:
+        """Set when `acquired`: the lease that holds the lock key."""
+
+    def __init__(
+        self,
+        *,
+        acquired: _builtins.bool = ...,
+        lease: Global___DictLease | None = ...,
+        token: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acquired", b"acquired", "lease", b"lease", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcquireDictLockResponse: _TypeAlias = AcquireDictLockResponse  # noqa: Y015
+
+@_typing.final
+class ReleaseDictLockRequest(_message.Message):
+    """Arguments of ReleaseDictLock."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    LOCK_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    lock: _builtins.str
+    token: _builtins.int
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        lock: _builtins.str = ...,
+        token: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lock", b"lock", "name", b"name", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseDictLockRequest: _TypeAlias = ReleaseDictLockRequest  # noqa: Y015
+
+@_typing.final
+class ReleaseDictLockResponse(_message.Message):
+    """Result of ReleaseDictLock."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RELEASED_FIELD_NUMBER: _builtins.int
+    released: _builtins.bool
+    """Whether the lock was still held with the token."""
+    def __init__(
+        self,
+        *,
+        released: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["released", b"released"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseDictLockResponse: _TypeAlias = ReleaseDictLockResponse  # noqa: Y015

@@ -78,6 +78,31 @@ class DictServiceStub:
                 request_serializer=apothic_dot_v1_dot_dict__service__pb2.ExecuteDictTxnRequest.SerializeToString,
                 response_deserializer=apothic_dot_v1_dot_dict__service__pb2.ExecuteDictTxnResponse.FromString,
                 _registered_method=True)
+        self.GrantDictLease = channel.unary_unary(
+                '/apothic.v1.DictService/GrantDictLease',
+                request_serializer=apothic_dot_v1_dot_dict__service__pb2.GrantDictLeaseRequest.SerializeToString,
+                response_deserializer=apothic_dot_v1_dot_dict__service__pb2.GrantDictLeaseResponse.FromString,
+                _registered_method=True)
+        self.KeepDictLeaseAlive = channel.unary_unary(
+                '/apothic.v1.DictService/KeepDictLeaseAlive',
+                request_serializer=apothic_dot_v1_dot_dict__service__pb2.KeepDictLeaseAliveRequest.SerializeToString,
+                response_deserializer=apothic_dot_v1_dot_dict__service__pb2.KeepDictLeaseAliveResponse.FromString,
+                _registered_method=True)
+        self.RevokeDictLease = channel.unary_unary(
+                '/apothic.v1.DictService/RevokeDictLease',
+                request_serializer=apothic_dot_v1_dot_dict__service__pb2.RevokeDictLeaseRequest.SerializeToString,
+                response_deserializer=apothic_dot_v1_dot_dict__service__pb2.RevokeDictLeaseResponse.FromString,
+                _registered_method=True)
+        self.AcquireDictLock = channel.unary_unary(
+                '/apothic.v1.DictService/AcquireDictLock',
+                request_serializer=apothic_dot_v1_dot_dict__service__pb2.AcquireDictLockRequest.SerializeToString,
+                response_deserializer=apothic_dot_v1_dot_dict__service__pb2.AcquireDictLockResponse.FromString,
+                _registered_method=True)
+        self.ReleaseDictLock = channel.unary_unary(
+                '/apothic.v1.DictService/ReleaseDictLock',
+                request_serializer=apothic_dot_v1_dot_dict__service__pb2.ReleaseDictLockRequest.SerializeToString,
+                response_deserializer=apothic_dot_v1_dot_dict__service__pb2.ReleaseDictLockResponse.FromString,
+                _registered_method=True)
 
 
 class DictServiceServicer:
@@ -122,10 +147,12 @@ class DictServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PutDictValue(self, request, context):
-        """Writes one key, optionally only when it is absent or at a given version. Fails with
-        INVALID_ARGUMENT for a malformed name, key or request id or a value over 1 MiB,
-        NOT_FOUND when the dict does not exist, and FAILED_PRECONDITION when the condition does
-        not hold (the message names the key's current version).
+        """Writes one key, optionally only when it is absent or at a given version, attached to
+        a lease, or fenced by a lock's token. Fails with INVALID_ARGUMENT for a malformed name,
+        key, lock name or request id or a value over 1 MiB, NOT_FOUND when the dict does not
+        exist or the lease expired or was revoked, and FAILED_PRECONDITION when the condition
+        does not hold (the message names the key's current version) or the fence's token is
+        stale (the lock is not held with that token).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -153,6 +180,55 @@ class DictServiceServicer:
         when all hold, else the `else_ops`, atomically in one transaction. Fails with
         INVALID_ARGUMENT for a malformed compare or operation (a key twice in one branch, a
         value over 1 MiB) and NOT_FOUND when the dict does not exist.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GrantDictLease(self, request, context):
+        """Grants a lease that expires `ttl_s` seconds from now on the server's clock; keys put
+        with it are deleted when it expires or is revoked. Fails with INVALID_ARGUMENT for a
+        malformed name or a TTL out of range and NOT_FOUND when the dict does not exist.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def KeepDictLeaseAlive(self, request, context):
+        """Moves a lease's deadline to now plus its TTL. Fails with INVALID_ARGUMENT for a
+        malformed name and NOT_FOUND when the dict does not exist or the lease expired or was
+        revoked.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeDictLease(self, request, context):
+        """Ends a lease and deletes every key attached to it, one rev per key; revoking a lease
+        that already ended changes nothing. Fails with INVALID_ARGUMENT for a malformed name
+        and NOT_FOUND when the dict does not exist.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcquireDictLock(self, request, context):
+        """Acquires a lock: waits up to `timeout_s` (at most 60 s) for the key `__lock__/<lock>`
+        to be absent, then creates it attached to a new lease and answers the fencing token
+        (the rev of that write; it strictly increases across acquisitions of the lock). On
+        timeout `acquired` is false. Fails with INVALID_ARGUMENT for a malformed name or lock
+        name, a TTL out of range or a negative timeout, and NOT_FOUND when the dict does not
+        exist.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseDictLock(self, request, context):
+        """Releases a lock when it is still held with `token` (revokes that acquisition's lease,
+        deleting the lock key); a lock lost or held by another acquisition is left as it is.
+        Fails with INVALID_ARGUMENT for a malformed name or lock name and NOT_FOUND when the
+        dict does not exist.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -200,6 +276,31 @@ def add_DictServiceServicer_to_server(servicer, server):
                     servicer.ExecuteDictTxn,
                     request_deserializer=apothic_dot_v1_dot_dict__service__pb2.ExecuteDictTxnRequest.FromString,
                     response_serializer=apothic_dot_v1_dot_dict__service__pb2.ExecuteDictTxnResponse.SerializeToString,
+            ),
+            'GrantDictLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.GrantDictLease,
+                    request_deserializer=apothic_dot_v1_dot_dict__service__pb2.GrantDictLeaseRequest.FromString,
+                    response_serializer=apothic_dot_v1_dot_dict__service__pb2.GrantDictLeaseResponse.SerializeToString,
+            ),
+            'KeepDictLeaseAlive': grpc.unary_unary_rpc_method_handler(
+                    servicer.KeepDictLeaseAlive,
+                    request_deserializer=apothic_dot_v1_dot_dict__service__pb2.KeepDictLeaseAliveRequest.FromString,
+                    response_serializer=apothic_dot_v1_dot_dict__service__pb2.KeepDictLeaseAliveResponse.SerializeToString,
+            ),
+            'RevokeDictLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeDictLease,
+                    request_deserializer=apothic_dot_v1_dot_dict__service__pb2.RevokeDictLeaseRequest.FromString,
+                    response_serializer=apothic_dot_v1_dot_dict__service__pb2.RevokeDictLeaseResponse.SerializeToString,
+            ),
+            'AcquireDictLock': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcquireDictLock,
+                    request_deserializer=apothic_dot_v1_dot_dict__service__pb2.AcquireDictLockRequest.FromString,
+                    response_serializer=apothic_dot_v1_dot_dict__service__pb2.AcquireDictLockResponse.SerializeToString,
+            ),
+            'ReleaseDictLock': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseDictLock,
+                    request_deserializer=apothic_dot_v1_dot_dict__service__pb2.ReleaseDictLockRequest.FromString,
+                    response_serializer=apothic_dot_v1_dot_dict__service__pb2.ReleaseDictLockResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -422,6 +523,141 @@ class DictService:
             '/apothic.v1.DictService/ExecuteDictTxn',
             apothic_dot_v1_dot_dict__service__pb2.ExecuteDictTxnRequest.SerializeToString,
             apothic_dot_v1_dot_dict__service__pb2.ExecuteDictTxnResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GrantDictLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apothic.v1.DictService/GrantDictLease',
+            apothic_dot_v1_dot_dict__service__pb2.GrantDictLeaseRequest.SerializeToString,
+            apothic_dot_v1_dot_dict__service__pb2.GrantDictLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KeepDictLeaseAlive(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apothic.v1.DictService/KeepDictLeaseAlive',
+            apothic_dot_v1_dot_dict__service__pb2.KeepDictLeaseAliveRequest.SerializeToString,
+            apothic_dot_v1_dot_dict__service__pb2.KeepDictLeaseAliveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeDictLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apothic.v1.DictService/RevokeDictLease',
+            apothic_dot_v1_dot_dict__service__pb2.RevokeDictLeaseRequest.SerializeToString,
+            apothic_dot_v1_dot_dict__service__pb2.RevokeDictLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcquireDictLock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apothic.v1.DictService/AcquireDictLock',
+            apothic_dot_v1_dot_dict__service__pb2.AcquireDictLockRequest.SerializeToString,
+            apothic_dot_v1_dot_dict__service__pb2.AcquireDictLockResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseDictLock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apothic.v1.DictService/ReleaseDictLock',
+            apothic_dot_v1_dot_dict__service__pb2.ReleaseDictLockRequest.SerializeToString,
+            apothic_dot_v1_dot_dict__service__pb2.ReleaseDictLockResponse.FromString,
             options,
             channel_credentials,
             insecure,

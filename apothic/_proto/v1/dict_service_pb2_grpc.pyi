@@ -56,10 +56,12 @@ class DictServiceStub:
     an error (`found` is false).
     """
     PutDictValue: _grpc.UnaryUnaryMultiCallable[_dict_service_pb2.PutDictValueRequest, _dict_service_pb2.PutDictValueResponse]
-    """Writes one key, optionally only when it is absent or at a given version. Fails with
-    INVALID_ARGUMENT for a malformed name, key or request id or a value over 1 MiB,
-    NOT_FOUND when the dict does not exist, and FAILED_PRECONDITION when the condition does
-    not hold (the message names the key's current version).
+    """Writes one key, optionally only when it is absent or at a given version, attached to
+    a lease, or fenced by a lock's token. Fails with INVALID_ARGUMENT for a malformed name,
+    key, lock name or request id or a value over 1 MiB, NOT_FOUND when the dict does not
+    exist or the lease expired or was revoked, and FAILED_PRECONDITION when the condition
+    does not hold (the message names the key's current version) or the fence's token is
+    stale (the lock is not held with that token).
     """
     DeleteDictValue: _grpc.UnaryUnaryMultiCallable[_dict_service_pb2.DeleteDictValueRequest, _dict_service_pb2.DeleteDictValueResponse]
     """Deletes one key; deleting a missing key changes nothing. Fails with INVALID_ARGUMENT
@@ -75,6 +77,35 @@ class DictServiceStub:
     when all hold, else the `else_ops`, atomically in one transaction. Fails with
     INVALID_ARGUMENT for a malformed compare or operation (a key twice in one branch, a
     value over 1 MiB) and NOT_FOUND when the dict does not exist.
+    """
+    GrantDictLease: _grpc.UnaryUnaryMultiCallable[_dict_service_pb2.GrantDictLeaseRequest, _dict_service_pb2.GrantDictLeaseResponse]
+    """Grants a lease that expires `ttl_s` seconds from now on the server's clock; keys put
+    with it are deleted when it expires or is revoked. Fails with INVALID_ARGUMENT for a
+    malformed name or a TTL out of range and NOT_FOUND when the dict does not exist.
+    """
+    KeepDictLeaseAlive: _grpc.UnaryUnaryMultiCallable[_dict_service_pb2.KeepDictLeaseAliveRequest, _dict_service_pb2.KeepDictLeaseAliveResponse]
+    """Moves a lease's deadline to now plus its TTL. Fails with INVALID_ARGUMENT for a
+    malformed name and NOT_FOUND when the dict does not exist or the lease expired or was
+    revoked.
+    """
+    RevokeDictLease: _grpc.UnaryUnaryMultiCallable[_dict_service_pb2.RevokeDictLeaseRequest, _dict_service_pb2.RevokeDictLeaseResponse]
+    """Ends a lease and deletes every key attached to it, one rev per key; revoking a lease
+    that already ended changes nothing. Fails with INVALID_ARGUMENT for a malformed name
+    and NOT_FOUND when the dict does not exist.
+    """
+    AcquireDictLock: _grpc.UnaryUnaryMultiCallable[_dict_service_pb2.AcquireDictLockRequest, _dict_service_pb2.AcquireDictLockResponse]
+    """Acquires a lock: waits up to `timeout_s` (at most 60 s) for the key `__lock__/<lock>`
+    to be absent, then creates it attached to a new lease and answers the fencing token
+    (the rev of that write; it strictly increases across acquisitions of the lock). On
+    timeout `acquired` is false. Fails with INVALID_ARGUMENT for a malformed name or lock
+    name, a TTL out of range or a negative timeout, and NOT_FOUND when the dict does not
+    exist.
+    """
+    ReleaseDictLock: _grpc.UnaryUnaryMultiCallable[_dict_service_pb2.ReleaseDictLockRequest, _dict_service_pb2.ReleaseDictLockResponse]
+    """Releases a lock when it is still held with `token` (revokes that acquisition's lease,
+    deleting the lock key); a lock lost or held by another acquisition is left as it is.
+    Fails with INVALID_ARGUMENT for a malformed name or lock name and NOT_FOUND when the
+    dict does not exist.
     """
 
 @_typing.type_check_only
@@ -105,10 +136,12 @@ class DictServiceAsyncStub(DictServiceStub):
     an error (`found` is false).
     """
     PutDictValue: _aio.UnaryUnaryMultiCallable[_dict_service_pb2.PutDictValueRequest, _dict_service_pb2.PutDictValueResponse]  # type: ignore[assignment]
-    """Writes one key, optionally only when it is absent or at a given version. Fails with
-    INVALID_ARGUMENT for a malformed name, key or request id or a value over 1 MiB,
-    NOT_FOUND when the dict does not exist, and FAILED_PRECONDITION when the condition does
-    not hold (the message names the key's current version).
+    """Writes one key, optionally only when it is absent or at a given version, attached to
+    a lease, or fenced by a lock's token. Fails with INVALID_ARGUMENT for a malformed name,
+    key, lock name or request id or a value over 1 MiB, NOT_FOUND when the dict does not
+    exist or the lease expired or was revoked, and FAILED_PRECONDITION when the condition
+    does not hold (the message names the key's current version) or the fence's token is
+    stale (the lock is not held with that token).
     """
     DeleteDictValue: _aio.UnaryUnaryMultiCallable[_dict_service_pb2.DeleteDictValueRequest, _dict_service_pb2.DeleteDictValueResponse]  # type: ignore[assignment]
     """Deletes one key; deleting a missing key changes nothing. Fails with INVALID_ARGUMENT
@@ -124,6 +157,35 @@ class DictServiceAsyncStub(DictServiceStub):
     when all hold, else the `else_ops`, atomically in one transaction. Fails with
     INVALID_ARGUMENT for a malformed compare or operation (a key twice in one branch, a
     value over 1 MiB) and NOT_FOUND when the dict does not exist.
+    """
+    GrantDictLease: _aio.UnaryUnaryMultiCallable[_dict_service_pb2.GrantDictLeaseRequest, _dict_service_pb2.GrantDictLeaseResponse]  # type: ignore[assignment]
+    """Grants a lease that expires `ttl_s` seconds from now on the server's clock; keys put
+    with it are deleted when it expires or is revoked. Fails with INVALID_ARGUMENT for a
+    malformed name or a TTL out of range and NOT_FOUND when the dict does not exist.
+    """
+    KeepDictLeaseAlive: _aio.UnaryUnaryMultiCallable[_dict_service_pb2.KeepDictLeaseAliveRequest, _dict_service_pb2.KeepDictLeaseAliveResponse]  # type: ignore[assignment]
+    """Moves a lease's deadline to now plus its TTL. Fails with INVALID_ARGUMENT for a
+    malformed name and NOT_FOUND when the dict does not exist or the lease expired or was
+    revoked.
+    """
+    RevokeDictLease: _aio.UnaryUnaryMultiCallable[_dict_service_pb2.RevokeDictLeaseRequest, _dict_service_pb2.RevokeDictLeaseResponse]  # type: ignore[assignment]
+    """Ends a lease and deletes every key attached to it, one rev per key; revoking a lease
+    that already ended changes nothing. Fails with INVALID_ARGUMENT for a malformed name
+    and NOT_FOUND when the dict does not exist.
+    """
+    AcquireDictLock: _aio.UnaryUnaryMultiCallable[_dict_service_pb2.AcquireDictLockRequest, _dict_service_pb2.AcquireDictLockResponse]  # type: ignore[assignment]
+    """Acquires a lock: waits up to `timeout_s` (at most 60 s) for the key `__lock__/<lock>`
+    to be absent, then creates it attached to a new lease and answers the fencing token
+    (the rev of that write; it strictly increases across acquisitions of the lock). On
+    timeout `acquired` is false. Fails with INVALID_ARGUMENT for a malformed name or lock
+    name, a TTL out of range or a negative timeout, and NOT_FOUND when the dict does not
+    exist.
+    """
+    ReleaseDictLock: _aio.UnaryUnaryMultiCallable[_dict_service_pb2.ReleaseDictLockRequest, _dict_service_pb2.ReleaseDictLockResponse]  # type: ignore[assignment]
+    """Releases a lock when it is still held with `token` (revokes that acquisition's lease,
+    deleting the lock key); a lock lost or held by another acquisition is left as it is.
+    Fails with INVALID_ARGUMENT for a malformed name or lock name and NOT_FOUND when the
+    dict does not exist.
     """
 
 class DictServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -181,10 +243,12 @@ class DictServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _dict_service_pb2.PutDictValueRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_dict_service_pb2.PutDictValueResponse, _abc.Awaitable[_dict_service_pb2.PutDictValueResponse]]:
-        """Writes one key, optionally only when it is absent or at a given version. Fails with
-        INVALID_ARGUMENT for a malformed name, key or request id or a value over 1 MiB,
-        NOT_FOUND when the dict does not exist, and FAILED_PRECONDITION when the condition does
-        not hold (the message names the key's current version).
+        """Writes one key, optionally only when it is absent or at a given version, attached to
+        a lease, or fenced by a lock's token. Fails with INVALID_ARGUMENT for a malformed name,
+        key, lock name or request id or a value over 1 MiB, NOT_FOUND when the dict does not
+        exist or the lease expired or was revoked, and FAILED_PRECONDITION when the condition
+        does not hold (the message names the key's current version) or the fence's token is
+        stale (the lock is not held with that token).
         """
 
     @_abc_1.abstractmethod
@@ -218,6 +282,65 @@ class DictServiceServicer(metaclass=_abc_1.ABCMeta):
         when all hold, else the `else_ops`, atomically in one transaction. Fails with
         INVALID_ARGUMENT for a malformed compare or operation (a key twice in one branch, a
         value over 1 MiB) and NOT_FOUND when the dict does not exist.
+        """
+
+    @_abc_1.abstractmethod
+    def GrantDictLease(
+        self,
+        request: _dict_service_pb2.GrantDictLeaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dict_service_pb2.GrantDictLeaseResponse, _abc.Awaitable[_dict_service_pb2.GrantDictLeaseResponse]]:
+        """Grants a lease that expires `ttl_s` seconds from now on the server's clock; keys put
+        with it are deleted when it expires or is revoked. Fails with INVALID_ARGUMENT for a
+        malformed name or a TTL out of range and NOT_FOUND when the dict does not exist.
+        """
+
+    @_abc_1.abstractmethod
+    def KeepDictLeaseAlive(
+        self,
+        request: _dict_service_pb2.KeepDictLeaseAliveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dict_service_pb2.KeepDictLeaseAliveResponse, _abc.Awaitable[_dict_service_pb2.KeepDictLeaseAliveResponse]]:
+        """Moves a lease's deadline to now plus its TTL. Fails with INVALID_ARGUMENT for a
+        malformed name and NOT_FOUND when the dict does not exist or the lease expired or was
+        revoked.
+        """
+
+    @_abc_1.abstractmethod
+    def RevokeDictLease(
+        self,
+        request: _dict_service_pb2.RevokeDictLeaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dict_service_pb2.RevokeDictLeaseResponse, _abc.Awaitable[_dict_service_pb2.RevokeDictLeaseResponse]]:
+        """Ends a lease and deletes every key attached to it, one rev per key; revoking a lease
+        that already ended changes nothing. Fails with INVALID_ARGUMENT for a malformed name
+        and NOT_FOUND when the dict does not exist.
+        """
+
+    @_abc_1.abstractmethod
+    def AcquireDictLock(
+        self,
+        request: _dict_service_pb2.AcquireDictLockRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dict_service_pb2.AcquireDictLockResponse, _abc.Awaitable[_dict_service_pb2.AcquireDictLockResponse]]:
+        """Acquires a lock: waits up to `timeout_s` (at most 60 s) for the key `__lock__/<lock>`
+        to be absent, then creates it attached to a new lease and answers the fencing token
+        (the rev of that write; it strictly increases across acquisitions of the lock). On
+        timeout `acquired` is false. Fails with INVALID_ARGUMENT for a malformed name or lock
+        name, a TTL out of range or a negative timeout, and NOT_FOUND when the dict does not
+        exist.
+        """
+
+    @_abc_1.abstractmethod
+    def ReleaseDictLock(
+        self,
+        request: _dict_service_pb2.ReleaseDictLockRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dict_service_pb2.ReleaseDictLockResponse, _abc.Awaitable[_dict_service_pb2.ReleaseDictLockResponse]]:
+        """Releases a lock when it is still held with `token` (revokes that acquisition's lease,
+        deleting the lock key); a lock lost or held by another acquisition is left as it is.
+        Fails with INVALID_ARGUMENT for a malformed name or lock name and NOT_FOUND when the
+        dict does not exist.
         """
 
 def add_DictServiceServicer_to_server(servicer: DictServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
