@@ -2,33 +2,17 @@
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import typer
 
+from apothic.cli._common import handle_errors
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 dict_app = typer.Typer(help="Read and write Dicts.", no_args_is_help=True)
-
-
-def _errors(func: F) -> F:
-    """Turns SDK errors into a red message and exit code 1."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from apothic.cli._render import err_console
-        from apothic.exceptions import ApothicError
-
-        try:
-            return func(*args, **kwargs)
-        except ApothicError as exc:
-            err_console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}")
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _plain(value: Any) -> Any:
@@ -41,7 +25,7 @@ def _plain(value: Any) -> Any:
 
 
 @dict_app.command("get")
-@_errors
+@handle_errors
 def get(name: str = typer.Argument(..., help="The dict."), key: str = typer.Argument(..., help="The key.")) -> None:
     """Print one key's value as JSON (its repr when JSON cannot hold it)."""
     from apothic.cli._render import err_console
@@ -55,7 +39,7 @@ def get(name: str = typer.Argument(..., help="The dict."), key: str = typer.Argu
 
 
 @dict_app.command("put")
-@_errors
+@handle_errors
 def put(
     name: str = typer.Argument(..., help="The dict (created when missing)."),
     key: str = typer.Argument(..., help="The key."),
@@ -73,7 +57,7 @@ def put(
 
 
 @dict_app.command("items")
-@_errors
+@handle_errors
 def items(
     name: str = typer.Argument(..., help="The dict."),
     prefix: str = typer.Option("", "--prefix", help="Only keys that start with this."),

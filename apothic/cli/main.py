@@ -6,7 +6,6 @@ Heavy modules (grpc stubs, the server, the worker) are imported inside commands 
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any, TypeVar
 import typer
 
 from apothic.cli import dict_cmds, queue_cmds, runtime_cmds
-from apothic.cli._render import err_console
+from apothic.cli._common import JSON_OPT, handle_errors
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -35,24 +34,6 @@ app.add_typer(app_app, name="app")
 runtime_cmds.register(app)
 dict_cmds.register(app)
 queue_cmds.register(app)
-
-JSON_OPT = typer.Option(False, "--json", help="Print machine-readable JSON.")
-
-
-def handle_errors(func: F) -> F:
-    """Turns SDK errors into a red message and exit code 1."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from apothic.exceptions import ApothicError
-
-        try:
-            return func(*args, **kwargs)
-        except ApothicError as exc:
-            err_console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}")
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _client_call(coro_factory: Callable[[Any], Any]) -> Any:

@@ -2,40 +2,23 @@
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import typer
 
+from apothic.cli._common import JSON_OPT, handle_errors
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 queue_app = typer.Typer(help="Inspect and feed Queues.", no_args_is_help=True)
 
 PARTITION_OPT = typer.Option(None, "--partition", "-p", help="Only this partition (default: every partition).")
-JSON_OPT = typer.Option(False, "--json", help="Print machine-readable JSON.")
-
-
-def _errors(func: F) -> F:
-    """Turns SDK errors into a red message and exit code 1."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from apothic.cli._render import err_console
-        from apothic.exceptions import ApothicError
-
-        try:
-            return func(*args, **kwargs)
-        except ApothicError as exc:
-            err_console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}")
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 @queue_app.command("len")
-@_errors
+@handle_errors
 def length(
     name: str = typer.Argument(..., help="The queue's name."),
     partition: str = PARTITION_OPT,
@@ -53,7 +36,7 @@ def length(
 
 
 @queue_app.command("put")
-@_errors
+@handle_errors
 def put(
     name: str = typer.Argument(..., help="The queue's name (created when missing)."),
     value: str = typer.Argument(..., help="The item, as JSON."),
@@ -72,7 +55,7 @@ def put(
 
 
 @queue_app.command("clear")
-@_errors
+@handle_errors
 def clear(
     name: str = typer.Argument(..., help="The queue's name."),
     partition: str = PARTITION_OPT,
