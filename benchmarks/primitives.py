@@ -41,7 +41,6 @@ import datetime
 import json
 import os
 import platform
-import selectors
 import shutil
 import socket
 import subprocess
@@ -53,7 +52,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import ROOT, RUNTIME_START_TIMEOUT_S, dist_version, source_state
+from benchmarks._common import dist_version, runtime_process, source_state
 
 #: Issue 4's targets: Queue ops/s at least 1/3 of Redis's; Dict CAS at least etcd's.
 QUEUE_TARGET = 1 / 3
@@ -159,37 +158,6 @@ def etcd_server(tmp: Path) -> Iterator[tuple[int, int] | None]:
         yield client, proc.pid
     finally:
         _stop(proc)
-
-
-@contextlib.contextmanager
-def apothic_runtime(db_url: str) -> Iterator[dict[str, Any]]:
-    """Starts ``python -m benchmarks._runtime --db-url db_url`` (as ``_common.runtime_process``
-    does, with the store chosen) and yields its ``base_url``, ``api_key`` and ``pid``."""
-    with tempfile.TemporaryFile(mode="w+") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks._runtime", "--db-url", db_url],
-            cwd=ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=log_file,
-            text=True,
-        )
-        assert proc.stdin is not None and proc.stdout is not None
-        try:
-            with selectors.DefaultSelector() as sel:
-                sel.register(proc.stdout, selectors.EVENT_READ)
-                ready = sel.select(RUNTIME_START_TIMEOUT_S)
-            line = proc.stdout.readline() if ready else ""
-            if not line:
-                log_file.seek(0)
-                raise RuntimeError(f"the runtime did not start (exit code {proc.poll()}):\n{log_file.read()[-2000:]}")
-            yield {**json.loads(line), "pid": proc.pid}
-        finally:
-            proc.stdin.close()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                _stop(proc)
 
 
 # -- etcd's gRPC API, encoded by hand ---------------------------------------------------------
@@ -628,7 +596,7 @@ def main(argv: list[str] | None = None) -> None:
                 versions["etcd"] = ver[2] if len(ver) > 2 else ""
                 results["etcd"] = etcd_figures(srv[0], srv[1], args)
         db_url = args.db_url or f"surrealkv://{tmp / 'apothic'}"
-        with apothic_runtime(db_url) as address:
+        with runtime_process(db_url) as address:
             results["apothic"] = apothic_figures(address, args)
         versions["apothic"] = dist_version("apothic")
     wall_s = time.perf_counter() - t_start
