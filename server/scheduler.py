@@ -91,6 +91,8 @@ class ContainerHandle:
     state: str = "starting"  # starting | ready | stopping | gone
     inflight: dict[str, Work] = field(default_factory=dict)
     idle_since: float = field(default_factory=time.monotonic)
+    #: When the container was started: ties go to the oldest, so warm ones are reused.
+    created: float = field(default_factory=time.monotonic)
 
     def free_for(self, work: Work) -> int:
         """Inputs like ``work`` this container can take now."""
@@ -123,12 +125,16 @@ class FunctionPool:
         return self.spec.max_containers or 1_000_000
 
     def best_container(self, work: Work) -> ContainerHandle | None:
-        """The ready container with the most room for ``work`` (least loaded), if any."""
+        """The ready container with the most room for ``work`` (least loaded), if any.
+
+        Among equally free containers the oldest wins, so consecutive calls reuse the same
+        warm container and a spare started ahead stays idle until it is needed.
+        """
         best: ContainerHandle | None = None
         room = 0
         for container in self.containers:
             free = container.free_for(work)
-            if free > room:
+            if free > room or (free == room and best is not None and container.created < best.created):
                 best, room = container, free
         return best
 
