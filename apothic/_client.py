@@ -1,7 +1,8 @@
-"""The client transport: the only SDK module that touches gRPC stubs.
+"""The client transport: functions, jobs and apps; one shared client per loop.
 
-One long-lived channel per (event loop, address, key). Every RPC error is mapped to an
-exception from :mod:`apothic.exceptions` here and nowhere else.
+One long-lived channel per (event loop, address, key). Dict and queue calls live in
+:mod:`apothic._client_dict` and :mod:`apothic._client_queue`; the channel and the error
+mapping in :mod:`apothic._transport`.
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ import asyncio
 import contextlib
 import weakref
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 import grpc.aio
 
 from apothic import _serialization as ser
+from apothic._client_dict import DictCalls
+from apothic._client_queue import QueueCalls
 from apothic._proto.v1 import (
     app_service_pb2 as app_pb,
 )
@@ -30,6 +32,7 @@ from apothic._proto.v1 import (
     function_service_pb2_grpc as fn_grpc,
 )
 from apothic._proto.v1 import types_pb2 as pb
+from apothic._transport import FORMAT_FROM_PB, FORMAT_TO_PB, _time
 from apothic.config import ClientConfig, load_client_config
 from apothic.exceptions import InvalidConfigError, from_grpc_error
 from apothic.models import (
@@ -50,25 +53,12 @@ from apothic.models import (
     ScheduleInfo,
 )
 from apothic.options import FunctionDefinition
-from apothic.queue import QueueInfo, QueueItem
 from apothic.retries import Retries
 from apothic.schedules import Cron, Period
 
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 #: Map inputs a client keeps in flight at once (the rest wait client-side).
 MAP_WINDOW = 4096
-CHANNEL_OPTIONS = [
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-]
 
-FORMAT_TO_PB: dict[str, pb.PayloadFormat.ValueType] = {
-    ser.CLOUDPICKLE: pb.PAYLOAD_FORMAT_CLOUDPICKLE,
-    ser.JSON: pb.PAYLOAD_FORMAT_JSON,
-}
-FORMAT_FROM_PB: dict[int, str] = {v: k for k, v in FORMAT_TO_PB.items()}
 STATUS_FROM_PB: dict[int, JobStatus] = {
     pb.JOB_STATUS_QUEUED: JobStatus.QUEUED,
     pb.JOB_STATUS_RUNNING: JobStatus.RUNNING,
@@ -88,12 +78,6 @@ LOG_STREAM_FROM_PB: dict[int, str] = {
     pb.LOG_STREAM_STDERR: "stderr",
     pb.LOG_STREAM_SYSTEM: "system",
 }
-
-
-def _time(ts: Any) -> datetime | None:
-    if ts is None or (ts.seconds == 0 and ts.nanos == 0):
-        return None
-    return ts.ToDatetime(tzinfo=UTC)
 
 
 def _error_info(err: pb.RemoteError) -> ser.ErrorInfo:
@@ -230,35 +214,13 @@ def function_ref(app_name: str, function_name: str, deployment_id: str = "") -> 
     return pb.FunctionRef(app_name=app_name, function_name=function_name, deployment_id=deployment_id)
 
 
-class Client:
+class Client(DictCalls, QueueCalls):
     """A connection to one control plane, bound to the event loop that created it."""
 
     def __init__(self, config: ClientConfig) -> None:
-        self.config = config
-        self._channel = grpc.aio.insecure_channel(config.base_url, options=CHANNEL_OPTIONS)
-        self._metadata = (("authorization", f"Bearer {config.api_key}"),)
+        super().__init__(config)
         self._fn = fn_grpc.FunctionServiceStub(self._channel)
         self._app = app_grpc.AppServiceStub(self._channel)
-
-    async def close(self) -> None:
-        """Closes the channel."""
-        await self._channel.close()
-
-    async def _unary(self, method: Any, request: Any, timeout: float | None = None) -> Any:
-        try:
-            return await method(request, metadata=self._metadata, timeout=timeout)
-        except grpc.aio.AioRpcError as err:
-            raise from_grpc_error(err) from None
-
-    async def _stream(self, method: Any, request: Any) -> AsyncIterator[Any]:
-        call = method(request, metadata=self._metadata)
-        try:
-            async for item in call:
-                yield item
-        except grpc.aio.AioRpcError as err:
-            raise from_grpc_error(err) from None
-        finally:
-            call.cancel()
 
     # -- functions and jobs -------------------------------------------------------------
 
@@ -500,312 +462,6 @@ class Client:
             raise from_grpc_error(err) from None
         finally:
             call.cancel()
-
-    # -- dicts --------------------------------------------------------------------------
-
-    @property
-    def _dicts(self) -> Any:
-        stub = self.__dict__.get("_dict_stub")
-        if stub is None:
-            from apothic._proto.v1 import dict_service_pb2_grpc as dict_grpc
-
-            stub = self.__dict__["_dict_stub"] = dict_grpc.DictServiceStub(self._channel)
-        return stub
-
-    async def create_dict(self, name: str, *, exist_ok: bool) -> tuple[int, bool]:
-        """Creates a dict (or finds it when ``exist_ok``); returns its rev and whether it was
-        created."""
-        from apothic._proto.v1 import dict_service_pb2 as dict_pb
-
-        resp = await self._unary(self._dicts.CreateDict, dict_pb.CreateDictRequest(name=name, exist_ok=exist_ok))
-        return int(resp.dict.rev), bool(resp.created)
-
-    async def get_dict(self, name: str) -> tuple[int, int]:
-        """Returns a dict's rev and number of keys."""
-        from apothic._proto.v1 import dict_service_pb2 as dict_pb
-
-        resp = await self._unary(self._dicts.GetDict, dict_pb.GetDictRequest(name=name))
-        return int(resp.dict.rev), int(resp.dict.length)
-
-    async def delete_dict(self, name: str) -> None:
-        """Deletes a dict and its keys."""
-        from apothic._proto.v1 import dict_service_pb2 as dict_pb
-
-        await self._unary(self._dicts.DeleteDict, dict_pb.DeleteDictRequest(name=name))
-
-    @staticmethod
-    def _dict_entry(entry: Any) -> Any:
-        from apothic.dict import DictEntry
-
-        value = None
-        if entry.HasField("value"):
-            value = ser.loads_value(FORMAT_FROM_PB.get(entry.value.format, ser.CLOUDPICKLE), entry.value.data)
-        return DictEntry(
-            key=entry.key, value=value, version=entry.version, mod_rev=entry.mod_rev, create_rev=entry.create_rev
-        )
-
-    async def dict_get(self, name: str, key: str) -> Any:
-        """Returns one key as a :class:`apothic.dict.DictEntry`, or None when it is missing."""
-        from apothic._proto.v1 import dict_service_pb2 as dict_pb
-
-        resp = await self._unary(self._dicts.GetDictValue, dict_pb.GetDictValueRequest(name=name, key=key))
-        return self._dict_entry(resp.entry) if resp.found else None
-
-    async def dict_put(
-        self,
-        name: str,
-        key: str,
-        value: Any,
-        *,
-        if_absent: bool = False,
-        if_version: int | None = None,
-        lease_id: str = "",
-        fence: tuple[str, int] | None = None,
-        request_id: str = "",
-    ) -> tuple[int, int]:
-        """Writes one key (value cloudpickled), optionally attached to a lease or fenced by
-        ``(lock, token)``; returns its new version and the dict's rev."""
-        from apothic._proto.v1 import dict_service_pb2 as dict_pb
-        from apothic.dict import encode_value
-
-        req = dict_pb.PutDictValueRequest(
-            name=name,
-            key=key,
-            value=pb.Payload(format=pb.PAYLOAD_FORMAT_CLOUDPICKLE, data=encode_value(key, value)),
-            if_absent=if_absent,
-            request_id=request_id,
-            lease_id=lease_id,
-        )
-        if if_version is not None:
-            req.if_version = if_version
-        if fence is not None:
-            req.fence.lock, req.fence.token = fence
-        resp = await self._unary(self._dicts.PutDictValue, req)
-        return int(resp.version), int(resp.rev)
-
-    async def dict_delete(self, name: str, key: str, *, request_id: str = "") -> tuple[bool, int]:
-        """Deletes one key; returns whether it existed and the dict's rev."""
-        from apothic._proto.v1 import dict_service_pb2 as dict_pb
-
-        req = dict_pb.DeleteDictValueRequest(name=name, key=key, request_id=request_id)
-        resp = await self._unary(self._dicts.DeleteDictValue, req)
-        return bool(resp.deleted), int(resp.rev)
-
-    async def dict_list(
-        self, name: str, *, prefix: str = "", start_after: str = "", limit: int = 0, keys_only: bool = False
-    ) -> tuple[list[Any], bool]:
-        """One page of entries in key order, and whether more follow."""
-        from apothic._proto.v1 import dict_service_pb2 as dict_pb
-
-        req = dict_pb.ListDictEntriesRequest(
-            name=name, prefix=prefix, start_after=start_after, limit=limit, keys_only=keys_only
-        )
-        resp = await self._unary(self._dicts.ListDictEntries, req)
-        return [self._dict_entry(e) for e in resp.entries], bool(resp.more)
-
-    async def dict_txn(
-        self, name: str, compares: list[Any], then: list[Any], else_: list[Any], *, request_id: str = ""
-    ) -> Any:
-        """Runs a transaction of :mod:`apothic.dict` compares and ops; returns a
-        :class:`apothic.dict.DictTxnResult`."""
-        from apothic._proto.v1 import dict_service_pb2 as dict_pb
-        from apothic.dict import DictDelete, DictPut, DictTxnResult, encode_value
-
-        ops_pb = {
-            "==": dict_pb.DICT_COMPARE_OP_EQUAL,
-            "!=": dict_pb.DICT_COMPARE_OP_NOT_EQUAL,
-            ">": dict_pb.DICT_COMPARE_OP_GREATER,
-            "<": dict_pb.DICT_COMPARE_OP_LESS,
-        }
-
-        def op_pb(op: Any) -> Any:
-            if isinstance(op, DictPut):
-                data = encode_value(op.key, op.value)
-                value = pb.Payload(format=pb.PAYLOAD_FORMAT_CLOUDPICKLE, data=data)
-                return dict_pb.DictOp(put=dict_pb.DictPutOp(key=op.key, value=value))
-            if isinstance(op, DictDelete):
-                return dict_pb.DictOp(delete=dict_pb.DictDeleteOp(key=op.key))
-            raise InvalidConfigError(f"a txn operation must be a DictPut or DictDelete, not {type(op).__name__}")
-
-        compares_pb = []
-        for c in compares:
-            if c.op not in ops_pb:
-                raise InvalidConfigError(f"compare op {c.op!r} is not one of {', '.join(ops_pb)}")
-            compares_pb.append(dict_pb.DictCompare(key=c.key, op=ops_pb[c.op], version=c.version))
-        req = dict_pb.ExecuteDictTxnRequest(
-            name=name,
-            compares=compares_pb,
-            then_ops=[op_pb(o) for o in then],
-            else_ops=[op_pb(o) for o in else_],
-            request_id=request_id,
-        )
-        resp = await self._unary(self._dicts.ExecuteDictTxn, req)
-        return DictTxnResult(succeeded=bool(resp.succeeded), rev=int(resp.rev))
-
-    @staticmethod
-    def _dict_lease(lease: Any) -> Any:
-        from apothic.dict import Lease
-
-        return Lease(lease_id=lease.lease_id, ttl_s=lease.ttl_s, deadline=lease.deadline.ToDatetime(tzinfo=UTC))
-
-    async def dict_grant(self, name: str, ttl_s: float) -> Any:
-        """Grants a lease; returns a :class:`apothic.dict.Lease`."""
-        from apothic._proto.v1 import dict_service_pb2 as dict_pb
-
-        resp = await self._unary(self._dicts.GrantDictLease, dict_pb.GrantDictLeaseRequest(name=name, ttl_s=ttl_s))
-        return self._dict_lease(resp.lease)
-
-    async def dict_keepalive(self, name: str, lease_id: str) -> Any:
-        """Extends a lease to now + its TTL; returns the :class:`apothic.dict.Lease`."""
-        from apothic._proto.v1 import dict_service_pb2 as dict_pb
-
-        req = dict_pb.KeepDictLeaseAliveRequest(name=name, lease_id=lease_id)
-        resp = await self._unary(self._dicts.KeepDictLeaseAlive, req)
-        return self._dict_lease(resp.lease)
-
-    async def dict_revoke(self, name: str, lease_id: str) -> bool:
-        """Revokes a lease (deleting its keys); returns whether it was live."""
-        from apothic._proto.v1 import dict_service_pb2 as dict_pb
-
-        req = dict_pb.RevokeDictLeaseRequest(name=name, lease_id=lease_id)
-        resp = await self._unary(self._dicts.RevokeDictLease, req)
-        return bool(resp.revoked)
-
-    async def dict_acquire_lock(self, name: str, lock: str, ttl_s: float, timeout_s: float) -> tuple[Any, int] | None:
-        """One acquisition attempt (waiting up to ``timeout_s`` server-side); returns the
-        :class:`apothic.dict.Lease` and the fencing token, or None on timeout."""
-        from apothic._proto.v1 import dict_service_pb2 as dict_pb
-
-        req = dict_pb.AcquireDictLockRequest(name=name, lock=lock, ttl_s=ttl_s, timeout_s=timeout_s)
-        resp = await self._unary(self._dicts.AcquireDictLock, req)
-        if not resp.acquired:
-            return None
-        return self._dict_lease(resp.lease), int(resp.token)
-
-    async def dict_release_lock(self, name: str, lock: str, token: int) -> bool:
-        """Releases a lock held with ``token``; returns whether it still was."""
-        from apothic._proto.v1 import dict_service_pb2 as dict_pb
-
-        req = dict_pb.ReleaseDictLockRequest(name=name, lock=lock, token=token)
-        resp = await self._unary(self._dicts.ReleaseDictLock, req)
-        return bool(resp.released)
-
-    # -- queues -------------------------------------------------------------------------
-
-    def _queue_stub(self) -> Any:
-        stub = self.__dict__.get("_queue_service")
-        if stub is None:
-            from apothic._proto.v1 import queue_service_pb2_grpc as q_grpc
-
-            stub = self.__dict__["_queue_service"] = q_grpc.QueueServiceStub(self._channel)
-        return stub
-
-    async def create_queue(self, name: str, max_attempts: int | None = None) -> QueueInfo:
-        """Creates a queue, or returns the existing one."""
-        from apothic._proto.v1 import queue_service_pb2 as q_pb
-
-        req = q_pb.CreateQueueRequest(name=name, max_attempts=max_attempts)
-        return _queue_info(await self._unary(self._queue_stub().CreateQueue, req))
-
-    async def get_queue(self, name: str) -> QueueInfo:
-        """Returns a queue's state."""
-        from apothic._proto.v1 import queue_service_pb2 as q_pb
-
-        return _queue_info(await self._unary(self._queue_stub().GetQueue, q_pb.GetQueueRequest(name=name)))
-
-    async def delete_queue(self, name: str) -> None:
-        """Deletes a queue and its dead-letter queue."""
-        from apothic._proto.v1 import queue_service_pb2 as q_pb
-
-        await self._unary(self._queue_stub().DeleteQueue, q_pb.DeleteQueueRequest(name=name))
-
-    async def put_items(self, name: str, items: list[tuple[str, bytes]], *, partition: str, request_id: str) -> int:
-        """Appends ``(format, data)`` items; returns the queue's rev once they committed."""
-        from apothic._proto.v1 import queue_service_pb2 as q_pb
-
-        payloads = [pb.Payload(format=FORMAT_TO_PB[fmt], data=data) for fmt, data in items]
-        req = q_pb.PutItemsRequest(name=name, partition=partition, items=payloads, request_id=request_id)
-        return int((await self._unary(self._queue_stub().PutItems, req)).rev)
-
-    async def get_items(self, name: str, n: int, *, wait_s: float, partition: str, request_id: str) -> list[QueueItem]:
-        """Removes up to ``n`` items (claim and ack in one step)."""
-        from apothic._proto.v1 import queue_service_pb2 as q_pb
-
-        req = q_pb.GetItemsRequest(name=name, partition=partition, n=n, wait_s=wait_s, request_id=request_id)
-        return [_queue_item(i) for i in (await self._unary(self._queue_stub().GetItems, req)).items]
-
-    async def claim_items(
-        self, name: str, n: int, *, lease_s: float, wait_s: float, partition: str, request_id: str
-    ) -> list[QueueItem]:
-        """Leases up to ``n`` items."""
-        from apothic._proto.v1 import queue_service_pb2 as q_pb
-
-        req = q_pb.ClaimItemsRequest(
-            name=name, partition=partition, n=n, lease_s=lease_s, wait_s=wait_s, request_id=request_id
-        )
-        return [_queue_item(i) for i in (await self._unary(self._queue_stub().ClaimItems, req)).items]
-
-    async def ack_items(self, name: str, receipts: list[str], *, request_id: str) -> int:
-        """Acknowledges claims; returns the queue's rev."""
-        from apothic._proto.v1 import queue_service_pb2 as q_pb
-
-        req = q_pb.AckItemsRequest(name=name, receipts=receipts, request_id=request_id)
-        return int((await self._unary(self._queue_stub().AckItems, req)).rev)
-
-    async def renew_lease(self, name: str, receipt: str, lease_s: float, *, request_id: str) -> datetime:
-        """Extends a claim's lease; returns its new deadline."""
-        from apothic._proto.v1 import queue_service_pb2 as q_pb
-
-        req = q_pb.RenewLeaseRequest(name=name, receipt=receipt, lease_s=lease_s, request_id=request_id)
-        resp = await self._unary(self._queue_stub().RenewLease, req)
-        return resp.lease_deadline.ToDatetime(tzinfo=UTC)
-
-    async def release_item(self, name: str, receipt: str, delay_s: float, error: str, *, request_id: str) -> bool:
-        """Gives a claimed item back; returns whether it moved to the dead-letter queue."""
-        from apothic._proto.v1 import queue_service_pb2 as q_pb
-
-        req = q_pb.ReleaseItemRequest(name=name, receipt=receipt, delay_s=delay_s, error=error, request_id=request_id)
-        return bool((await self._unary(self._queue_stub().ReleaseItem, req)).dead_lettered)
-
-    async def queue_length(self, name: str, partition: str | None) -> int:
-        """Counts items not yet acked, in one partition or all (None)."""
-        from apothic._proto.v1 import queue_service_pb2 as q_pb
-
-        req = q_pb.GetQueueLengthRequest(name=name, partition=partition)
-        return int((await self._unary(self._queue_stub().GetQueueLength, req)).length)
-
-    async def clear_queue(self, name: str, partition: str | None, *, request_id: str) -> int:
-        """Removes the items of one partition or all (None); returns how many."""
-        from apothic._proto.v1 import queue_service_pb2 as q_pb
-
-        req = q_pb.ClearQueueRequest(name=name, partition=partition, request_id=request_id)
-        return int((await self._unary(self._queue_stub().ClearQueue, req)).removed)
-
-    async def redrive_queue(self, name: str, *, request_id: str) -> int:
-        """Moves the dead-letter queue's items back; returns how many."""
-        from apothic._proto.v1 import queue_service_pb2 as q_pb
-
-        req = q_pb.RedriveQueueRequest(name=name, request_id=request_id)
-        return int((await self._unary(self._queue_stub().RedriveQueue, req)).moved)
-
-
-def _queue_info(resp: Any) -> QueueInfo:
-    q = resp.queue
-    return QueueInfo(
-        name=q.name, rev=q.rev, max_attempts=q.max_attempts, length=q.length, dead_letter_queue=q.dead_letter_queue
-    )
-
-
-def _queue_item(item: Any) -> QueueItem:
-    return QueueItem(
-        format=FORMAT_FROM_PB.get(item.value.format, ser.CLOUDPICKLE),
-        data=item.value.data,
-        receipt=item.receipt,
-        attempt=item.attempt,
-        lease_deadline=_time(item.lease_deadline) if item.HasField("lease_deadline") else None,
-        last_error=item.last_error,
-        partition=item.partition,
-    )
 
 
 _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], Client]] = (

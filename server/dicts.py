@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from apothic.server.deployments import validate_name
 from apothic.server.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
 from apothic.server.ids import new_id
+from apothic.server.watch import WatchSettings
 
 if TYPE_CHECKING:
     from apothic.server.store import Statement, Store
@@ -292,10 +293,12 @@ class DictManager:
     Args:
         store: where dicts are durable.
         clock: the server's clock (injectable in tests).
+        watch: how watch streams retain changes and report progress.
     """
 
-    def __init__(self, store: Store, *, clock: Any = None) -> None:
+    def __init__(self, store: Store, *, clock: Any = None, watch: WatchSettings | None = None) -> None:
         self.store = store
+        self.watch_settings = watch or WatchSettings()
         self._clock = clock or (lambda: datetime.now(UTC))
         self._live: dict[tuple[str, str], _LiveDict] = {}
         self._load_locks: dict[tuple[str, str], asyncio.Lock] = {}

@@ -35,6 +35,7 @@ from typing import Any, NoReturn
 from apothic.server.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from apothic.server.hub import Signal
 from apothic.server.store import Statement, Store
+from apothic.server.watch import WatchSettings
 
 log = logging.getLogger("apothic.server.queues")
 
@@ -195,11 +196,15 @@ class QueueManager:
     Args:
         store: the open store.
         now: the server's clock (seconds since the epoch); tests inject their own.
+        watch: how watch streams retain changes and report progress.
     """
 
-    def __init__(self, store: Store, *, now: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, store: Store, *, now: Callable[[], float] = time.time, watch: WatchSettings | None = None
+    ) -> None:
         self.store = store
         self.now = now
+        self.watch_settings = watch or WatchSettings()
         self._queues: dict[tuple[str, str], _Queue] = {}
         self._expiry_task: asyncio.Task[None] | None = None
         self._closed = False

@@ -70,8 +70,8 @@ class ControlPlane:
         self.jobs.scheduler = self.scheduler
         self.deployments = DeploymentManager(self.store)
         self.deployments.scheduler = self.scheduler
-        self.dicts = DictManager(self.store)
-        self.queues = QueueManager(self.store)
+        self.dicts = DictManager(self.store, watch=settings.watch)
+        self.queues = QueueManager(self.store, watch=settings.watch)
         self.scheduler.live_deployments = self.deployments.live
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         #: Also serves in-process worker sessions (see apothic.worker.transport).

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from apothic.server.watch import WatchSettings
+
 
 @dataclass(frozen=True)
 class ServerSettings:
@@ -17,6 +19,7 @@ class ServerSettings:
         host: address to listen on.
         grpc_port: gRPC port; 0 picks a free one.
         shutdown_grace_s: seconds in-flight RPCs get on shutdown.
+        watch: how watch streams of queues and dicts retain changes and report progress.
     """
 
     db_url: str = ""
@@ -24,6 +27,7 @@ class ServerSettings:
     host: str = "127.0.0.1"
     grpc_port: int = 50051
     shutdown_grace_s: float = 5.0
+    watch: WatchSettings = field(default_factory=WatchSettings)
 
     def resolved_db_url(self) -> str:
         """The database URL, defaulting to an embedded store under the state directory."""

@@ -897,3 +897,83 @@ class FunctionRef(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FunctionRef: _TypeAlias = FunctionRef  # noqa: Y015
+
+@_typing.final
+class WatchSnapshotEnd(_message.Message):
+    """Ends the snapshot part of a watch: the entries sent before it were the state as of `rev`;
+    changes after `rev` follow.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REV_FIELD_NUMBER: _builtins.int
+    rev: _builtins.int
+    def __init__(
+        self,
+        *,
+        rev: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rev", b"rev"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchSnapshotEnd: _TypeAlias = WatchSnapshotEnd  # noqa: Y015
+
+@_typing.final
+class WatchProgress(_message.Message):
+    """Sent by a watch that had nothing to send for a while: every change up to `rev` was sent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REV_FIELD_NUMBER: _builtins.int
+    rev: _builtins.int
+    def __init__(
+        self,
+        *,
+        rev: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rev", b"rev"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchProgress: _TypeAlias = WatchProgress  # noqa: Y015
+
+@_typing.final
+class WatchReset(_message.Message):
+    """The watch fell behind the retained changes (it resumed from an old rev, the control plane
+    restarted, or it read slower than writers wrote): changes after `after_rev` and before
+    `oldest_rev` are gone. A fresh snapshot follows when the watch asked for one; otherwise the
+    stream goes on from `oldest_rev` and the watcher must rebuild its state another way.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AFTER_REV_FIELD_NUMBER: _builtins.int
+    OLDEST_REV_FIELD_NUMBER: _builtins.int
+    REV_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    after_rev: _builtins.int
+    oldest_rev: _builtins.int
+    """The oldest change still retained."""
+    rev: _builtins.int
+    """The object's rev when the reset was sent."""
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        after_rev: _builtins.int = ...,
+        oldest_rev: _builtins.int = ...,
+        rev: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_rev", b"after_rev", "oldest_rev", b"oldest_rev", "reason", b"reason", "rev", b"rev"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchReset: _TypeAlias = WatchReset  # noqa: Y015
