@@ -7,6 +7,8 @@ The SDK touches gRPC stubs only in the ``apothic._client*`` modules, all built o
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -18,8 +20,15 @@ from apothic import _serialization as ser
 from apothic._proto.v1 import types_pb2 as pb
 from apothic.config import ClientConfig
 from apothic.exceptions import from_grpc_error
+from apothic.watch import Progress, Reset, SnapshotEnd, WatchMarker
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+#: How long a call with a request id is retried while the control plane is unavailable.
+UNAVAILABLE_RETRY_S = 30.0
+RETRY_FIRST_DELAY_S = 0.05
+RETRY_MAX_DELAY_S = 1.0
+#: Message full name -> whether it has a ``request_id`` field.
+_HAS_REQUEST_ID: dict[str, bool] = {}
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -40,6 +49,29 @@ def _time(ts: Any) -> datetime | None:
     return ts.ToDatetime(tzinfo=UTC)
 
 
+def watch_marker_from_pb(which: str, msg: Any) -> WatchMarker:
+    """The SDK form of a ``WatchSnapshotEnd``/``WatchProgress``/``WatchReset`` message;
+    ``which`` is its oneof field name (``snapshot_end``, ``progress`` or ``reset``)."""
+    if which == "snapshot_end":
+        return SnapshotEnd(rev=msg.rev)
+    if which == "progress":
+        return Progress(rev=msg.rev)
+    if which == "reset":
+        return Reset(after_rev=msg.after_rev, oldest_rev=msg.oldest_rev, rev=msg.rev, reason=msg.reason)
+    raise ValueError(f"not a watch marker: {which!r}")
+
+
+def _idempotent(request: Any) -> bool:
+    """Whether ``request`` carries a request id (filled in here when empty)."""
+    descriptor = request.DESCRIPTOR
+    has = _HAS_REQUEST_ID.get(descriptor.full_name)
+    if has is None:
+        has = _HAS_REQUEST_ID[descriptor.full_name] = "request_id" in descriptor.fields_by_name
+    if has and not request.request_id:
+        request.request_id = uuid.uuid4().hex
+    return has
+
+
 class Transport:
     """A channel to one control plane, bound to the event loop that created it."""
 
@@ -53,10 +85,25 @@ class Transport:
         await self._channel.close()
 
     async def _unary(self, method: Any, request: Any, timeout: float | None = None) -> Any:
-        try:
-            return await method(request, metadata=self._metadata, timeout=timeout)
-        except grpc.aio.AioRpcError as err:
-            raise from_grpc_error(err) from None
+        """Calls a unary RPC; maps its error.
+
+        A request with a ``request_id`` field gets a fresh id when it has none, which makes it
+        safe to repeat: while the control plane is unreachable (restarting, or it died after
+        receiving the call) it is retried with the same id for up to
+        :data:`UNAVAILABLE_RETRY_S` seconds, and the server applies it once.
+        """
+        retry = _idempotent(request)
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + UNAVAILABLE_RETRY_S
+        delay = RETRY_FIRST_DELAY_S
+        while True:
+            try:
+                return await method(request, metadata=self._metadata, timeout=timeout)
+            except grpc.aio.AioRpcError as err:
+                if not retry or err.code() != grpc.StatusCode.UNAVAILABLE or loop.time() + delay > give_up:
+                    raise from_grpc_error(err) from None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_DELAY_S)
 
     async def _stream(self, method: Any, request: Any) -> AsyncIterator[Any]:
         call = method(request, metadata=self._metadata)
