@@ -8,7 +8,8 @@ from apothic import config, exceptions
 from apothic.app import App
 from apothic.concurrency import batched, concurrent
 from apothic.config import ClientConfig
-from apothic.dict import Dict
+from apothic.dict import Dict, DictChange, DictEntry, DictEvent
+from apothic.election import Election, ElectionLeader, Leadership
 from apothic.functions import Function, RemoteFunction
 from apothic.job import Job, gather
 from apothic.models import (
@@ -26,7 +27,7 @@ from apothic.models import (
     JobStatus,
     ScheduleInfo,
 )
-from apothic.queue import Claim, Queue
+from apothic.queue import Claim, Queue, QueueChange, QueueEvent, QueueItemState
 from apothic.retries import Retries
 from apothic.schedules import Cron, Period
 
@@ -41,6 +42,11 @@ __all__ = [
     "DeploymentInfo",
     "DeploymentStatus",
     "Dict",
+    "DictChange",
+    "DictEntry",
+    "DictEvent",
+    "Election",
+    "ElectionLeader",
     "Function",
     "Job",
     "JobEndEvent",
@@ -52,8 +58,12 @@ __all__ = [
     "JobRunningEvent",
     "JobSnapshotEvent",
     "JobStatus",
+    "Leadership",
     "Period",
     "Queue",
+    "QueueChange",
+    "QueueEvent",
+    "QueueItemState",
     "RemoteFunction",
     "Retries",
     "ScheduleInfo",

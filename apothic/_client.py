@@ -32,7 +32,7 @@ from apothic._proto.v1 import (
     function_service_pb2_grpc as fn_grpc,
 )
 from apothic._proto.v1 import types_pb2 as pb
-from apothic._transport import FORMAT_FROM_PB, FORMAT_TO_PB, _time
+from apothic._transport import FORMAT_FROM_PB, FORMAT_TO_PB, _time, watch_marker_from_pb
 from apothic.config import ClientConfig, load_client_config
 from apothic.exceptions import InvalidConfigError, from_grpc_error
 from apothic.models import (
@@ -55,6 +55,7 @@ from apothic.models import (
 from apothic.options import FunctionDefinition
 from apothic.retries import Retries
 from apothic.schedules import Cron, Period
+from apothic.watch import WatchMarker
 
 #: Map inputs a client keeps in flight at once (the rest wait client-side).
 MAP_WINDOW = 4096
@@ -340,11 +341,17 @@ class Client(DictCalls, QueueCalls):
         resp = await self._unary(self._fn.GetJobLogs, fn_pb.GetJobLogsRequest(job_id=job_id))
         return [e for e in map(event_from_pb, resp.events) if isinstance(e, JobLogEvent)]
 
-    async def watch_job(self, job_id: str, *, snapshot: bool, after_seq: int = 0) -> AsyncIterator[JobEvent]:
-        """Streams a job's events until its end event."""
+    async def watch_job(
+        self, job_id: str, *, snapshot: bool, after_seq: int = 0
+    ) -> AsyncIterator[JobEvent | WatchMarker]:
+        """Streams a job's events until its end event, with the watch markers between them."""
         req = fn_pb.WatchJobRequest(job_id=job_id, snapshot=snapshot, after_seq=after_seq)
         async for resp in self._stream(self._fn.WatchJob, req):
-            yield event_from_pb(resp.event)
+            which = resp.WhichOneof("message")
+            if which == "event":
+                yield event_from_pb(resp.event)
+            elif which is not None:
+                yield watch_marker_from_pb(which, getattr(resp, which))
 
     async def list_jobs(self, *, app_name: str = "", status: JobStatus | None = None, limit: int = 50) -> list[JobInfo]:
         """Lists recent jobs, newest first."""
@@ -415,10 +422,18 @@ class Client(DictCalls, QueueCalls):
         )
         return float(resp.lease_s)
 
-    async def watch_deployment(self, deployment_id: str, *, snapshot: bool) -> AsyncIterator[DeploymentEvent]:
-        """Streams a deployment's events."""
+    async def watch_deployment(
+        self, deployment_id: str, *, snapshot: bool
+    ) -> AsyncIterator[DeploymentEvent | WatchMarker]:
+        """Streams a deployment's events until its deletion, with the watch markers between
+        them (see :mod:`apothic.watch`; their ``rev`` is an event ``seq``)."""
         req = app_pb.WatchDeploymentRequest(deployment_id=deployment_id, snapshot=snapshot)
         async for resp in self._stream(self._app.WatchDeployment, req):
+            which = resp.WhichOneof("message")
+            if which != "event":
+                if which is not None:
+                    yield watch_marker_from_pb(which, getattr(resp, which))
+                continue
             ev = resp.event
             yield DeploymentEvent(
                 deployment_id=ev.deployment_id,
@@ -448,16 +463,25 @@ class Client(DictCalls, QueueCalls):
         resp = await self._unary(self._app.ListSchedules, app_pb.ListSchedulesRequest(app_name=app_name))
         return [schedule_info_from_pb(s) for s in resp.schedules]
 
-    async def watch_app(self, app_name: str, subscribed: asyncio.Event | None = None) -> AsyncIterator[JobEvent]:
-        """Streams the events of every job of an app; sets ``subscribed`` once the server
-        has subscribed, so no later event is missed."""
-        call = self._app.WatchApp(app_pb.WatchAppRequest(app_name=app_name), metadata=self._metadata)
+    async def watch_app(
+        self, app_name: str, subscribed: asyncio.Event | None = None, *, snapshot: bool = False
+    ) -> AsyncIterator[JobEvent | WatchMarker]:
+        """Streams the committed events of every job of an app, with the watch markers between
+        them (see :mod:`apothic.watch`); sets ``subscribed`` once the server has subscribed, so
+        no later event is missed. With ``snapshot``, first a ``job.snapshot`` event per
+        unfinished job of the app, then :class:`~apothic.watch.SnapshotEnd`. A
+        :class:`~apothic.watch.Reset` means this reader fell behind and events were skipped."""
+        call = self._app.WatchApp(app_pb.WatchAppRequest(app_name=app_name, snapshot=snapshot), metadata=self._metadata)
         try:
             await call.initial_metadata()
             if subscribed is not None:
                 subscribed.set()
             async for resp in call:
-                yield event_from_pb(resp.event)
+                which = resp.WhichOneof("message")
+                if which == "event":
+                    yield event_from_pb(resp.event)
+                elif which is not None:
+                    yield watch_marker_from_pb(which, getattr(resp, which))
         except grpc.aio.AioRpcError as err:
             raise from_grpc_error(err) from None
         finally:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from datetime import UTC
 from typing import Any
 
 from apothic import _serialization as ser
 from apothic._proto.v1 import types_pb2 as pb
-from apothic._transport import FORMAT_FROM_PB, Transport
+from apothic._transport import FORMAT_FROM_PB, Transport, watch_marker_from_pb
 from apothic.exceptions import InvalidConfigError
 
 
@@ -31,6 +32,21 @@ class DictCalls(Transport):
         resp = await self._unary(self._dicts.CreateDict, dict_pb.CreateDictRequest(name=name, exist_ok=exist_ok))
         return int(resp.dict.rev), bool(resp.created)
 
+    async def create_ephemeral_dict(self, name: str) -> float:
+        """Creates an ephemeral dict (failing when the name is taken); returns how many
+        seconds it lives without a heartbeat."""
+        from apothic._proto.v1 import dict_service_pb2 as dict_pb
+
+        resp = await self._unary(self._dicts.CreateDict, dict_pb.CreateDictRequest(name=name, ephemeral=True))
+        return float(resp.lease_s)
+
+    async def heartbeat_dict(self, name: str) -> float:
+        """Keeps an ephemeral dict alive; returns its lease in seconds."""
+        from apothic._proto.v1 import dict_service_pb2 as dict_pb
+
+        resp = await self._unary(self._dicts.HeartbeatDict, dict_pb.HeartbeatDictRequest(name=name))
+        return float(resp.lease_s)
+
     async def get_dict(self, name: str) -> tuple[int, int]:
         """Returns a dict's rev and number of keys."""
         from apothic._proto.v1 import dict_service_pb2 as dict_pb
@@ -52,7 +68,12 @@ class DictCalls(Transport):
         if entry.HasField("value"):
             value = ser.loads_value(FORMAT_FROM_PB.get(entry.value.format, ser.CLOUDPICKLE), entry.value.data)
         return DictEntry(
-            key=entry.key, value=value, version=entry.version, mod_rev=entry.mod_rev, create_rev=entry.create_rev
+            key=entry.key,
+            value=value,
+            version=entry.version,
+            mod_rev=entry.mod_rev,
+            create_rev=entry.create_rev,
+            lease_id=entry.lease_id,
         )
 
     async def dict_get(self, name: str, key: str) -> Any:
@@ -182,12 +203,17 @@ class DictCalls(Transport):
         resp = await self._unary(self._dicts.RevokeDictLease, req)
         return bool(resp.revoked)
 
-    async def dict_acquire_lock(self, name: str, lock: str, ttl_s: float, timeout_s: float) -> tuple[Any, int] | None:
+    async def dict_acquire_lock(
+        self, name: str, lock: str, ttl_s: float, timeout_s: float, *, value: bytes | None = None
+    ) -> tuple[Any, int] | None:
         """One acquisition attempt (waiting up to ``timeout_s`` server-side); returns the
-        :class:`apothic.dict.Lease` and the fencing token, or None on timeout."""
+        :class:`apothic.dict.Lease` and the fencing token, or None on timeout. ``value``
+        (cloudpickled) is what the lock key holds; by default its lease id."""
         from apothic._proto.v1 import dict_service_pb2 as dict_pb
 
         req = dict_pb.AcquireDictLockRequest(name=name, lock=lock, ttl_s=ttl_s, timeout_s=timeout_s)
+        if value is not None:
+            req.value.CopyFrom(pb.Payload(format=pb.PAYLOAD_FORMAT_CLOUDPICKLE, data=value))
         resp = await self._unary(self._dicts.AcquireDictLock, req)
         if not resp.acquired:
             return None
@@ -200,3 +226,31 @@ class DictCalls(Transport):
         req = dict_pb.ReleaseDictLockRequest(name=name, lock=lock, token=token)
         resp = await self._unary(self._dicts.ReleaseDictLock, req)
         return bool(resp.released)
+
+    async def dict_watch(
+        self, name: str, *, snapshot: bool, after_rev: int | None, prefix: str
+    ) -> AsyncGenerator[Any, None]:
+        """Streams a dict's watch: :class:`apothic.dict.DictEntry` for each snapshot entry,
+        :class:`apothic.dict.DictChange` for each change, and the markers of
+        :mod:`apothic.watch`."""
+        from apothic._proto.v1 import dict_service_pb2 as dict_pb
+        from apothic.dict import DictChange, DictEvent
+
+        req = dict_pb.WatchDictRequest(name=name, snapshot=snapshot, prefix=prefix)
+        if after_rev is not None:
+            req.after_rev = after_rev
+        async for resp in self._stream(self._dicts.WatchDict, req):
+            which = resp.WhichOneof("event")
+            if which == "snapshot":
+                for entry in resp.snapshot.entries:
+                    yield self._dict_entry(entry)
+            elif which == "change":
+                events = []
+                for ev in resp.change.events:
+                    if ev.WhichOneof("event") == "put":
+                        events.append(DictEvent(type="put", key=ev.put.key, entry=self._dict_entry(ev.put)))
+                    else:
+                        events.append(DictEvent(type="delete", key=ev.delete.key))
+                yield DictChange(rev=resp.change.rev, events=tuple(events))
+            elif which is not None:
+                yield watch_marker_from_pb(which, getattr(resp, which))

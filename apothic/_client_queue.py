@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 from apothic import _serialization as ser
 from apothic._proto.v1 import types_pb2 as pb
-from apothic._transport import FORMAT_FROM_PB, FORMAT_TO_PB, Transport, _time
-from apothic.queue import QueueInfo, QueueItem
+from apothic._transport import FORMAT_FROM_PB, FORMAT_TO_PB, Transport, _time, watch_marker_from_pb
+from apothic.exceptions import QueueFullError, ResourceExhaustedError
+from apothic.queue import QueueChange, QueueEvent, QueueInfo, QueueItem, QueueItemState, QueueWatchItem
+
+#: Wire names of item states and event kinds (``QUEUE_ITEM_STATE_VISIBLE`` -> ``visible``).
+_STATE_PREFIX = "QUEUE_ITEM_STATE_"
+_KIND_PREFIX = "QUEUE_EVENT_KIND_"
 
 
 class QueueCalls(Transport):
@@ -22,12 +28,22 @@ class QueueCalls(Transport):
             stub = self.__dict__["_queue_service"] = q_grpc.QueueServiceStub(self._channel)
         return stub
 
-    async def create_queue(self, name: str, max_attempts: int | None = None) -> QueueInfo:
-        """Creates a queue, or returns the existing one."""
+    async def create_queue(
+        self, name: str, max_attempts: int | None = None, *, maxsize: int | None = None, ephemeral: bool = False
+    ) -> QueueInfo:
+        """Creates a queue, or returns the existing one (an ephemeral one is always new; an
+        empty name then gets a unique one)."""
         from apothic._proto.v1 import queue_service_pb2 as q_pb
 
-        req = q_pb.CreateQueueRequest(name=name, max_attempts=max_attempts)
+        req = q_pb.CreateQueueRequest(name=name, max_attempts=max_attempts, maxsize=maxsize, ephemeral=ephemeral)
         return _queue_info(await self._unary(self._queue_stub().CreateQueue, req))
+
+    async def heartbeat_queue(self, name: str) -> float:
+        """Keeps an ephemeral queue alive; returns its lease in seconds."""
+        from apothic._proto.v1 import queue_service_pb2 as q_pb
+
+        resp = await self._unary(self._queue_stub().HeartbeatQueue, q_pb.HeartbeatQueueRequest(name=name))
+        return float(resp.lease_s)
 
     async def get_queue(self, name: str) -> QueueInfo:
         """Returns a queue's state."""
@@ -41,13 +57,24 @@ class QueueCalls(Transport):
 
         await self._unary(self._queue_stub().DeleteQueue, q_pb.DeleteQueueRequest(name=name))
 
-    async def put_items(self, name: str, items: list[tuple[str, bytes]], *, partition: str, request_id: str) -> int:
-        """Appends ``(format, data)`` items; returns the queue's rev once they committed."""
+    async def put_items(
+        self, name: str, items: list[tuple[str, bytes]], *, partition: str, wait_s: float = 0.0, request_id: str
+    ) -> int:
+        """Appends ``(format, data)`` items, waiting up to ``wait_s`` for room under the
+        queue's maxsize; returns the queue's rev once they committed.
+
+        Raises:
+            QueueFullError: the partition stayed full.
+        """
         from apothic._proto.v1 import queue_service_pb2 as q_pb
 
         payloads = [pb.Payload(format=FORMAT_TO_PB[fmt], data=data) for fmt, data in items]
-        req = q_pb.PutItemsRequest(name=name, partition=partition, items=payloads, request_id=request_id)
-        return int((await self._unary(self._queue_stub().PutItems, req)).rev)
+        req = q_pb.PutItemsRequest(name=name, partition=partition, items=payloads, request_id=request_id, wait_s=wait_s)
+        try:
+            return int((await self._unary(self._queue_stub().PutItems, req)).rev)
+        except ResourceExhaustedError as exc:
+            # The one limit a put can hit: the partition's maxsize.
+            raise QueueFullError(str(exc), code=exc.code) from None
 
     async def get_items(self, name: str, n: int, *, wait_s: float, partition: str, request_id: str) -> list[QueueItem]:
         """Removes up to ``n`` items (claim and ack in one step)."""
@@ -110,11 +137,39 @@ class QueueCalls(Transport):
         req = q_pb.RedriveQueueRequest(name=name, request_id=request_id)
         return int((await self._unary(self._queue_stub().RedriveQueue, req)).moved)
 
+    async def watch_queue(
+        self, name: str, *, snapshot: bool, after_rev: int | None, partition: str | None
+    ) -> AsyncIterator[QueueWatchItem]:
+        """Streams a queue's watch: snapshot items, markers and changes (a change split over
+        several messages comes out whole)."""
+        from apothic._proto.v1 import queue_service_pb2 as q_pb
+
+        req = q_pb.WatchQueueRequest(name=name, snapshot=snapshot, after_rev=after_rev, partition=partition)
+        events: list[QueueEvent] = []
+        async for resp in self._stream(self._queue_stub().WatchQueue, req):
+            which = resp.WhichOneof("event")
+            if which == "change":
+                events += [_queue_event(q_pb, e) for e in resp.change.events]
+                if not resp.change.more:
+                    yield QueueChange(rev=resp.change.rev, events=events)
+                    events = []
+            elif which == "snapshot":
+                for item in resp.snapshot.items:
+                    yield _queue_item_state(q_pb, item)
+            elif which is not None:
+                yield watch_marker_from_pb(which, getattr(resp, which))
+
 
 def _queue_info(resp: Any) -> QueueInfo:
     q = resp.queue
     return QueueInfo(
-        name=q.name, rev=q.rev, max_attempts=q.max_attempts, length=q.length, dead_letter_queue=q.dead_letter_queue
+        name=q.name,
+        rev=q.rev,
+        max_attempts=q.max_attempts,
+        length=q.length,
+        dead_letter_queue=q.dead_letter_queue,
+        maxsize=q.maxsize,
+        ephemeral=q.ephemeral,
     )
 
 
@@ -127,4 +182,40 @@ def _queue_item(item: Any) -> QueueItem:
         lease_deadline=_time(item.lease_deadline) if item.HasField("lease_deadline") else None,
         last_error=item.last_error,
         partition=item.partition,
+    )
+
+
+def _payload(value: Any) -> tuple[str, bytes]:
+    return FORMAT_FROM_PB.get(value.format, ser.CLOUDPICKLE), value.data
+
+
+def _queue_item_state(q_pb: Any, item: Any) -> QueueItemState:
+    fmt, data = _payload(item.value)
+    return QueueItemState(
+        seq=item.seq,
+        partition=item.partition,
+        state=q_pb.QueueItemState.Name(item.state).removeprefix(_STATE_PREFIX).lower(),
+        attempt=item.attempt,
+        lease_deadline=_time(item.lease_deadline) if item.HasField("lease_deadline") else None,
+        visible_at=_time(item.visible_at) if item.HasField("visible_at") else None,
+        last_error=item.last_error,
+        format=fmt,
+        data=data,
+    )
+
+
+def _queue_event(q_pb: Any, ev: Any) -> QueueEvent:
+    fmt, data = _payload(ev.value) if ev.HasField("value") else ("", b"")
+    return QueueEvent(
+        kind=q_pb.QueueEventKind.Name(ev.kind).removeprefix(_KIND_PREFIX).lower(),
+        seq=ev.seq,
+        partition=ev.partition,
+        attempt=ev.attempt,
+        lease_deadline=_time(ev.lease_deadline) if ev.HasField("lease_deadline") else None,
+        visible_at=_time(ev.visible_at) if ev.HasField("visible_at") else None,
+        delay_s=ev.delay_s,
+        last_error=ev.last_error,
+        moved_to_seq=ev.moved_to_seq,
+        format=fmt,
+        data=data,
     )

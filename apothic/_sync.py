@@ -56,33 +56,36 @@ def background_loop() -> asyncio.AbstractEventLoop:
     return _ensure_loop()
 
 
-def _check_not_in_loop(what: str, *, iterator: bool = False) -> None:
+def _check_not_in_loop(what: str, *, iterator: bool = False, async_form: str | None = None) -> None:
     try:
         running = asyncio.get_running_loop()
     except RuntimeError:
         return
     if running is not _loop:
-        owner, _, method = what.rpartition(".")
-        call = f"{owner}.aio.{method.removesuffix('()')}(...)"
-        usage = f"async for ... in {call}" if iterator else f"await {call}"
-        async_form = usage if owner else f"the .aio form of {what}"
+        if async_form is None:
+            owner, _, method = what.rpartition(".")
+            call = f"{owner}.aio.{method.removesuffix('()')}(...)"
+            usage = f"async for ... in {call}" if iterator else f"await {call}"
+            async_form = usage if owner else f"the .aio form of {what}"
         raise BlockingInAsyncContextError(
             f"{what} blocks, and was called inside a running event loop; use `{async_form}` instead"
         )
 
 
-def run_sync(coro: Coroutine[Any, Any, T], what: str) -> T:
+def run_sync(coro: Coroutine[Any, Any, T], what: str, *, async_form: str | None = None) -> T:
     """Runs ``coro`` on the background loop and returns its result.
 
     Args:
         coro: the async implementation.
         what: the blocking method's name, for the error raised inside an event loop.
+        async_form: what that error tells to use instead (default: ``await
+            Owner.aio.method(...)`` derived from ``what``).
 
     Raises:
         BlockingInAsyncContextError: called from inside a running event loop.
     """
     try:
-        _check_not_in_loop(what)
+        _check_not_in_loop(what, async_form=async_form)
     except BlockingInAsyncContextError:
         coro.close()
         raise
@@ -142,5 +145,8 @@ def iter_sync(aiter: AsyncIterator[T], what: str) -> Iterator[T]:
         stopped.set()
         if not future.done():
             loop.call_soon_threadsafe(future.cancel)
-            with contextlib.suppress(BaseException):
-                future.result(timeout=10)
+            # Finalized by the garbage collector on the loop's own thread, waiting would
+            # block the very loop that has to run the cancellation.
+            if threading.current_thread() is not _thread:
+                with contextlib.suppress(BaseException):
+                    future.result(timeout=10)

@@ -17,9 +17,10 @@ import grpc
 import grpc.aio
 
 from apothic import _serialization as ser
+from apothic._call_stream import CALL_FIELDS, CallStream, CallStreamUnsupported
 from apothic._proto.v1 import types_pb2 as pb
 from apothic.config import ClientConfig
-from apothic.exceptions import from_grpc_error
+from apothic.exceptions import ServiceError, from_grpc_error
 from apothic.watch import Progress, Reset, SnapshotEnd, WatchMarker
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -79,13 +80,19 @@ class Transport:
         self.config = config
         self._channel = grpc.aio.insecure_channel(config.base_url, options=CHANNEL_OPTIONS)
         self._metadata = (("authorization", f"Bearer {config.api_key}"),)
+        self._calls = CallStream(self._channel, self._metadata)
 
     async def close(self) -> None:
-        """Closes the channel."""
+        """Closes the call stream and the channel."""
+        await self._calls.close()
         await self._channel.close()
 
     async def _unary(self, method: Any, request: Any, timeout: float | None = None) -> Any:
         """Calls a unary RPC; maps its error.
+
+        Function calls and Queue and Dict data calls go over the call stream (see :mod:`apothic._call_stream`),
+        unless a timeout is given or the control plane has no CallService; everything else is
+        a plain unary call.
 
         A request with a ``request_id`` field gets a fresh id when it has none, which makes it
         safe to repeat: while the control plane is unreachable (restarting, or it died after
@@ -93,15 +100,24 @@ class Transport:
         :data:`UNAVAILABLE_RETRY_S` seconds, and the server applies it once.
         """
         retry = _idempotent(request)
+        field = CALL_FIELDS.get(request.DESCRIPTOR.full_name) if timeout is None else None
         loop = asyncio.get_running_loop()
         give_up = loop.time() + UNAVAILABLE_RETRY_S
         delay = RETRY_FIRST_DELAY_S
         while True:
             try:
+                if field is not None and self._calls.supported:
+                    try:
+                        return await self._calls.call(field, request)
+                    except CallStreamUnsupported:
+                        continue
                 return await method(request, metadata=self._metadata, timeout=timeout)
             except grpc.aio.AioRpcError as err:
-                if not retry or err.code() != grpc.StatusCode.UNAVAILABLE or loop.time() + delay > give_up:
-                    raise from_grpc_error(err) from None
+                error = from_grpc_error(err)
+            except ServiceError as err:
+                error = err
+            if not retry or error.code != "UNAVAILABLE" or loop.time() + delay > give_up:
+                raise error from None
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_DELAY_S)
 

@@ -38,6 +38,28 @@ revokes that lease on exit. The token is the dict's rev at acquisition, so token
 lock strictly increase across acquisitions. A put with ``fence=(name, token)`` is applied
 only while the lock is still held with that token; if the holder stalled past its TTL and
 lost the lock, the put fails with :class:`~apothic.exceptions.FailedPreconditionError`.
+Leader election builds on locks: see :meth:`Dict.election` and :mod:`apothic.election`.
+
+Watches::
+
+    for item in d.watch(snapshot=True, prefix="jobs/"):
+        ...  # DictEntry... SnapshotEnd, then DictChange / Progress / Reset
+
+``d.watch(snapshot=True)`` yields every entry as of one rev (:class:`DictEntry`), then
+:class:`~apothic.watch.SnapshotEnd`, then one :class:`DictChange` per committed mutation,
+revs strictly increasing, none missing or repeated; :class:`~apothic.watch.Progress` when
+nothing changed for a while, and :class:`~apothic.watch.Reset` (then a fresh snapshot, when
+asked for) when the watcher fell behind the changes the control plane retains.
+``after_rev=`` resumes after a rev seen earlier.
+
+Ephemeral dicts::
+
+    with apothic.Dict.ephemeral() as d:
+        d["scratch"] = 1
+
+get a unique name, are kept alive by a background heartbeat while the block runs, and are
+deleted when it exits; if the client dies, the control plane deletes them once the
+heartbeats stop (30 s).
 """
 
 from __future__ import annotations
@@ -49,16 +71,33 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import cloudpickle
 
+from apothic._dict_ephemeral import Ephemeral
 from apothic._lazy import get_client
 from apothic._sync import iter_sync, run_sync
 from apothic.config import ClientConfig
 from apothic.exceptions import NotFoundError, SerializationError
+from apothic.watch import Progress, Reset, SnapshotEnd
 
-__all__ = ["Dict", "DictCompare", "DictDelete", "DictEntry", "DictLock", "DictPut", "DictTxnResult", "Lease"]
+if TYPE_CHECKING:
+    from apothic.election import Election
+
+__all__ = [
+    "Dict",
+    "DictChange",
+    "DictCompare",
+    "DictDelete",
+    "DictEntry",
+    "DictEvent",
+    "DictLock",
+    "DictPut",
+    "DictTxnResult",
+    "DictWatchItem",
+    "Lease",
+]
 
 CompareOp = Literal["==", "!=", ">", "<"]
 _PAGE = 1000
@@ -76,6 +115,7 @@ class DictEntry:
         version: 1 when the key was created, +1 per write since.
         mod_rev: the dict's rev of the last write to this key.
         create_rev: the dict's rev of the write that created this key.
+        lease_id: the lease the key is attached to ("" for none).
     """
 
     key: str
@@ -83,6 +123,40 @@ class DictEntry:
     version: int
     mod_rev: int
     create_rev: int
+    lease_id: str = ""
+
+
+@dataclass(frozen=True)
+class DictEvent:
+    """What a change did to one key.
+
+    Attributes:
+        type: ``"put"`` (the key was written) or ``"delete"`` (it was deleted, by a delete,
+            a transaction, or the end of its lease).
+        key: the key.
+        entry: for a put, the key as written (value, version, revisions, lease).
+    """
+
+    type: Literal["put", "delete"]
+    key: str
+    entry: DictEntry | None = None
+
+
+@dataclass(frozen=True)
+class DictChange:
+    """Everything one committed mutation did to the watched keys.
+
+    Attributes:
+        rev: the dict's rev of the mutation.
+        events: one per key, in the mutation's order.
+    """
+
+    rev: int
+    events: tuple[DictEvent, ...]
+
+
+DictWatchItem: TypeAlias = DictEntry | DictChange | SnapshotEnd | Progress | Reset
+"""What :meth:`Dict.watch` yields: snapshot entries, changes and the watch markers."""
 
 
 @dataclass(frozen=True)
@@ -162,7 +236,7 @@ class DictLock:
         lost: whether the lease ended while held (a keepalive found it expired).
     """
 
-    def __init__(self, d: Dict, name: str, *, ttl_s: float, timeout: float | None) -> None:
+    def __init__(self, d: Dict, name: str, *, ttl_s: float, timeout: float | None, value: bytes | None = None) -> None:
         self.name = name
         self.token: int | None = None
         self.lease: Lease | None = None
@@ -170,6 +244,8 @@ class DictLock:
         self._d = d
         self._ttl_s = ttl_s
         self._timeout = timeout
+        #: What the lock key holds, serialized (an election's leader value); None: the lease id.
+        self._value = value
         self._keepalive_task: asyncio.Task[None] | None = None
 
     async def acquire(self) -> int:
@@ -183,7 +259,7 @@ class DictLock:
         give_up = None if self._timeout is None else loop.time() + self._timeout
         while True:
             wait = _LOCK_WAIT_S if give_up is None else max(0.0, min(_LOCK_WAIT_S, give_up - loop.time()))
-            acquired = await client.dict_acquire_lock(self._d.name, self.name, self._ttl_s, wait)
+            acquired = await client.dict_acquire_lock(self._d.name, self.name, self._ttl_s, wait, value=self._value)
             if acquired is not None:
                 break
             if give_up is not None and loop.time() >= give_up:
@@ -224,10 +300,10 @@ class DictLock:
                 await task
 
     def __enter__(self) -> int:
-        return run_sync(self.acquire(), "with d.lock()")
+        return run_sync(self.acquire(), "with d.lock()", async_form="async with d.aio.lock(...)")
 
     def __exit__(self, *exc: object) -> None:
-        run_sync(self.release(), "with d.lock()")
+        run_sync(self.release(), "with d.lock()", async_form="async with d.aio.lock(...)")
 
     async def __aenter__(self) -> int:
         return await self.acquire()
@@ -388,6 +464,15 @@ class _DictAio:
         """Every ``(key, value)`` in key order (only keys starting with ``prefix``)."""
         return [(e.key, e.value) async for e in self._pages(prefix, keys_only=False)]
 
+    async def watch(
+        self, *, snapshot: bool = False, after_rev: int | None = None, prefix: str = ""
+    ) -> AsyncIterator[DictWatchItem]:
+        """Streams the dict's changes until the dict is deleted (see :meth:`Dict.watch`)."""
+        stream = self._client().dict_watch(self._d.name, snapshot=snapshot, after_rev=after_rev, prefix=prefix)
+        async with contextlib.aclosing(stream):
+            async for item in stream:
+                yield item
+
     async def txn(
         self,
         compares: list[DictCompare],
@@ -416,6 +501,45 @@ class _DictAio:
         return result
 
 
+class _FromName:
+    """``Dict.from_name(...)``, with its async form ``Dict.from_name.aio(...)``."""
+
+    def __get__(self, obj: object, owner: type[Dict]) -> _BoundFromName:
+        return _BoundFromName(owner)
+
+
+class _BoundFromName:
+    def __init__(self, cls: type[Dict]) -> None:
+        self._cls = cls
+
+    def __call__(self, name: str, create_if_missing: bool = True, *, client: ClientConfig | None = None) -> Dict:
+        """Returns a handle on the dict ``name`` of your account.
+
+        Args:
+            name: 1-63 letters, digits, ``-`` or ``_``.
+            create_if_missing: create the dict when it does not exist.
+            client: the control plane to use (the default configuration when None).
+
+        Raises:
+            NotFoundError: the dict does not exist and ``create_if_missing`` is false.
+        """
+        return run_sync(
+            self.aio(name, create_if_missing, client=client),
+            "Dict.from_name()",
+            async_form="await Dict.from_name.aio(...)",
+        )
+
+    async def aio(self, name: str, create_if_missing: bool = True, *, client: ClientConfig | None = None) -> Dict:
+        """The async form of ``Dict.from_name``."""
+        d = self._cls(name, client=client)
+        c = get_client(client)
+        if create_if_missing:
+            await c.create_dict(name, exist_ok=True)
+        else:
+            await c.get_dict(name)
+        return d
+
+
 class _DeleteMethod:
     """``Dict.delete(name)`` deletes a whole dict; ``d.delete(key)`` deletes one key."""
 
@@ -439,29 +563,8 @@ class Dict:
         self._config = client
         self.aio = _DictAio(self)
 
-    @classmethod
-    def from_name(cls, name: str, create_if_missing: bool = True, *, client: ClientConfig | None = None) -> Dict:
-        """Returns a handle on the dict ``name`` of your account.
-
-        Args:
-            name: 1-63 letters, digits, ``-`` or ``_``.
-            create_if_missing: create the dict when it does not exist.
-            client: the control plane to use (the default configuration when None).
-
-        Raises:
-            NotFoundError: the dict does not exist and ``create_if_missing`` is false.
-        """
-        d = cls(name, client=client)
-
-        async def lookup() -> None:
-            c = get_client(client)
-            if create_if_missing:
-                await c.create_dict(name, exist_ok=True)
-            else:
-                await c.get_dict(name)
-
-        run_sync(lookup(), "Dict.from_name()")
-        return d
+    #: ``Dict.from_name(name)`` (or ``await Dict.from_name.aio(name)``): a handle on a dict.
+    from_name = _FromName()
 
     @classmethod
     def _delete_dict(cls, name: str, *, client: ClientConfig | None = None) -> None:
@@ -478,6 +581,10 @@ class Dict:
 
     #: ``Dict.delete(name)`` deletes a dict; ``d.delete(key)`` deletes one of its keys.
     delete = _DeleteMethod()
+
+    #: ``with Dict.ephemeral() as d:`` (or ``async with Dict.ephemeral.aio() as d:``): a dict
+    #: with a unique name, deleted when the block exits (see :class:`~apothic._dict_ephemeral.Ephemeral`).
+    ephemeral = Ephemeral()
 
     def __repr__(self) -> str:
         return f"Dict({self.name!r})"
@@ -597,6 +704,43 @@ class Dict:
     def entries(self, prefix: str = "") -> Iterator[DictEntry]:
         """Yields every entry in key order, a page at a time."""
         return iter_sync(self.aio.entries(prefix), "d.entries()")
+
+    def watch(
+        self, *, snapshot: bool = False, after_rev: int | None = None, prefix: str = ""
+    ) -> Iterator[DictWatchItem]:
+        """Yields the dict's changes as they commit, until the dict is deleted.
+
+        With ``snapshot``, first every entry (:class:`DictEntry`, in key order) as of one
+        rev and :class:`~apothic.watch.SnapshotEnd` with that rev; then one
+        :class:`DictChange` per committed mutation after it, revs strictly increasing, none
+        missing or repeated. :class:`~apothic.watch.Progress` comes when nothing changed for
+        a while (every change up to its rev was sent: a rev to resume from), and
+        :class:`~apothic.watch.Reset` when changes the watcher did not see are no longer
+        retained (it resumed from an old rev, or read slower than writers wrote); with
+        ``snapshot`` a fresh snapshot follows it.
+
+        Args:
+            snapshot: start with the current entries.
+            after_rev: resume after this rev (a change's or a marker's); with ``snapshot``,
+                a snapshot is then sent only after a reset.
+            prefix: only keys that start with this (changes touching none of them are
+                skipped).
+
+        Raises:
+            NotFoundError: the dict does not exist, or was deleted while watched.
+            InvalidArgumentError: ``after_rev`` is negative or after the dict's rev.
+        """
+        return iter_sync(self.aio.watch(snapshot=snapshot, after_rev=after_rev, prefix=prefix), "d.watch()")
+
+    def election(self, name: str) -> Election:
+        """A leader election held on this dict (see :mod:`apothic.election`).
+
+        Args:
+            name: the election's name; its leader key is ``__lock__/election/<name>``.
+        """
+        from apothic.election import Election
+
+        return Election(self, name)
 
     def txn(
         self,

@@ -14,6 +14,7 @@
     │   ├── AuthError               UNAUTHENTICATED / PERMISSION_DENIED
     │   ├── FailedPreconditionError FAILED_PRECONDITION / ABORTED
     │   ├── ResourceExhaustedError  RESOURCE_EXHAUSTED
+    │   │   └── QueueFullError      a put found the queue's partition full (also a ``queue.Full``)
     │   ├── UnavailableError        UNAVAILABLE / DEADLINE_EXCEEDED (transport)
     │   └── InternalError           INTERNAL / UNKNOWN / anything else
     └── JobError                    a job ended without a result
@@ -29,6 +30,7 @@ the remote traceback attached as ``__cause__`` (a :class:`RemoteTraceback`) and 
 
 from __future__ import annotations
 
+import queue as stdlib_queue
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -48,6 +50,7 @@ __all__ = [
     "JobError",
     "JobFailedError",
     "NotFoundError",
+    "QueueFullError",
     "RemoteError",
     "RemoteTraceback",
     "ResourceExhaustedError",
@@ -115,6 +118,11 @@ class FailedPreconditionError(ServiceError):
 
 class ResourceExhaustedError(ServiceError):
     """A limit or quota was reached (RESOURCE_EXHAUSTED)."""
+
+
+class QueueFullError(ResourceExhaustedError, stdlib_queue.Full):
+    """A put found its partition of a Queue holding ``maxsize`` items and could not wait
+    (``block=False``) or waited out its timeout. Also a :class:`queue.Full`."""
 
 
 class UnavailableError(ServiceError, ConnectionError):
@@ -204,6 +212,10 @@ def from_grpc_error(err: grpc.RpcError) -> ServiceError:
     """Maps a gRPC error to the exception for its status code (the one place this is done)."""
     code = err.code()  # type: ignore[attr-defined]
     name = code.name if code is not None else "UNKNOWN"
-    message = err.details() or name  # type: ignore[attr-defined]
-    cls = _BY_STATUS.get(name, InternalError)
-    return cls(message, code=name)
+    return from_status(name, err.details() or name)  # type: ignore[attr-defined]
+
+
+def from_status(code: str, message: str) -> ServiceError:
+    """Maps a status code's name (``"NOT_FOUND"``) and message to its exception."""
+    cls = _BY_STATUS.get(code, InternalError)
+    return cls(message or code, code=code)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, Literal, overload
 
 from apothic._lazy import get_client
 from apothic._sync import iter_sync, run_sync
 from apothic.config import ClientConfig
 from apothic.models import JobEvent, JobInfo, JobStatus
+from apothic.watch import WatchMarker
 
 #: A WaitJob call waits at most this long before the SDK asks again (keeps RPCs short).
 _WAIT_SLICE_S = 30.0
@@ -59,17 +60,51 @@ class _JobAio:
         """Cancels the job; returns its status afterwards."""
         return (await get_client(self._job._config).cancel_job(self._job.job_id)).status
 
-    async def watch(self, *, snapshot: bool = True, after_seq: int = 0) -> AsyncIterator[JobEvent]:
+    @overload
+    def watch(
+        self, *, snapshot: bool = True, after_seq: int = 0, markers: Literal[False] = False
+    ) -> AsyncIterator[JobEvent]: ...
+
+    @overload
+    def watch(
+        self, *, snapshot: bool = True, after_seq: int = 0, markers: Literal[True]
+    ) -> AsyncIterator[JobEvent | WatchMarker]: ...
+
+    @overload
+    def watch(
+        self, *, snapshot: bool = True, after_seq: int = 0, markers: bool
+    ) -> AsyncIterator[JobEvent | WatchMarker]: ...
+
+    def watch(
+        self, *, snapshot: bool = True, after_seq: int = 0, markers: bool = False
+    ) -> AsyncIterator[JobEvent | WatchMarker]:
         """Streams the job's events until its ``job.end`` event.
 
+        Events come in ``seq`` order, none missing or repeated, and only once they are
+        durable: a ``seq`` seen here names the same event after a control-plane restart, so
+        ``after_seq`` resumes a watch exactly where it left off.
+
         Args:
-            snapshot: first yield a ``job.snapshot`` event with the job as it stands.
+            snapshot: first yield a ``job.snapshot`` event with the job as of one ``seq``
+                (later events follow it).
             after_seq: resume after this event number.
+            markers: also yield the watch markers of :mod:`apothic.watch` between events:
+                :class:`~apothic.watch.SnapshotEnd` after the snapshot and
+                :class:`~apothic.watch.Progress` while the job is quiet, their ``rev`` being
+                a ``seq`` (a job's log is kept whole, so no :class:`~apothic.watch.Reset`).
+
+        Raises:
+            NotFoundError: no such job.
+            InvalidArgumentError: ``after_seq`` is after the job's last event.
         """
-        async for event in get_client(self._job._config).watch_job(
+        return self._watch(snapshot, after_seq, markers)
+
+    async def _watch(self, snapshot: bool, after_seq: int, markers: bool) -> AsyncIterator[JobEvent | WatchMarker]:
+        async for item in get_client(self._job._config).watch_job(
             self._job.job_id, snapshot=snapshot, after_seq=after_seq
         ):
-            yield event
+            if markers or isinstance(item, JobEvent):
+                yield item
 
 
 class Job:
@@ -112,9 +147,35 @@ class Job:
         """Cancels the job; returns its status afterwards."""
         return run_sync(self.aio.cancel(), "job.cancel()")
 
-    def watch(self, *, snapshot: bool = True, after_seq: int = 0) -> Iterator[JobEvent]:
-        """Yields the job's events until its ``job.end`` event (see :meth:`_JobAio.watch`)."""
-        return iter_sync(self.aio.watch(snapshot=snapshot, after_seq=after_seq), "job.watch()")
+    @overload
+    def watch(
+        self, *, snapshot: bool = True, after_seq: int = 0, markers: Literal[False] = False
+    ) -> Iterator[JobEvent]: ...
+
+    @overload
+    def watch(
+        self, *, snapshot: bool = True, after_seq: int = 0, markers: Literal[True]
+    ) -> Iterator[JobEvent | WatchMarker]: ...
+
+    @overload
+    def watch(
+        self, *, snapshot: bool = True, after_seq: int = 0, markers: bool
+    ) -> Iterator[JobEvent | WatchMarker]: ...
+
+    def watch(
+        self, *, snapshot: bool = True, after_seq: int = 0, markers: bool = False
+    ) -> Iterator[JobEvent | WatchMarker]:
+        """Yields the job's events until its ``job.end`` event, and with ``markers=True`` the
+        watch markers between them (see :meth:`_JobAio.watch`).
+
+        Example::
+
+            last = 0
+            for item in job.watch(snapshot=False, markers=True):
+                if isinstance(item, apothic.JobEvent):
+                    last = item.seq  # a checkpoint: job.watch(after_seq=last) resumes here
+        """
+        return iter_sync(self.aio.watch(snapshot=snapshot, after_seq=after_seq, markers=markers), "job.watch()")
 
 
 #: Waits a gather keeps in flight at once.

@@ -14,6 +14,15 @@ it was released) moves to the queue ``<name>.dlq`` with its payload and the last
 ``redrive()`` moves those items back. Items keep FIFO order per partition, except an item
 given back (released or expired), which takes its old place again.
 
+With ``maxsize=N`` each partition holds at most N items (visible, delayed or leased, until
+acked or removed): ``put`` waits for room, or raises
+:class:`~apothic.exceptions.QueueFullError` (a :class:`queue.Full`) with ``block=False`` or
+once its timeout ran out. ``Queue.ephemeral()`` gives a uniquely named queue for a ``with``
+block, deleted on exit (or by the server, once the block's process stops heartbeating).
+
+``watch()`` streams the queue's changes, each committed mutation once with its ``rev``
+(see :mod:`apothic.watch` for the markers between them).
+
 Example::
 
     q = apothic.Queue.from_name("jobs", max_attempts=3)
@@ -26,24 +35,46 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import logging
 import queue as stdlib_queue
-from collections.abc import Iterable
-from dataclasses import dataclass
+import uuid
+from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from apothic import _serialization as ser
 from apothic._lazy import get_client
-from apothic._sync import run_sync
+from apothic._sync import iter_sync, run_sync
 from apothic.config import ClientConfig
-from apothic.exceptions import InvalidConfigError, SerializationError
+from apothic.exceptions import InvalidConfigError, NotFoundError, QueueFullError, SerializationError, ServiceError
+from apothic.watch import Progress, Reset, SnapshotEnd
 
-__all__ = ["Claim", "Queue", "QueueInfo", "QueueItem"]
+__all__ = [
+    "Claim",
+    "Queue",
+    "QueueChange",
+    "QueueEvent",
+    "QueueEventKind",
+    "QueueInfo",
+    "QueueItem",
+    "QueueItemState",
+    "QueueWatchItem",
+]
 
-#: A GetItems/ClaimItems call waits at most this long before the SDK asks again.
+log = logging.getLogger("apothic.queue")
+
+#: A PutItems/GetItems/ClaimItems call waits at most this long before the SDK asks again.
 _WAIT_SLICE_S = 20.0
 #: Largest item, in bytes once serialized (the server enforces it too).
 MAX_ITEM_BYTES = 1024 * 1024
+#: Seconds between the heartbeats that keep an ephemeral queue alive (the server's lease is
+#: 30 s).
+EPHEMERAL_HEARTBEAT_S = 10.0
+
+QueueEventKind = Literal["put", "claimed", "renewed", "acked", "released", "dead_lettered", "removed", "redriven"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +87,8 @@ class QueueInfo:
         max_attempts: claims an item gets before it is dead-lettered (0: no limit).
         length: items not yet acked, leased ones included.
         dead_letter_queue: the name of the queue dead-lettered items move to.
+        maxsize: items each partition holds before a put waits or fails (0: unbounded).
+        ephemeral: whether the queue is deleted once its heartbeats stop.
     """
 
     name: str
@@ -63,6 +96,8 @@ class QueueInfo:
     max_attempts: int
     length: int
     dead_letter_queue: str
+    maxsize: int = 0
+    ephemeral: bool = False
 
 
 @dataclass(frozen=True)
@@ -99,6 +134,89 @@ class Claim:
     partition: str = ""
 
 
+@dataclass(frozen=True)
+class QueueItemState:
+    """One item of a queue as a watch's snapshot saw it.
+
+    Attributes:
+        seq: the item's number in the queue (FIFO order within its partition).
+        partition: its partition.
+        state: ``"visible"`` (claimable; also a leased item whose lease ran out),
+            ``"delayed"`` (released with a delay not over yet) or ``"leased"``.
+        attempt: how many times it was claimed.
+        lease_deadline: when its lease ends (leased items only; the server's clock, UTC).
+        visible_at: when it became, or becomes, visible.
+        last_error: why its last attempt failed, if it did.
+        value: the item, unpickled on first access.
+    """
+
+    seq: int
+    partition: str
+    state: Literal["visible", "delayed", "leased"]
+    attempt: int
+    lease_deadline: datetime | None
+    visible_at: datetime | None
+    last_error: str
+    format: str = field(repr=False)
+    data: bytes = field(repr=False)
+
+    @functools.cached_property
+    def value(self) -> Any:
+        return ser.loads_value(self.format, self.data)
+
+
+@dataclass(frozen=True)
+class QueueEvent:
+    """What one change did to one item.
+
+    Attributes:
+        kind: ``"put"`` (the item appeared: put, dead-lettered into this queue or redriven
+            back into it; ``value`` is set), ``"claimed"``, ``"renewed"``, ``"acked"``,
+            ``"released"``, ``"dead_lettered"`` (it moved to the dead-letter queue, as
+            ``moved_to_seq``), ``"removed"`` (a clear, or a get took it) or ``"redriven"``
+            (it left this dead-letter queue for its queue, as ``moved_to_seq``). A lease
+            that runs out is not a change: the item is visible again without an event.
+        seq: the item's number in the queue.
+        partition: its partition.
+        attempt: how many times it was claimed.
+        lease_deadline: when its lease ends (``claimed``, ``renewed``).
+        visible_at: when it is visible (``put``, ``released``).
+        delay_s: the release's delay (``released``).
+        last_error: why its last attempt failed, if it did.
+        moved_to_seq: its number in the queue it moved to (``dead_lettered``, ``redriven``).
+        value: the item (``put`` only, else None), unpickled on first access.
+    """
+
+    kind: QueueEventKind
+    seq: int
+    partition: str
+    attempt: int = 0
+    lease_deadline: datetime | None = None
+    visible_at: datetime | None = None
+    delay_s: float = 0.0
+    last_error: str = ""
+    moved_to_seq: int = 0
+    format: str = field(default="", repr=False)
+    data: bytes = field(default=b"", repr=False)
+
+    @functools.cached_property
+    def value(self) -> Any:
+        return ser.loads_value(self.format, self.data) if self.format else None
+
+
+@dataclass(frozen=True)
+class QueueChange:
+    """Everything one committed mutation did to a queue's items (to its watched partition,
+    with ``partition=``), at ``rev``."""
+
+    rev: int
+    events: list[QueueEvent]
+
+
+#: What :meth:`Queue.watch` yields.
+QueueWatchItem = QueueItemState | QueueChange | SnapshotEnd | Progress | Reset
+
+
 def _encode(value: Any, index: int) -> tuple[str, bytes]:
     try:
         data = ser.dumps_value(value, ser.CLOUDPICKLE)
@@ -126,7 +244,7 @@ class _QueueAio:
         q = self._q
         client = get_client(q._config)
         if q._create_if_missing and not q._hydrated:
-            await client.create_queue(q.name, q._max_attempts)
+            await client.create_queue(q.name, q._max_attempts, maxsize=q._maxsize)
             q._hydrated = True
         return client
 
@@ -134,16 +252,47 @@ class _QueueAio:
         """Returns the queue's state."""
         return await (await self._client()).get_queue(self._q.name)  # type: ignore[no-any-return]
 
-    async def put(self, value: Any, *, partition: str = "", request_id: str | None = None) -> None:
+    async def put(
+        self,
+        value: Any,
+        *,
+        block: bool = True,
+        timeout: float | None = None,
+        partition: str = "",
+        request_id: str | None = None,
+    ) -> None:
         """Appends one item (see :meth:`Queue.put`)."""
-        await self.put_many([value], partition=partition, request_id=request_id)
+        await self.put_many([value], block=block, timeout=timeout, partition=partition, request_id=request_id)
 
-    async def put_many(self, values: Iterable[Any], *, partition: str = "", request_id: str | None = None) -> None:
-        """Appends items in order, atomically (see :meth:`Queue.put_many`)."""
+    async def put_many(
+        self,
+        values: Iterable[Any],
+        *,
+        block: bool = True,
+        timeout: float | None = None,
+        partition: str = "",
+        request_id: str | None = None,
+    ) -> None:
+        """Appends items in order, all or none (see :meth:`Queue.put_many`)."""
         items = [_encode(v, i) for i, v in enumerate(values)]
         if not items:
             return
-        await (await self._client()).put_items(self._q.name, items, partition=partition, request_id=request_id or "")
+        client = await self._client()
+        # One id for every slice of the wait: a put that landed is never applied twice.
+        request_id = request_id or uuid.uuid4().hex
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + max(0.0, timeout)
+        while True:
+            if not block:
+                wait = 0.0
+            else:
+                wait = _WAIT_SLICE_S if deadline is None else max(0.0, min(_WAIT_SLICE_S, deadline - loop.time()))
+            try:
+                await client.put_items(self._q.name, items, partition=partition, wait_s=wait, request_id=request_id)
+                return
+            except QueueFullError:
+                if not block or (deadline is not None and loop.time() >= deadline):
+                    raise
 
     async def get_many(
         self, n: int, *, block: bool = True, timeout: float | None = None, partition: str = ""
@@ -243,6 +392,14 @@ class _QueueAio:
         client = await self._client()
         return await client.redrive_queue(self._q.name, request_id=request_id or "")  # type: ignore[no-any-return]
 
+    async def watch(
+        self, *, snapshot: bool = False, after_rev: int | None = None, partition: str | None = None
+    ) -> AsyncIterator[QueueWatchItem]:
+        """Streams the queue's changes (see :meth:`Queue.watch`)."""
+        client = await self._client()
+        async for item in client.watch_queue(self._q.name, snapshot=snapshot, after_rev=after_rev, partition=partition):
+            yield item
+
 
 class _DeleteQueue:
     """``Queue.delete(name)``; ``Queue.delete.aio(name)`` is the async form."""
@@ -257,11 +414,83 @@ class _DeleteQueue:
 
     def __call__(self, name: str, *, client: ClientConfig | None = None) -> None:
         """Deletes a queue, its items and its dead-letter queue (see :meth:`aio`)."""
-        run_sync(self.aio(name, client=client), "Queue.delete()")
+        run_sync(self.aio(name, client=client), "Queue.delete()", async_form="await Queue.delete.aio(...)")
+
+
+_EPHEMERAL_AIO = "async with Queue.ephemeral.aio() as q"
+
+
+class _EphemeralQueue:
+    """``with Queue.ephemeral() as q``; ``async with Queue.ephemeral.aio() as q`` is the async
+    form."""
+
+    @contextlib.asynccontextmanager
+    async def aio(
+        self, *, max_attempts: int | None = None, maxsize: int | None = None, client: ClientConfig | None = None
+    ) -> AsyncIterator[Queue]:
+        """A new, uniquely named queue for the ``async with`` block, deleted when it exits.
+
+        The block heartbeats the queue in the background; should this process die, the
+        control plane deletes the queue once the heartbeats have stopped for 30 seconds.
+
+        Args:
+            max_attempts: claims an item gets before it moves to the dead-letter queue.
+            maxsize: items each partition holds before a put waits or fails.
+            client: the control plane to use (the configured one when None).
+        """
+        if maxsize is not None and maxsize < 0:
+            raise InvalidConfigError(f"maxsize must be 0 (unbounded) or more, got {maxsize}")
+        transport = get_client(client)
+        info = await transport.create_queue("", max_attempts, maxsize=maxsize, ephemeral=True)
+        q = Queue(info.name, create_if_missing=False, client=client)
+
+        async def heartbeat() -> None:
+            try:
+                while True:
+                    await asyncio.sleep(EPHEMERAL_HEARTBEAT_S)
+                    try:
+                        await transport.heartbeat_queue(q.name)
+                    except NotFoundError:
+                        log.warning("ephemeral queue %r is gone: deleted, or expired without heartbeats", q.name)
+                        return
+                    except ServiceError as exc:  # one missed beat; the lease outlasts a few
+                        log.warning("heartbeat of ephemeral queue %r failed: %s", q.name, exc)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("heartbeats of ephemeral queue %r stopped", q.name)
+
+        beating = asyncio.create_task(heartbeat(), name=f"apothic-heartbeat-{q.name}")
+        try:
+            yield q
+        finally:
+            beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beating
+            # The server deletes it anyway once the heartbeats stop.
+            with contextlib.suppress(ServiceError):
+                await transport.delete_queue(q.name)
+
+    @contextlib.contextmanager
+    def __call__(
+        self, *, max_attempts: int | None = None, maxsize: int | None = None, client: ClientConfig | None = None
+    ) -> Iterator[Queue]:
+        """A new, uniquely named queue for the ``with`` block, deleted when it exits (see
+        :meth:`aio`)."""
+        cm = self.aio(max_attempts=max_attempts, maxsize=maxsize, client=client)
+        q = run_sync(cm.__aenter__(), "Queue.ephemeral()", async_form=_EPHEMERAL_AIO)
+        try:
+            yield q
+        except BaseException as exc:
+            run_sync(cm.__aexit__(type(exc), exc, exc.__traceback__), "Queue.ephemeral()", async_form=_EPHEMERAL_AIO)
+            raise
+        else:
+            run_sync(cm.__aexit__(None, None, None), "Queue.ephemeral()", async_form=_EPHEMERAL_AIO)
 
 
 class Queue:
-    """A durable named queue. Get one with :meth:`Queue.from_name`.
+    """A durable named queue. Get one with :meth:`Queue.from_name`, or a temporary one with
+    ``with Queue.ephemeral() as q``.
 
     Every blocking method has an async form on ``.aio`` (``await q.aio.get()``). Mutations
     take an optional ``request_id``: a retried request with the same id is applied once.
@@ -271,6 +500,7 @@ class Queue:
     """
 
     delete = _DeleteQueue()
+    ephemeral = _EphemeralQueue()
 
     def __init__(
         self,
@@ -278,13 +508,17 @@ class Queue:
         *,
         create_if_missing: bool = True,
         max_attempts: int | None = None,
+        maxsize: int | None = None,
         client: ClientConfig | None = None,
     ) -> None:
         if max_attempts is not None and max_attempts < 0:
             raise InvalidConfigError(f"max_attempts must be 0 (no limit) or more, got {max_attempts}")
+        if maxsize is not None and maxsize < 0:
+            raise InvalidConfigError(f"maxsize must be 0 (unbounded) or more, got {maxsize}")
         self.name = name
         self._create_if_missing = create_if_missing
         self._max_attempts = max_attempts
+        self._maxsize = maxsize
         self._config = client
         self._hydrated = False
         self.aio = _QueueAio(self)
@@ -296,6 +530,7 @@ class Queue:
         create_if_missing: bool = True,
         *,
         max_attempts: int | None = None,
+        maxsize: int | None = None,
         client: ClientConfig | None = None,
     ) -> Queue:
         """A handle on the named queue; nothing is sent until its first use.
@@ -306,33 +541,71 @@ class Queue:
                 otherwise calls on a missing queue raise ``NotFoundError``.
             max_attempts: claims an item gets before it moves to ``<name>.dlq`` (0: no
                 limit). Set when the queue is created; None keeps an existing queue's.
+            maxsize: items each partition holds (visible, delayed or leased, until acked)
+                before ``put`` waits or fails (0: unbounded). Set when the queue is
+                created; None keeps an existing queue's.
             client: the control plane to use (the configured one when None).
+
+        Raises:
+            FailedPreconditionError: (on first use) the queue exists with another
+                ``max_attempts`` or ``maxsize``.
         """
-        return cls(name, create_if_missing=create_if_missing, max_attempts=max_attempts, client=client)
+        return cls(name, create_if_missing=create_if_missing, max_attempts=max_attempts, maxsize=maxsize, client=client)
 
     def __repr__(self) -> str:
         return f"Queue({self.name!r})"
 
     def info(self) -> QueueInfo:
-        """Returns the queue's state (rev, length, max_attempts)."""
+        """Returns the queue's state (rev, length, max_attempts, maxsize)."""
         return run_sync(self.aio.info(), "queue.info()")
 
-    def put(self, value: Any, *, partition: str = "", request_id: str | None = None) -> None:
+    def put(
+        self,
+        value: Any,
+        *,
+        block: bool = True,
+        timeout: float | None = None,
+        partition: str = "",
+        request_id: str | None = None,
+    ) -> None:
         """Appends one item; returns once it is durable.
 
         Args:
             value: anything cloudpickle can serialize, up to 1 MiB serialized.
+            block: when the partition holds ``maxsize`` items, wait for room (else fail
+                at once).
+            timeout: seconds to wait for room at most (None: as long as it takes).
             partition: the partition to append to (each keeps its own FIFO order).
             request_id: applies a retried put once.
 
         Raises:
             SerializationError: the value cannot be pickled or is over 1 MiB.
+            QueueFullError: the partition stayed full (at once with ``block=False``).
         """
-        run_sync(self.aio.put(value, partition=partition, request_id=request_id), "queue.put()")
+        run_sync(
+            self.aio.put(value, block=block, timeout=timeout, partition=partition, request_id=request_id),
+            "queue.put()",
+        )
 
-    def put_many(self, values: Iterable[Any], *, partition: str = "", request_id: str | None = None) -> None:
-        """Appends items in order, all or none; returns once they are durable (see :meth:`put`)."""
-        run_sync(self.aio.put_many(values, partition=partition, request_id=request_id), "queue.put_many()")
+    def put_many(
+        self,
+        values: Iterable[Any],
+        *,
+        block: bool = True,
+        timeout: float | None = None,
+        partition: str = "",
+        request_id: str | None = None,
+    ) -> None:
+        """Appends items in order, all or none; returns once they are durable. Under a
+        ``maxsize`` they go in together once they all fit (see :meth:`put`).
+
+        Raises:
+            InvalidArgumentError: more items than the queue's ``maxsize``: they never fit.
+        """
+        run_sync(
+            self.aio.put_many(values, block=block, timeout=timeout, partition=partition, request_id=request_id),
+            "queue.put_many()",
+        )
 
     def get(self, *, block: bool = True, timeout: float | None = None, partition: str = "") -> Any:
         """Removes and returns the next item: claim and ack in one step, at-most-once.
@@ -427,3 +700,31 @@ class Queue:
         """Moves every item of the dead-letter queue back, oldest first, with a fresh attempt
         count; returns how many."""
         return run_sync(self.aio.redrive(request_id=request_id), "queue.redrive()")
+
+    def watch(
+        self, *, snapshot: bool = False, after_rev: int | None = None, partition: str | None = None
+    ) -> Iterator[QueueWatchItem]:
+        """Streams the queue's changes until the loop stops or the queue is deleted.
+
+        Yields, in order: with ``snapshot``, a :class:`QueueItemState` per item as of one
+        rev, then :class:`~apothic.watch.SnapshotEnd`; then a :class:`QueueChange` per
+        committed mutation, revs strictly increasing with none missing or repeated;
+        :class:`~apothic.watch.Progress` when nothing changed for a while; and
+        :class:`~apothic.watch.Reset` when changes after the watcher's rev are no longer
+        retained (a fresh snapshot follows when ``snapshot`` is set). A lease that runs out
+        makes no change: its item is simply visible again.
+
+        The watch starts when iteration does. To see everything after a point you reached
+        earlier, pass that point's rev (``q.info().rev``) as ``after_rev``.
+
+        Args:
+            snapshot: first yield the queue's items.
+            after_rev: resume after this rev (a change's or progress marker's ``rev``);
+                the snapshot is then sent only after a reset.
+            partition: only this partition's items and events.
+
+        Raises:
+            NotFoundError: the queue does not exist, or was deleted while watched.
+            InvalidArgumentError: ``after_rev`` is past the queue's rev.
+        """
+        return iter_sync(self.aio.watch(snapshot=snapshot, after_rev=after_rev, partition=partition), "queue.watch()")

@@ -11,6 +11,7 @@ import logging
 import tempfile
 import threading
 from concurrent.futures import Future
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ from apothic.config import ClientConfig
 
 if TYPE_CHECKING:
     from apothic.server.server import ControlPlane
+    from apothic.server.watch import WatchSettings
     from apothic.worker.agent import Worker
 
 log = logging.getLogger("apothic.runtime")
@@ -50,6 +52,8 @@ class LocalRuntime:
         port: gRPC port; 0 picks a free one.
         workers: how many local workers to start.
         api_key: reuse this key when it is still valid (``apothic up`` across restarts).
+        watch: how watches of queues and dicts retain changes and report progress (tests
+            make both small); the server's defaults when None.
     """
 
     def __init__(
@@ -61,6 +65,7 @@ class LocalRuntime:
         port: int = 0,
         workers: int = 1,
         api_key: str | None = None,
+        watch: WatchSettings | None = None,
     ) -> None:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if state_dir is None:
@@ -72,6 +77,7 @@ class LocalRuntime:
         self.port = port
         self.worker_count = workers
         self.api_key = api_key or ""
+        self.watch = watch
         self.plane: ControlPlane | None = None
         self.workers: list[Worker] = []
         self._worker_tasks: list[asyncio.Task[None]] = []
@@ -95,9 +101,10 @@ class LocalRuntime:
         from apothic.server.server import create_server
         from apothic.server.settings import ServerSettings
 
-        self.plane = create_server(
-            ServerSettings(db_url=self.db_url, state_dir=self.state_dir, host=self.host, grpc_port=self.port)
-        )
+        settings = ServerSettings(db_url=self.db_url, state_dir=self.state_dir, host=self.host, grpc_port=self.port)
+        if self.watch is not None:
+            settings = replace(settings, watch=self.watch)
+        self.plane = create_server(settings)
         await self.plane.start()
         accounts = self.plane.accounts
         account = await accounts.ensure_account(LOCAL_ACCOUNT)

@@ -6,6 +6,7 @@ apothic run examples/jobs_and_events.py
 import time
 
 import apothic
+from apothic.watch import SnapshotEnd
 
 app = apothic.App("jobs-and-events")
 
@@ -34,11 +35,18 @@ def main() -> None:
         print("event", event.seq, event.kind)
 
     # A spawned job can be watched from anywhere with its id; snapshot=True starts with
-    # the job as it stands.
+    # the job as it stands. markers=True adds the watch markers between events: where the
+    # snapshot ends, and progress while the job is quiet.
     job = countdown.spawn(2)
-    kinds = [event.kind for event in job.watch(snapshot=True)]
-    print("watched:", kinds[0], "...", kinds[-1])
+    for item in job.watch(snapshot=True, markers=True):
+        if isinstance(item, SnapshotEnd):
+            print("the snapshot covers events up to seq", item.rev)
+        elif isinstance(item, apothic.JobEvent):
+            print("watched", item.seq, item.kind)
     print("value:", job.wait(), "| logs:", job.logs().split())
+
+    # A watch resumes after any seq it saw (across control-plane restarts too).
+    print("after seq 2:", [event.kind for event in job.watch(snapshot=False, after_seq=2)])
 
     stuck = forever.spawn()
     while stuck.status() != apothic.JobStatus.RUNNING:

@@ -26,6 +26,7 @@ from apothic.server.models import (
     FunctionSpecRecord,
     utcnow,
 )
+from apothic.server.watch import Change, WatchItem, WatchSettings, watch
 
 if TYPE_CHECKING:
     from apothic.server.scheduler import Scheduler
@@ -77,19 +78,27 @@ def _validate_execution(spec: FunctionSpecRecord) -> None:
 class DeploymentManager:
     """Keeps live deployments in memory; the store is the durable record."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, watch: WatchSettings | None = None) -> None:
         self.store = store
         self.scheduler: Scheduler | None = None
         self._by_id: dict[str, DeploymentRecord] = {}
         self._live: dict[tuple[str, str], str] = {}
         self._archives: dict[str, bytes] = {}
-        self.topics: Topics[Event] = Topics()
+        self.watch_settings = watch or WatchSettings()
+        #: ``(event, deployment)`` per deployment id, at the event's seq, for WatchDeployment.
+        self.topics: Topics[tuple[Event, DeploymentRecord]] = Topics(self.watch_settings)
         self._lock = asyncio.Lock()
         self._reaper: asyncio.Task[None] | None = None
         #: Seconds an ephemeral deployment lives without a heartbeat.
         self.ephemeral_lease_s = EPHEMERAL_LEASE_S
         #: How often abandoned ephemeral deployments are looked for.
         self.reap_interval_s = 2.0
+
+    def configure_watch(self, settings: WatchSettings) -> None:
+        """Sets how deployment watches report progress and how many changes they retain for
+        a slow watcher (watches opened later use it)."""
+        self.watch_settings = settings
+        self.topics.settings = settings
 
     async def load(self) -> None:
         """Loads live deployments at start."""
@@ -180,7 +189,7 @@ class DeploymentManager:
         return Event(dep.deployment_id, dep.last_seq, utcnow(), kind)
 
     def _publish(self, dep: DeploymentRecord, event: Event) -> None:
-        self.topics.publish(dep.deployment_id, event)
+        self.topics.publish(dep.deployment_id, [(event, dep)], event.seq)
 
     def _retire(self, dep: DeploymentRecord, reason: str) -> None:
         if self.scheduler is not None:
@@ -277,6 +286,7 @@ class DeploymentManager:
         await self.store.delete_deployment(dep)
         event = self._event(dep, "deployment.deleted")
         self._publish(dep, event)
+        self.topics.close(deployment_id)
 
     async def heartbeat(self, account: str, deployment_id: str) -> float:
         """Extends an ephemeral deployment's lease."""
@@ -288,24 +298,32 @@ class DeploymentManager:
             await self.store.set_deployment_expiry(deployment_id, dep.expires_at)
         return self.ephemeral_lease_s
 
-    async def watch(
-        self, account: str, deployment_id: str, *, snapshot: bool
-    ) -> AsyncIterator[tuple[Event, DeploymentRecord]]:
-        """Yields a snapshot event (when asked), then live events until deletion."""
+    async def watch(self, account: str, deployment_id: str, *, snapshot: bool) -> AsyncIterator[WatchItem]:
+        """Streams a deployment's changes until its deletion (see :func:`apothic.server.watch.watch`):
+        with ``snapshot`` the deployment as it stands first (one entry, the record), then
+        changes whose events are ``(event, deployment)`` pairs, revs being the events' seqs.
+
+        Raises:
+            NotFound: no such deployment in this account.
+        """
         dep = await self.get(account, deployment_id)
-        sub = self.topics.subscribe(deployment_id)
-        try:
-            if snapshot:
-                yield Event(deployment_id, dep.last_seq, utcnow(), "deployment.snapshot"), dep
-            while True:
-                event = await sub.queue.get()
-                if event is None:
-                    return
-                yield event, dep
-                if event.kind == "deployment.deleted":
-                    return
-        finally:
-            self.topics.unsubscribe(deployment_id, sub)
+        with self.topics.subscribed(deployment_id, dep.last_seq) as log:
+            items = watch(
+                lambda: log,
+                what=f"deployment {deployment_id}",
+                snapshot=(lambda: [dep]) if snapshot else None,
+                after_rev=None,
+                settings=self.watch_settings,
+            )
+            try:
+                async for item in items:
+                    yield item
+                    if isinstance(item, Change) and any(e.kind == "deployment.deleted" for e, _ in item.events):
+                        return
+            except NotFound:
+                if not log.closed:
+                    raise
+                # Deleted, and a reset skipped the deletion event: the snapshot showed it.
 
     async def _reap_ephemeral(self) -> None:
         try:

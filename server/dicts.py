@@ -13,8 +13,13 @@ another replica did, they can be stale (there is no cross-replica invalidation y
 Every committed mutation raises the dict's ``rev`` by one; each key carries ``version``
 (1 on creation, +1 per write), ``mod_rev`` and ``create_rev``. Mutations may carry a
 request id: the outcome is stored in the same transaction, and a retry with that id
-answers the stored outcome without applying anything (the last
-:data:`MAX_REQUEST_IDS` ids per dict are kept).
+answers the stored outcome without applying anything (ids are kept at least
+:data:`~apothic.server.request_ids.REQUEST_ID_TTL_S` seconds, longer than the SDK retries).
+Committed changes feed the dict's watches (:mod:`apothic.server.dict_watch`).
+
+An ephemeral dict carries ``expires_at`` (in the store, so it survives a restart): each
+heartbeat moves it to now + :data:`EPHEMERAL_LEASE_S` on the server's clock, and the sweep
+deletes ephemeral dicts whose heartbeats stopped.
 """
 
 from __future__ import annotations
@@ -25,46 +30,62 @@ import contextlib
 import json
 import logging
 import math
-from collections import OrderedDict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from apothic.server.deployments import validate_name
+from apothic.server.dict_records import (
+    COMPARE_OPS,
+    KIND_OF,
+    DeleteOutcome,
+    DictCompare,
+    DictDelete,
+    DictEntryRecord,
+    DictLeaseRecord,
+    DictOp,
+    DictPut,
+    DictRecord,
+    LeaseDrop,
+    LeasePut,
+    Outcome,
+    PutOutcome,
+    TxnOutcome,
+    holds,
+    lock_key,
+    outcome_from_doc,
+    outcome_to_doc,
+    validate_key,
+    validate_ops,
+    validate_request_id,
+    validate_ttl,
+    validate_value,
+)
+from apothic.server.dict_watch import DictEventRecord, DictFeeds
 from apothic.server.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
 from apothic.server.ids import new_id
-from apothic.server.watch import WatchSettings
+from apothic.server.request_ids import RecentRequests
+from apothic.server.watch import WatchItem, WatchSettings
 
 if TYPE_CHECKING:
     from apothic.server.store import Statement, Store
 
-#: Largest key, in UTF-8 bytes.
-MAX_KEY_BYTES = 512
-#: Largest value, in serialized bytes.
-MAX_VALUE_BYTES = 1024 * 1024
-#: Request ids remembered per dict for idempotent retries.
-MAX_REQUEST_IDS = 1024
-MAX_REQUEST_ID_CHARS = 128
 #: Page size of ListDictEntries.
 DEFAULT_LIST_LIMIT = 1000
 MAX_LIST_LIMIT = 10_000
 #: Times a mutation is re-evaluated after another replica wrote the same dict.
 _CONFLICT_RETRIES = 5
-#: Shortest and longest lease TTL, in seconds.
-MIN_LEASE_TTL_S = 0.05
-MAX_LEASE_TTL_S = 86_400.0
 #: Longest wait of one AcquireDictLock call; clients call again to wait longer.
 MAX_LOCK_WAIT_S = 60.0
-#: Prefix of the key that holds a lock.
-LOCK_PREFIX = "__lock__/"
 #: Real seconds between sweeps for expired leases of dicts nobody touches.
 SWEEP_INTERVAL_S = 0.25
 #: Longest real wait for a held lock before re-checking (expiry may need the clock only).
 _LOCK_RECHECK_S = 0.5
+#: Seconds an ephemeral dict lives without a heartbeat.
+EPHEMERAL_LEASE_S = 30.0
 
 log = logging.getLogger("apothic.server.dicts")
-
-COMPARE_OPS = ("==", "!=", ">", "<")
 
 
 class AlreadyExists(DomainError):
@@ -73,127 +94,11 @@ class AlreadyExists(DomainError):
     code = "ALREADY_EXISTS"
 
 
-@dataclass(frozen=True)
-class DictEntryRecord:
-    """One stored key."""
-
-    key: str
-    value: bytes
-    format: str
-    version: int
-    mod_rev: int
-    create_rev: int
-    #: The lease the key is attached to ("" for none).
-    lease: str = ""
-
-
-@dataclass(frozen=True)
-class DictLeaseRecord:
-    """A live lease of a dict: its keys are deleted when it expires or is revoked."""
-
-    lease_id: str
-    ttl_s: float
-    #: On the server's clock.
-    deadline: datetime
-
-
-@dataclass(frozen=True)
-class LeasePut:
-    """Creates or extends a lease (inside a commit)."""
-
-    lease: DictLeaseRecord
-
-
-@dataclass(frozen=True)
-class LeaseDrop:
-    """Forgets a lease (inside a commit; its keys are deleted by the same commit)."""
-
-    lease_id: str
-
-
-@dataclass(frozen=True)
-class DictRecord:
-    """A dict's row: identity and current rev."""
-
-    dict_id: str
-    account: str
-    name: str
-    rev: int
-    created_at: datetime
-    #: Committed writes, including those that only record a request id; every write is
-    #: guarded on it, so a replica with a stale copy cannot write.
-    writes: int = 0
-
-
-@dataclass(frozen=True)
-class DictCompare:
-    """``version(key) op version``; a missing key has version 0."""
-
-    key: str
-    op: str
-    version: int
-
-
-@dataclass(frozen=True)
-class DictPut:
-    """Writes ``key``."""
-
-    key: str
-    value: bytes
-    format: str
-    #: Attach the key to this lease ("" for none).
-    lease: str = ""
-
-
-@dataclass(frozen=True)
-class DictDelete:
-    """Deletes ``key``."""
-
-    key: str
-
-
-DictOp = DictPut | DictDelete
-
-
-@dataclass(frozen=True)
-class PutOutcome:
-    version: int
-    rev: int
-
-
-@dataclass(frozen=True)
-class DeleteOutcome:
-    deleted: bool
-    rev: int
-
-
-@dataclass(frozen=True)
-class TxnOutcome:
-    succeeded: bool
-    rev: int
-
-
-Outcome = PutOutcome | DeleteOutcome | TxnOutcome
-_OUTCOME_KINDS: dict[str, type[Any]] = {"put": PutOutcome, "delete": DeleteOutcome, "txn": TxnOutcome}
-_KIND_OF = {v: k for k, v in _OUTCOME_KINDS.items()}
-
-
-def outcome_to_doc(outcome: Outcome) -> dict[str, Any]:
-    """How an outcome is stored with its request id."""
-    doc: dict[str, Any] = {"kind": _KIND_OF[type(outcome)], **outcome.__dict__}
-    return doc
-
-
-def outcome_from_doc(doc: dict[str, Any]) -> Outcome:
-    cls = _OUTCOME_KINDS[doc["kind"]]
-    return cls(**{k: doc[k] for k in cls.__dataclass_fields__})  # type: ignore[no-any-return]
-
-
 @dataclass
 class _LiveDict:
     record: DictRecord
     entries: dict[str, DictEntryRecord]
-    requests: OrderedDict[str, Outcome]
+    requests: RecentRequests[Outcome]
     leases: dict[str, DictLeaseRecord] = field(default_factory=dict)
     #: Keys attached to each lease.
     by_lease: dict[str, set[str]] = field(default_factory=dict)
@@ -209,56 +114,6 @@ class _LiveDict:
         return self._sorted
 
 
-def validate_key(key: str) -> None:
-    """Raises InvalidArgument unless ``key`` is a valid dict key."""
-    if not isinstance(key, str) or not key:
-        raise InvalidArgument("a dict key must be a non-empty string")
-    if "\x00" in key:
-        raise InvalidArgument("a dict key must not contain NUL characters")
-    size = len(key.encode())
-    if size > MAX_KEY_BYTES:
-        raise InvalidArgument(f"dict key is {size} bytes; keys are at most {MAX_KEY_BYTES} bytes of UTF-8")
-
-
-def validate_value(key: str, value: bytes) -> None:
-    """Raises InvalidArgument when a serialized value is over the limit."""
-    if len(value) > MAX_VALUE_BYTES:
-        raise InvalidArgument(
-            f"the value for dict key {key!r} is {len(value):,} bytes serialized, over the 1 MiB limit "
-            f"({MAX_VALUE_BYTES:,} bytes); store it on a Volume and put a reference instead"
-        )
-
-
-def _validate_request_id(request_id: str) -> None:
-    if len(request_id) > MAX_REQUEST_ID_CHARS:
-        raise InvalidArgument(f"a request id is at most {MAX_REQUEST_ID_CHARS} characters")
-
-
-def _validate_ops(ops: list[DictOp], branch: str) -> None:
-    seen: set[str] = set()
-    for op in ops:
-        validate_key(op.key)
-        if isinstance(op, DictPut):
-            validate_value(op.key, op.value)
-        if op.key in seen:
-            raise InvalidArgument(f"key {op.key!r} appears twice in the {branch} branch of a transaction")
-        seen.add(op.key)
-
-
-def lock_key(lock: str) -> str:
-    """The key that holds lock ``lock``."""
-    if not isinstance(lock, str) or not lock:
-        raise InvalidArgument("a lock name must be a non-empty string")
-    key = LOCK_PREFIX + lock
-    validate_key(key)
-    return key
-
-
-def _validate_ttl(ttl_s: float) -> None:
-    if not math.isfinite(ttl_s) or not MIN_LEASE_TTL_S <= ttl_s <= MAX_LEASE_TTL_S:
-        raise InvalidArgument(f"a lease TTL is from {MIN_LEASE_TTL_S} to {MAX_LEASE_TTL_S:.0f} seconds, not {ttl_s}")
-
-
 def _lease_gone(lease_id: str, name: str) -> NotFound:
     return NotFound(f"lease {lease_id!r} of dict {name!r} expired or was revoked; grant a new lease")
 
@@ -269,18 +124,6 @@ class _LockHeld(FailedPrecondition):
     def __init__(self, deadline: datetime | None) -> None:
         super().__init__("lock held")
         self.deadline = deadline
-
-
-def _holds(compare: DictCompare, entries: dict[str, DictEntryRecord]) -> bool:
-    entry = entries.get(compare.key)
-    current = entry.version if entry is not None else 0
-    if compare.op == "==":
-        return current == compare.version
-    if compare.op == "!=":
-        return current != compare.version
-    if compare.op == ">":
-        return current > compare.version
-    return current < compare.version
 
 
 class _Conflict(Exception):
@@ -299,9 +142,14 @@ class DictManager:
     def __init__(self, store: Store, *, clock: Any = None, watch: WatchSettings | None = None) -> None:
         self.store = store
         self.watch_settings = watch or WatchSettings()
+        #: Seconds an ephemeral dict lives without a heartbeat.
+        self.ephemeral_lease_s = EPHEMERAL_LEASE_S
+        self.feeds = DictFeeds(self.watch_settings)
         self._clock = clock or (lambda: datetime.now(UTC))
         self._live: dict[tuple[str, str], _LiveDict] = {}
         self._load_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        #: Deadline of every ephemeral dict, by (account, name).
+        self._ephemeral: dict[tuple[str, str], datetime] = {}
         self._sweep_task: asyncio.Task[None] | None = None
 
     def now(self) -> datetime:
@@ -317,7 +165,7 @@ class DictManager:
 
     def start(self) -> None:
         """Starts the loop that expires leases of dicts nobody touches (first loading every
-        dict that has leases)."""
+        dict that has leases) and deletes ephemeral dicts whose heartbeats stopped."""
         self._sweep_task = asyncio.create_task(self._sweep_loop(), name="apothic-dict-lease-sweep")
 
     async def close(self) -> None:
@@ -330,11 +178,14 @@ class DictManager:
 
     async def _sweep_loop(self) -> None:
         try:
+            for account, name, expires_at in await self.store.ephemeral_dicts():
+                self._ephemeral.setdefault((account, name), expires_at)
             for account, name in await self.store.leased_dicts():
                 with contextlib.suppress(NotFound):
                     await self._get(account, name)
             while True:
                 await self.expire()
+                await self.expire_ephemeral()
                 await asyncio.sleep(SWEEP_INTERVAL_S)
         except asyncio.CancelledError:
             raise
@@ -351,13 +202,51 @@ class DictManager:
                 except NotFound:
                     continue
 
+    async def expire_ephemeral(self) -> None:
+        """Deletes every ephemeral dict whose heartbeats stopped (its deadline passed)."""
+        now = self.now()
+        for (account, name), deadline in list(self._ephemeral.items()):
+            if deadline <= now:
+                try:
+                    await self._delete_expired(account, name)
+                except NotFound:
+                    self._ephemeral.pop((account, name), None)
+
+    async def _delete_expired(self, account: str, name: str) -> None:
+        live = await self._get(account, name)
+        async with live.lock:
+            if self._live.get((account, name)) is not live:
+                return  # reloaded meanwhile: the next sweep looks again
+            # The stored deadline is the authority (a heartbeat may have reached another replica).
+            stored = await self.store.dict_expiry(live.record.dict_id)
+            if stored is None or stored > self.now():
+                if stored is None:
+                    self._ephemeral.pop((account, name), None)
+                else:
+                    self._ephemeral[(account, name)] = stored
+                return
+            log.info("deleting ephemeral dict %r of %s: its client stopped heartbeating", name, account)
+            await self._drop(live)
+
     # -- dicts -------------------------------------------------------------------------
 
-    async def create(self, account: str, name: str, *, exist_ok: bool) -> tuple[DictRecord, int, bool]:
+    async def create(
+        self, account: str, name: str, *, exist_ok: bool, ephemeral: bool = False
+    ) -> tuple[DictRecord, int, bool]:
         """Creates a dict (or returns the existing one when ``exist_ok``).
+
+        Args:
+            account: the owner.
+            name: the dict's name.
+            exist_ok: return an existing dict of that name instead of raising.
+            ephemeral: create it ephemeral: deleted when its heartbeats stop for
+                :attr:`ephemeral_lease_s` (an existing dict is returned as it is).
 
         Returns:
             The dict, its number of keys, and whether this call created it.
+
+        Raises:
+            AlreadyExists: the dict exists and ``exist_ok`` is false.
         """
         validate_name("dict", name)
         async with self._load_lock(account, name):
@@ -366,7 +255,9 @@ class DictManager:
                 if not exist_ok:
                     raise AlreadyExists(f"dict {name!r} already exists")
                 return live.record, len(live.entries), False
-            record = DictRecord(new_id("dicts"), account, name, 0, self._clock())
+            now = self._clock()
+            expires_at = now + timedelta(seconds=self.ephemeral_lease_s) if ephemeral else None
+            record = DictRecord(new_id("dicts"), account, name, 0, now, expires_at=expires_at)
             try:
                 await self.store.create_dict(record)
             except Exception:
@@ -377,7 +268,10 @@ class DictManager:
                 if not exist_ok:
                     raise AlreadyExists(f"dict {name!r} already exists") from None
                 return live.record, len(live.entries), False
-            self._live[(account, name)] = _LiveDict(record, {}, OrderedDict())
+            live = self._live[(account, name)] = _LiveDict(record, {}, RecentRequests())
+            self.feeds.attach((account, name), live)
+            if expires_at is not None:
+                self._ephemeral[(account, name)] = expires_at
             return record, 0, True
 
     async def info(self, account: str, name: str) -> tuple[DictRecord, int]:
@@ -386,11 +280,63 @@ class DictManager:
         return live.record, len(live.entries)
 
     async def delete_dict(self, account: str, name: str) -> None:
-        """Deletes a dict and all its keys."""
-        live = await self._get(account, name)
-        async with live.lock:
-            await self.store.delete_dict(live.record.dict_id)
-            self._live.pop((account, name), None)
+        """Deletes a dict and all its keys (every watch of it ends)."""
+        for _ in range(_CONFLICT_RETRIES):
+            live = await self._get(account, name)
+            async with live.lock:
+                if self._live.get((account, name)) is not live:
+                    continue  # deleted or reloaded while we waited
+                await self._drop(live)
+                return
+        raise NotFound(f"dict {name!r} not found")
+
+    async def _drop(self, live: _LiveDict) -> None:
+        """Deletes a dict (under its lock)."""
+        key = (live.record.account, live.record.name)
+        await self.store.delete_dict(live.record.dict_id)
+        self._live.pop(key, None)
+        self._ephemeral.pop(key, None)
+        self.feeds.close(key)
+
+    async def heartbeat(self, account: str, name: str) -> float:
+        """Keeps an ephemeral dict alive for another :attr:`ephemeral_lease_s` seconds and
+        returns that lease.
+
+        Raises:
+            NotFound: the dict does not exist (its heartbeats may have stopped too long ago).
+            FailedPrecondition: the dict is not ephemeral.
+        """
+        for _ in range(_CONFLICT_RETRIES):
+            live = await self._get(account, name)
+            async with live.lock:
+                if self._live.get((account, name)) is not live:
+                    continue
+                if live.record.expires_at is None:
+                    raise FailedPrecondition(f"dict {name!r} is not ephemeral; only ephemeral dicts take heartbeats")
+                expires_at = self.now() + timedelta(seconds=self.ephemeral_lease_s)
+                await self.store.set_dict_expiry(live.record.dict_id, expires_at)
+                live.record = replace(live.record, expires_at=expires_at)
+                self._ephemeral[(account, name)] = expires_at
+                return self.ephemeral_lease_s
+        raise NotFound(f"dict {name!r} not found")
+
+    async def watch(
+        self, account: str, name: str, *, snapshot: bool, after_rev: int | None, prefix: str = ""
+    ) -> AsyncIterator[WatchItem]:
+        """Streams a dict's watch (see :mod:`apothic.server.dict_watch`): items whose
+        changes carry :class:`~apothic.server.dict_watch.DictEventRecord` events and whose
+        snapshot chunks carry :class:`DictEntryRecord` entries.
+
+        Raises:
+            InvalidArgument: a malformed name, or ``after_rev`` negative or after the
+                dict's current rev.
+            NotFound: the dict does not exist, or was deleted while watched.
+        """
+        await self._fresh(account, name)
+        # No await between loading and the stream's first step: the watch starts on the
+        # copy just loaded.
+        async for item in self.feeds.watch((account, name), snapshot=snapshot, after_rev=after_rev, prefix=prefix):
+            yield item
 
     # -- reads -------------------------------------------------------------------------
 
@@ -455,16 +401,17 @@ class DictManager:
         fence_key = lock_key(fence[0]) if fence is not None else ""
 
         def plan(live: _LiveDict) -> tuple[Outcome, list[Any]]:
-            if lease and lease not in live.leases:
-                raise _lease_gone(lease, name)
+            # The fence first: a holder whose lease ended lost the lock, and hears that.
             if fence is not None:
                 held = live.entries.get(fence_key)
-                if held is None or held.mod_rev != fence[1]:
-                    now = "is not held" if held is None else f"is held with token {held.mod_rev}"
+                if held is None or held.create_rev != fence[1]:
+                    now = "is not held" if held is None else f"is held with token {held.create_rev}"
                     raise FailedPrecondition(
                         f"fenced put of key {key!r} failed: lock {fence[0]!r} of dict {name!r} {now}, not with "
                         f"token {fence[1]}; the lock was lost, acquire it again"
                     )
+            if lease and lease not in live.leases:
+                raise _lease_gone(lease, name)
             entry = live.entries.get(key)
             if if_absent and entry is not None:
                 raise FailedPrecondition(
@@ -510,11 +457,11 @@ class DictManager:
                 raise InvalidArgument(f"compare op {compare.op!r} is not one of {', '.join(COMPARE_OPS)}")
             if compare.version < 0:
                 raise InvalidArgument("a compared version is 0 (absent) or >= 1")
-        _validate_ops(then, "then")
-        _validate_ops(else_, "else")
+        validate_ops(then, "then")
+        validate_ops(else_, "else")
 
         def plan(live: _LiveDict) -> tuple[Outcome, list[DictOp]]:
-            succeeded = all(_holds(c, live.entries) for c in compares)
+            succeeded = all(holds(c, live.entries) for c in compares)
             ops = [op for op in (then if succeeded else else_) if isinstance(op, DictPut) or op.key in live.entries]
             return TxnOutcome(succeeded, live.record.rev + (1 if ops else 0)), ops
 
@@ -526,7 +473,7 @@ class DictManager:
 
     async def grant(self, account: str, name: str, ttl_s: float) -> DictLeaseRecord:
         """Grants a lease that expires ``ttl_s`` seconds from now on the server's clock."""
-        _validate_ttl(ttl_s)
+        validate_ttl(ttl_s)
 
         def plan(live: _LiveDict) -> tuple[Any, list[Any]]:
             lease = DictLeaseRecord(new_id("leases"), ttl_s, self.now() + timedelta(seconds=ttl_s))
@@ -571,17 +518,30 @@ class DictManager:
     # -- locks -------------------------------------------------------------------------
 
     async def acquire_lock(
-        self, account: str, name: str, lock: str, ttl_s: float, timeout_s: float
+        self,
+        account: str,
+        name: str,
+        lock: str,
+        ttl_s: float,
+        timeout_s: float,
+        *,
+        value: tuple[bytes, str] | None = None,
     ) -> tuple[DictLeaseRecord, int] | None:
         """Acquires lock ``lock``: waits up to ``timeout_s`` seconds (at most
         :data:`MAX_LOCK_WAIT_S`) for its key to be absent, then creates it attached to a
         new lease of ``ttl_s``.
 
+        The lock key holds ``value`` (serialized bytes and format; by default the lease id
+        as JSON). The token is the key's ``create_rev``: writes to the key while it is held
+        (an election's proclaim) keep it.
+
         Returns:
             The lease and the fencing token (the rev of the write), or None on timeout.
         """
         key = lock_key(lock)
-        _validate_ttl(ttl_s)
+        validate_ttl(ttl_s)
+        if value is not None:
+            validate_value(key, value[0])
         if not math.isfinite(timeout_s) or timeout_s < 0:
             raise InvalidArgument("a lock timeout is 0 (try once) or more seconds")
         loop = asyncio.get_running_loop()
@@ -593,8 +553,8 @@ class DictManager:
                 holder = live.leases.get(held.lease)
                 raise _LockHeld(holder.deadline if holder is not None else None)
             lease = DictLeaseRecord(new_id("leases"), ttl_s, self.now() + timedelta(seconds=ttl_s))
-            value = json.dumps(lease.lease_id).encode()
-            return (lease, live.record.rev + 1), [LeasePut(lease), DictPut(key, value, "json", lease.lease_id)]
+            data, fmt = value if value is not None else (json.dumps(lease.lease_id).encode(), "json")
+            return (lease, live.record.rev + 1), [LeasePut(lease), DictPut(key, data, fmt, lease.lease_id)]
 
         while True:
             live = await self._fresh(account, name)
@@ -618,7 +578,7 @@ class DictManager:
 
         def plan(live: _LiveDict) -> tuple[Any, list[Any]]:
             held = live.entries.get(key)
-            if held is None or held.mod_rev != token or held.lease not in live.leases:
+            if held is None or held.create_rev != token or held.lease not in live.leases:
                 return DeleteOutcome(False, live.record.rev), []
             ops = self._revoke_ops(live, [held.lease])
             return DeleteOutcome(True, live.record.rev + _key_ops(ops)), ops
@@ -682,7 +642,7 @@ class DictManager:
         refuse: tuple[type[DomainError], ...] = (
             (FailedPrecondition,) if missing is None else (FailedPrecondition, missing)
         )
-        _validate_request_id(request_id)
+        validate_request_id(request_id)
         for _ in range(_CONFLICT_RETRIES):
             live = await self._get(account, name)
             async with live.lock:
@@ -693,11 +653,11 @@ class DictManager:
                 except _Conflict:
                     self._live.pop((account, name), None)
                     continue
-                if request_id and request_id in live.requests:
-                    earlier = live.requests[request_id]
+                earlier = live.requests.get(request_id) if request_id else None
+                if earlier is not None:
                     if not isinstance(earlier, kind):
                         raise InvalidArgument(
-                            f"request id {request_id!r} was already used for a {_KIND_OF[type(earlier)]} "
+                            f"request id {request_id!r} was already used for a {KIND_OF[type(earlier)]} "
                             f"on dict {name!r}; use a new id for each operation"
                         )
                     return earlier
@@ -734,6 +694,8 @@ class DictManager:
         rec = live.record
         n_keys = _key_ops(ops)
         rev = rec.rev + (n_keys if rev_per_key else min(n_keys, 1))
+        #: (rev, events) of each change, for watchers.
+        changes: list[tuple[int, list[DictEventRecord]]] = []
         entries = dict(live.entries)
         leases = dict(live.leases)
         by_lease = {lid: set(keys) for lid, keys in live.by_lease.items()}
@@ -751,6 +713,9 @@ class DictManager:
                 by_lease.pop(op.lease_id, None)
                 lease_drops.append(op.lease_id)
                 continue
+            if rev_per_key or not changes:
+                changes.append((rec.rev + len(changes) + 1, []))
+            op_rev, events = changes[-1]
             old = entries.get(op.key)
             if old is not None and old.lease:
                 by_lease.get(old.lease, set()).discard(op.key)
@@ -762,26 +727,26 @@ class DictManager:
                     op.value,
                     op.format,
                     (old.version + 1) if old else 1,
-                    rev,
-                    old.create_rev if old else rev,
+                    op_rev,
+                    old.create_rev if old else op_rev,
                     op.lease,
                 )
                 entries[op.key] = entry
                 writes.append(entry)
+                events.append(DictEventRecord(op.key, entry))
             else:
                 entries.pop(op.key, None)
                 deletes.append(op.key)
-        evicted: list[str] = []
-        if request_id:
-            extra = len(live.requests) + 1 - MAX_REQUEST_IDS
-            evicted = list(live.requests)[: max(0, extra)]
+                events.append(DictEventRecord(op.key))
+        now = self.now().timestamp()
+        evicted = live.requests.due(now) if request_id else None
         statements: list[Statement] = self.store.dict_mutation_statements(
             rec,
             rev,
             writes,
             deletes,
-            request=(request_id, rec.writes + 1, outcome_to_doc(outcome)) if request_id else None,
-            evicted_requests=evicted,
+            request=(request_id, rec.writes + 1, outcome_to_doc(outcome), now) if request_id else None,
+            evicted_requests=evicted or [],
             lease_puts=lease_puts,
             lease_drops=lease_drops,
         )
@@ -800,9 +765,9 @@ class DictManager:
         live.changed.set()
         live.changed = asyncio.Event()
         if request_id:
-            for old_id in evicted:
-                live.requests.pop(old_id, None)
-            live.requests[request_id] = outcome
+            live.requests.add(request_id, outcome, now, evicted)
+        if changes:
+            self.feeds.append((rec.account, rec.name), changes)
 
     def _load_lock(self, account: str, name: str) -> asyncio.Lock:
         return self._load_locks.setdefault((account, name), asyncio.Lock())
@@ -828,16 +793,21 @@ class DictManager:
             return live
         record = await self.store.find_dict(account, name)
         if record is None:
+            self.feeds.close((account, name))  # deleted by another replica
             return None
         entries = {e.key: e for e in await self.store.dict_entries(record.dict_id)}
-        stored = await self.store.dict_requests(record.dict_id, MAX_REQUEST_IDS)
-        requests: OrderedDict[str, Outcome] = OrderedDict((rid, outcome_from_doc(doc)) for rid, _, doc in stored)
+        requests: RecentRequests[Outcome] = RecentRequests()
+        for rid, doc, at in await self.store.dict_requests(record.dict_id):
+            requests.restore(rid, outcome_from_doc(doc), at)
         leases = {le.lease_id: le for le in await self.store.dict_leases(record.dict_id)}
         by_lease: dict[str, set[str]] = {}
         for entry in entries.values():
             if entry.lease:
                 by_lease.setdefault(entry.lease, set()).add(entry.key)
         live = self._live[(account, name)] = _LiveDict(record, entries, requests, leases, by_lease)
+        self.feeds.attach((account, name), live)
+        if record.expires_at is not None:
+            self._ephemeral.setdefault((account, name), record.expires_at)
         return live
 
 

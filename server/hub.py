@@ -1,21 +1,23 @@
 """In-process fan-out of events to live watchers.
 
 Durable event logs live in the store; the hub only wakes watchers in this process.
+:class:`Topics` keeps one retained change log (:class:`~apothic.server.watch.ChangeLog`) per
+watched topic (an app, a deployment), and every watcher of the topic is a cursor over it,
+driven by :func:`apothic.server.watch.watch`: a watcher that reads slower than the topic
+changes and falls out of the retained window gets a ``Reset`` (and a fresh snapshot when it
+asked for one), never a silent gap.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections import defaultdict
+import contextlib
+from collections.abc import Iterator
 from typing import Generic, TypeVar
 
+from apothic.server.watch import ChangeLog, WatchSettings
+
 T = TypeVar("T")
-
-log = logging.getLogger("apothic.server.hub")
-
-#: Events a slow subscriber may have queued before it is cut off.
-SUBSCRIBER_BUFFER = 10_000
 
 
 class Signal:
@@ -34,42 +36,67 @@ class Signal:
         return self._event
 
 
-class Subscription(Generic[T]):
-    """A bounded queue of events for one watcher; closed when it falls too far behind."""
-
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[T | None] = asyncio.Queue(SUBSCRIBER_BUFFER)
-        self.overflowed = False
-
-    def push(self, item: T) -> None:
-        if self.overflowed:
-            return
-        try:
-            self.queue.put_nowait(item)
-        except asyncio.QueueFull:
-            self.overflowed = True
-            self.queue.get_nowait()
-            self.queue.put_nowait(None)
-
-
 class Topics(Generic[T]):
-    """Subscriptions keyed by topic (an app, a deployment)."""
+    """A change log per topic, kept only while someone watches the topic, so publishing to
+    an unwatched topic costs one dictionary lookup.
 
-    def __init__(self) -> None:
-        self._subs: dict[str, set[Subscription[T]]] = defaultdict(set)
+    Args:
+        settings: ``retention`` is how many changes each topic keeps for its slowest watcher.
+    """
 
-    def subscribe(self, topic: str) -> Subscription[T]:
-        sub: Subscription[T] = Subscription()
-        self._subs[topic].add(sub)
-        return sub
+    def __init__(self, settings: WatchSettings) -> None:
+        self.settings = settings
+        self._logs: dict[str, ChangeLog[T]] = {}
+        self._watchers: dict[str, int] = {}
 
-    def unsubscribe(self, topic: str, sub: Subscription[T]) -> None:
-        subs = self._subs.get(topic)
-        if subs is not None:
-            subs.discard(sub)
-            if not subs:
-                del self._subs[topic]
+    def watched(self, topic: str) -> bool:
+        """Whether anyone watches ``topic``."""
+        return topic in self._logs
 
-    def publish(self, topic: str, item: T) -> None:
-        for sub in self._subs.get(topic, ()):
-            sub.push(item)
+    @contextlib.contextmanager
+    def subscribed(self, topic: str, rev: int = 0) -> Iterator[ChangeLog[T]]:
+        """Registers a watcher of ``topic`` for the block and yields the topic's log.
+
+        Args:
+            topic: what is watched.
+            rev: the topic's current rev, used when nobody watched it yet; later changes
+                must be published with greater revs (or none: see :meth:`publish`).
+        """
+        log = self._logs.get(topic)
+        if log is None:
+            log = self._logs[topic] = ChangeLog(rev, self.settings.retention)
+        self._watchers[topic] = self._watchers.get(topic, 0) + 1
+        try:
+            yield log
+        finally:
+            left = self._watchers[topic] - 1
+            if left:
+                self._watchers[topic] = left
+            else:
+                del self._watchers[topic]
+                del self._logs[topic]
+
+    def close(self, topic: str) -> None:
+        """The topic's object was deleted: its watches end once they sent what is retained."""
+        log = self._logs.get(topic)
+        if log is not None:
+            log.close()
+
+    def publish(self, topic: str, items: list[T] | tuple[T, ...], rev: int | None = None) -> None:
+        """Appends one change to ``topic``'s log when it is watched.
+
+        Args:
+            topic: where the change happened.
+            items: what changed.
+            rev: the change's rev; None numbers it after the log's last one. A change at a rev
+                the log already covers is dropped: its watchers subscribed after the change
+                was made, so their starting point (or snapshot) includes it.
+        """
+        log = self._logs.get(topic)
+        if log is None:
+            return
+        if rev is None:
+            rev = log.rev + 1
+        elif rev <= log.rev:
+            return
+        log.append(rev, items)

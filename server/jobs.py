@@ -3,19 +3,28 @@
 A job lives in memory while it is active (and a while after) and in the store as its
 durable record. ``spawn`` answers only after the job committed; ``invoke`` (a warm
 ``remote()``) answers with the result itself and writes the record behind it.
+
+Events are numbered as they happen and written behind, coalesced; waiting callers get
+results before they are durable. Watchers (WatchJob, WatchApp) see an event only once it
+committed: after a crash the log continues from the last committed seq, so a seq a watcher
+saw always names the same event and a watch resumes after it with no gap or repeat. While a
+job or its app is watched its changes are written at once (still batched per turn of the
+event loop), so watchers trail the job by one commit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
+import functools
 import logging
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from apothic.server import ids
-from apothic.server.errors import InvalidArgument, NotFound
+from apothic.server.errors import InvalidArgument, NotFound, Unavailable
 from apothic.server.hub import Signal, Topics
 from apothic.server.maps import MapCall
 from apothic.server.models import (
@@ -32,6 +41,7 @@ from apothic.server.models import (
     JobRecord,
     utcnow,
 )
+from apothic.server.watch import ChangeLog, Progress, SnapshotEnd, WatchItem, WatchSettings, watch
 
 if TYPE_CHECKING:
     from apothic.server.scheduler import Scheduler
@@ -47,6 +57,10 @@ FLUSH_EVERY_EVENTS = 64
 RETAIN_ENDED_S = 30.0
 #: Longest a WaitJob call may wait.
 MAX_WAIT_S = 300.0
+
+#: What a job watch yields: ``(None, record)`` for the snapshot, ``(event, record)`` for an
+#: event, and the markers.
+JobWatchItem: TypeAlias = tuple[Event | None, JobRecord] | SnapshotEnd | Progress
 
 
 @dataclass(eq=False)
@@ -64,6 +78,13 @@ class LiveJob:
     record_stored: bool = False
     log_bytes: int = 0
     log_truncated: bool = False
+    #: Every event up to this seq has committed; watchers see only those.
+    durable_seq: int = 0
+    #: A copy of the record as of some committed seq (see :meth:`JobManager._durable_view`).
+    durable_record: JobRecord | None = None
+    #: Open WatchJob streams; while there are any, every change is written at once.
+    watchers: int = 0
+    #: Fires when more events committed.
     changed: Signal = field(default_factory=Signal)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     container_id: str = ""
@@ -104,16 +125,24 @@ class JobManager:
     """Owns every active job. The scheduler reports progress through the WorkHandler methods
     (``started``, ``log``, ``yielded``, ``ended``); retries are decided here."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, watch: WatchSettings | None = None) -> None:
         self.store = store
         self.scheduler: Scheduler | None = None
         self._live: dict[str, LiveJob] = {}
-        self.app_topics: Topics[Event] = Topics()
+        self.watch_settings = watch or WatchSettings()
+        #: Committed ``(event, job record)`` pairs per ``account/app``, for WatchApp.
+        self.app_topics: Topics[tuple[Event, JobRecord]] = Topics(self.watch_settings)
         self._evictions: dict[str, asyncio.TimerHandle] = {}
         #: Jobs with changes to write at the end of this turn of the event loop.
         self._dirty: dict[str, LiveJob] = {}
         #: Set once the control plane is shutting down (see :meth:`close`).
         self.closing = False
+
+    def configure_watch(self, settings: WatchSettings) -> None:
+        """Sets how job and app watches report progress and how many events an app watch
+        retains for a slow watcher (watches opened later use it)."""
+        self.watch_settings = settings
+        self.app_topics.settings = settings
 
     # -- creation --------------------------------------------------------------------
 
@@ -211,11 +240,14 @@ class JobManager:
         jobs = [self._new(account, dep, spec, args_format, args, result_format, durable=True) for args in args_list]
         try:
             extra = also(jobs) if also is not None else []
-            await self.store.commit(self._flush_statements(jobs) + extra)
+            stmts = self._flush_statements(jobs)
+            covered = self._covered(jobs)
+            await self.store.commit(stmts + extra)
         except BaseException:
             for job in jobs:
                 self._live.pop(job.job_id, None)
             raise
+        self._committed(covered)
         for job in jobs:
             self.scheduler.submit(job)
         return jobs
@@ -287,6 +319,8 @@ class JobManager:
             record_stored=True,
         )
         record.last_seq = max([record.last_seq, *(e.seq for e in events)])
+        # What the store holds is what watchers may see; the log goes on from there.
+        job.durable_seq = record.last_seq
         self._live[record.job_id] = job
         if record.status == JOB_RUNNING:
             self._append(
@@ -308,8 +342,8 @@ class JobManager:
         rec.last_seq += 1
         event = Event(rec.job_id, rec.last_seq, utcnow(), kind, data)
         job.events.append(event)
-        job.changed.fire()
-        self.app_topics.publish(f"{rec.account}/{rec.app_name}", event)
+        if job.watchers or self.app_topics.watched(f"{rec.account}/{rec.app_name}"):
+            self._flush(job)  # watchers see it once it committed: write it now
         return event
 
     def _flush_statements(self, jobs: list[LiveJob]) -> list[Any]:
@@ -340,12 +374,52 @@ class JobManager:
             asyncio.get_running_loop().call_soon(self._flush_dirty)
         self._dirty[job.job_id] = job
 
+    def _flush_pending(self, job: LiveJob) -> None:
+        """Writes the job's changes now when some are not written yet."""
+        if job.record_dirty or job.persisted < len(job.events):
+            self._flush(job)
+
     def _flush_dirty(self) -> None:
         jobs = list(self._dirty.values())
         self._dirty.clear()
         stmts = self._flush_statements(jobs)
         if stmts:
-            self.store.write_behind(stmts)
+            done = self.store.write_jobs_behind(stmts)
+            done.add_done_callback(functools.partial(self._written, self._covered(jobs)))
+
+    @staticmethod
+    def _covered(jobs: list[LiveJob]) -> list[tuple[LiveJob, int, JobRecord | None]]:
+        """What a write of these jobs' statements covers: each job's last seq, and a copy of
+        its record as of that seq when a watcher may need it for a snapshot."""
+        return [(job, job.record.last_seq, copy.copy(job.record) if job.watchers else None) for job in jobs]
+
+    def _written(self, covered: list[tuple[LiveJob, int, JobRecord | None]], done: asyncio.Future[None]) -> None:
+        if not done.cancelled() and done.exception() is not None:
+            # Nothing retries a failed write; holding the events back would stall their
+            # watchers for good, so they are shown anyway (and the failure is loud).
+            log.error(
+                "job events up to %s did not commit: %s", [(j.job_id, s) for j, s, _ in covered], done.exception()
+            )
+        self._committed(covered)
+
+    def _committed(self, covered: list[tuple[LiveJob, int, JobRecord | None]]) -> None:
+        """Shows newly committed events to the jobs' watchers and their apps' watchers."""
+        for job, seq, record in covered:
+            if self._live.get(job.job_id) is not job:
+                continue  # its spawn did not commit after all (or it was evicted long ago)
+            if record is not None:
+                job.durable_record = record  # a snapshot may be waiting for it
+            elif seq <= job.durable_seq:
+                continue
+            if seq > job.durable_seq:
+                before, job.durable_seq = job.durable_seq, seq
+                rec = job.record
+                topic = f"{rec.account}/{rec.app_name}"
+                if self.app_topics.watched(topic):
+                    events = _between(job, before, seq)
+                    if events:
+                        self.app_topics.publish(topic, [(event, rec) for event in events])
+            job.changed.fire()
 
     # -- the scheduler's reports (WorkHandler) -----------------------------------------
 
@@ -522,39 +596,124 @@ class JobManager:
             return [e for e in job.events if e.seq > after_seq]
         return await self.store.job_events(job_id, after_seq)
 
-    async def watch(
-        self, account: str, job_id: str, *, snapshot: bool, after_seq: int
-    ) -> AsyncIterator[tuple[Event | None, JobRecord]]:
-        """Yields ``(None, record)`` first when ``snapshot``, then each event after
-        ``after_seq`` until the job's end event."""
+    async def watch(self, account: str, job_id: str, *, snapshot: bool, after_seq: int) -> AsyncIterator[JobWatchItem]:
+        """Streams a job's committed events until its end event.
+
+        Yields ``(None, record)`` and :class:`SnapshotEnd` first when ``snapshot`` (the job as
+        of a committed seq), then ``(event, record)`` for each event after ``after_seq`` (and
+        after the snapshot), in seq order, and :class:`Progress` when the job had no new event
+        for the progress interval.
+
+        Raises:
+            NotFound: no such job in this account.
+            InvalidArgument: ``after_seq`` is negative or after the job's last event.
+        """
         record = await self.get(account, job_id)
-        if after_seq < 0:
-            raise InvalidArgument(f"after_seq must be zero or more, got {after_seq}")
-        last = after_seq
+        if not 0 <= after_seq <= record.last_seq:
+            raise InvalidArgument(
+                f"cannot resume a watch of job {job_id} after seq {after_seq}: its events are seq 1 to "
+                f"{record.last_seq}"
+            )
         job = self._live.get(job_id)
-        if snapshot:
-            last = max(last, record.last_seq)
-            yield None, record
-        if job is None:
+        if job is None:  # ended a while ago: the store has it all
+            last = after_seq
+            if snapshot:
+                last = max(last, record.last_seq)
+                yield None, record
+                yield SnapshotEnd(record.last_seq)
             for event in await self.store.job_events(job_id, last):
                 yield event, record
             return
+        job.watchers += 1
+        self._flush_pending(job)
+        try:
+            async for item in self._watch_live(job, snapshot=snapshot, after_seq=after_seq):
+                yield item
+        finally:
+            job.watchers -= 1
+
+    async def _watch_live(self, job: LiveJob, *, snapshot: bool, after_seq: int) -> AsyncIterator[JobWatchItem]:
+        last = after_seq
+        if snapshot:
+            view = await self._snapshot(job)
+            last = max(last, view.last_seq)
+            yield None, view
+            yield SnapshotEnd(view.last_seq)
         while True:
             waiter = job.changed.waiter()
             if job.events and job.events[0].seq > last + 1:
                 # Our in-memory log starts later (adopted job): read the rest from the store.
-                for event in await self.store.job_events(job_id, last):
+                for event in await self.store.job_events(job.job_id, last):
                     if event.seq >= job.events[0].seq:
                         break
                     last = event.seq
                     yield event, job.record
-            for event in job.events[max(0, last - job.events[0].seq + 1) :] if job.events else ():
-                if event.seq > last:
-                    last = event.seq
-                    yield event, job.record
+            for event in _between(job, last, job.durable_seq):
+                last = event.seq
+                yield event, job.record
             if job.final and last >= job.record.last_seq:
                 return
+            if self.closing:
+                raise Unavailable(f"the control plane is shutting down; watch job {job.job_id} again after seq {last}")
+            if waiter.is_set():
+                continue
+            try:
+                async with asyncio.timeout(self.watch_settings.progress_s):
+                    await waiter.wait()
+            except TimeoutError:
+                yield Progress(last)
+
+    async def _snapshot(self, job: LiveJob) -> JobRecord:
+        """The job's record as of a committed seq (waits for the job's next write if needed)."""
+        while True:
+            waiter = job.changed.waiter()
+            view = self._durable_view(job)
+            if view is not None:
+                return view
+            if self.closing:
+                raise Unavailable(f"the control plane is shutting down; watch job {job.job_id} again")
+            self._flush_pending(job)  # the job is watched: this write copies the record
             await waiter.wait()
+
+    @staticmethod
+    def _durable_view(job: LiveJob) -> JobRecord | None:
+        """A copy of the job's record as of ``durable_seq``, when one is at hand."""
+        if job.durable_record is not None and job.durable_record.last_seq == job.durable_seq:
+            return job.durable_record
+        if job.durable_seq == job.record.last_seq and not job.record_dirty:
+            return copy.copy(job.record)
+        return None
+
+    @contextlib.contextmanager
+    def watch_app(self, account: str, app_name: str, *, snapshot: bool) -> Iterator[AsyncIterator[WatchItem]]:
+        """Subscribes to an app's committed job events for the block and yields its stream.
+
+        Every event committed after the ``with`` began is in the stream (unless a
+        :class:`~apothic.server.watch.Reset` says it is gone). The stream's changes hold
+        ``(event, job record)`` pairs; with ``snapshot`` it starts with one record per
+        unfinished job of the app, each as of its committed seq.
+        """
+        topic = f"{account}/{app_name}"
+        with self.app_topics.subscribed(topic) as log:
+            for job in self._live.values():
+                if job.record.account == account and job.record.app_name == app_name:
+                    self._flush_pending(job)
+            yield watch(
+                _fixed(log),
+                what=f"app {app_name!r}",
+                snapshot=functools.partial(self._app_snapshot, account, app_name) if snapshot else None,
+                after_rev=None if snapshot else log.rev,
+                settings=self.watch_settings,
+            )
+
+    def _app_snapshot(self, account: str, app_name: str) -> list[JobRecord]:
+        out = []
+        for job in self._live.values():
+            rec = job.record
+            if rec.account != account or rec.app_name != app_name or job.final or not job.durable_seq:
+                continue
+            out.append(self._durable_view(job) or replace(rec, last_seq=job.durable_seq))
+        return out
 
     async def list_jobs(self, account: str, app_name: str, status: str, limit: int) -> list[JobRecord]:
         if not 0 <= limit <= 1000:
@@ -574,13 +733,15 @@ class JobManager:
         return sorted(merged.values(), key=lambda r: r.created_at, reverse=True)[:limit]
 
     async def close(self) -> None:
-        """Fails in-flight invokes (UNAVAILABLE for their callers) and flushes records.
+        """Fails in-flight invokes (UNAVAILABLE for their callers), ends job watches (also
+        UNAVAILABLE: they resume after the last seq they saw) and flushes records.
 
         Unfinished spawned jobs keep their durable record (with their output so far) and
         are re-queued by the next start. Safe to call more than once.
         """
         self.closing = True
         for job in list(self._live.values()):
+            job.changed.fire()  # its watchers end (they resume after a restart)
             if job.final:
                 continue
             if job.durable:
@@ -592,3 +753,15 @@ class JobManager:
         for handle in self._evictions.values():
             handle.cancel()
         self._evictions.clear()
+
+
+def _between(job: LiveJob, after_seq: int, upto_seq: int) -> list[Event]:
+    """The job's in-memory events with ``after_seq < seq <= upto_seq`` (a copy)."""
+    if not job.events:
+        return []
+    first = job.events[0].seq
+    return job.events[max(0, after_seq + 1 - first) : max(0, upto_seq + 1 - first)]
+
+
+def _fixed(log: ChangeLog[tuple[Event, JobRecord]]) -> Callable[[], ChangeLog[tuple[Event, JobRecord]]]:
+    return lambda: log

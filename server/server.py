@@ -16,12 +16,14 @@ from grpc_reflection.v1alpha import reflection
 
 from apothic._proto.v1 import (
     app_service_pb2,
+    call_service_pb2,
     dict_service_pb2,
     function_service_pb2,
     queue_service_pb2,
     worker_service_pb2,
 )
 from apothic._proto.v1 import app_service_pb2_grpc as app_grpc
+from apothic._proto.v1 import call_service_pb2_grpc as call_grpc
 from apothic._proto.v1 import dict_service_pb2_grpc as dict_grpc
 from apothic._proto.v1 import function_service_pb2_grpc as fn_grpc
 from apothic._proto.v1 import queue_service_pb2_grpc as queue_grpc
@@ -35,6 +37,7 @@ from apothic.server.queues import QueueManager
 from apothic.server.scheduler import Scheduler
 from apothic.server.schedules import ScheduleRunner
 from apothic.server.servicers.apps import AppServicer
+from apothic.server.servicers.calls import CallServicer
 from apothic.server.servicers.dicts import DictServicer
 from apothic.server.servicers.functions import FunctionServicer
 from apothic.server.servicers.queues import QueueServicer
@@ -51,6 +54,7 @@ SERVICE_NAMES = (
     worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
     dict_service_pb2.DESCRIPTOR.services_by_name["DictService"].full_name,
     queue_service_pb2.DESCRIPTOR.services_by_name["QueueService"].full_name,
+    call_service_pb2.DESCRIPTOR.services_by_name["CallService"].full_name,
 )
 
 
@@ -65,10 +69,10 @@ class ControlPlane:
         self.settings = settings
         self.store = Store(settings.resolved_db_url())
         self.accounts = Accounts(self.store)
-        self.jobs = JobManager(self.store)
+        self.jobs = JobManager(self.store, watch=settings.watch)
         self.scheduler = Scheduler()
         self.jobs.scheduler = self.scheduler
-        self.deployments = DeploymentManager(self.store)
+        self.deployments = DeploymentManager(self.store, watch=settings.watch)
         self.deployments.scheduler = self.scheduler
         self.dicts = DictManager(self.store, watch=settings.watch)
         self.queues = QueueManager(self.store, watch=settings.watch)
@@ -79,6 +83,7 @@ class ControlPlane:
         #: Fires scheduled functions (``@app.function(schedule=...)``).
         self.schedules = ScheduleRunner(self.deployments, self.jobs, self.store)
         self.server: grpc.aio.Server | None = None
+        self.calls: CallServicer | None = None
         self.port = 0
         self._lock_file: IO[str] | None = None
 
@@ -127,11 +132,15 @@ class ControlPlane:
                 ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
             ],
         )
-        fn_grpc.add_FunctionServiceServicer_to_server(FunctionServicer(self.deployments, self.jobs), server)
+        functions = FunctionServicer(self.deployments, self.jobs)
+        fn_grpc.add_FunctionServiceServicer_to_server(functions, server)
         app_grpc.add_AppServiceServicer_to_server(AppServicer(self.deployments, self.jobs, self.schedules), server)
         w_grpc.add_WorkerServiceServicer_to_server(self.worker_servicer, server)
-        dict_grpc.add_DictServiceServicer_to_server(DictServicer(self.dicts), server)
-        queue_grpc.add_QueueServiceServicer_to_server(QueueServicer(self.queues), server)
+        dicts, queues = DictServicer(self.dicts), QueueServicer(self.queues)
+        dict_grpc.add_DictServiceServicer_to_server(dicts, server)
+        queue_grpc.add_QueueServiceServicer_to_server(queues, server)
+        self.calls = CallServicer(functions, queues, dicts)
+        call_grpc.add_CallServiceServicer_to_server(self.calls, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         self.port = server.add_insecure_port(f"{self.settings.host}:{self.settings.grpc_port}")
@@ -171,6 +180,8 @@ class ControlPlane:
         await self.dicts.close()
         for worker in list(self.scheduler.workers.values()):
             worker.outbox.put_nowait(None)  # ends in-process sessions too
+        if self.calls is not None:
+            self.calls.close()
         if self.server is not None:
             await self.server.stop(self.settings.shutdown_grace_s if grace is None else grace)
         await self.scheduler.stop()

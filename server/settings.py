@@ -19,7 +19,8 @@ class ServerSettings:
         host: address to listen on.
         grpc_port: gRPC port; 0 picks a free one.
         shutdown_grace_s: seconds in-flight RPCs get on shutdown.
-        watch: how watch streams of queues and dicts retain changes and report progress.
+        watch: how watch streams (jobs, apps, deployments, queues, dicts) retain changes and
+            report progress.
     """
 
     db_url: str = ""

@@ -57,6 +57,21 @@ def _rid(table: str, object_id: str) -> RecordID:
     return RecordID(table, _key(object_id))
 
 
+def _upserts(rows: list[dict[str, Any]]) -> Statement:
+    """Writes rows ``{"id": RecordID, "doc": {...}}`` whole (one statement; a plain UPSERT
+    for one row, which SurrealDB runs faster than a one-pass FOR loop)."""
+    if len(rows) == 1:
+        return ("UPSERT $id CONTENT $doc RETURN NONE", {"id": rows[0]["id"], "doc": rows[0]["doc"]})
+    return ("FOR $r IN $rows { UPSERT $r.id CONTENT $r.doc RETURN NONE; }", {"rows": rows})
+
+
+def _deletes(ids: list[RecordID]) -> Statement:
+    """Deletes records by id in one statement."""
+    if len(ids) == 1:
+        return ("DELETE $id RETURN NONE", {"id": ids[0]})
+    return ("DELETE $ids RETURN NONE", {"ids": ids})
+
+
 class StoreWriteError(RuntimeError):
     """A transaction failed; the message is the error of the statement that caused it."""
 
@@ -71,7 +86,7 @@ async def _transact(db: Any, sql: str, params: dict[str, Any]) -> None:
     ``query()`` raises the first statement's error, which for a failed transaction is
     usually only "not executed due to a failed transaction"; the cause comes later.
     """
-    response = await db.query_raw(sql, params)
+    response = await cbor.query_raw(db, sql, params)
     if response.get("error"):
         error = response["error"]
         raise StoreWriteError(str(error.get("message", error) if isinstance(error, dict) else error))
@@ -473,6 +488,15 @@ class Store:
 
     # -- jobs ------------------------------------------------------------------------
 
+    def write_jobs_behind(self, statements: list[Statement]) -> asyncio.Future[None]:
+        """Queues job statements like :meth:`write_behind`, and returns a future that settles
+        once they committed (or failed: then it holds the error). Writes commit in the order
+        they were queued, so it also covers every write queued before these."""
+        assert self._committer is not None
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._committer.submit(statements, future)
+        return future
+
     def insert_jobs_statements(self, jobs: list[JobRecord]) -> list[Statement]:
         """One statement that creates new job records."""
         rows = [{"id": _rid("job", job.job_id), **_job_doc(job)} for job in jobs]
@@ -623,9 +647,21 @@ class Store:
         return [(r["tick"], r["job"]) for r in rows]
 
     # -- queues ------------------------------------------------------------------------
-    # A queue is one ``queue`` record ([account, name]: rev, next_seq, max_attempts), one
-    # ``queue_item`` record per item not yet acked ([account, name, seq]) and the request
-    # ids it recently applied (``queue_request``). See apothic.server.queues.
+    # A queue is one ``queue`` record ([account, name]: rev, next_seq, max_attempts, maxsize,
+    # expires_at when ephemeral), one ``queue_item`` record per item not yet acked ([account,
+    # name, seq]) and the request ids it recently applied (``queue_request``). See
+    # apothic.server.queues.
+
+    def queue_commit(self, statements: list[Statement]) -> asyncio.Future[None]:
+        """Queues statements and returns the future settled once they committed (or failed).
+
+        Commits settle in the order they were queued; the queue manager relies on it to
+        publish watch events in commit order.
+        """
+        assert self._committer is not None
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._committer.submit(statements, future)
+        return future
 
     async def queue_rows(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
         """Every queue, queue item (by seq) and recorded request id (by ``n``), of all accounts."""
@@ -634,17 +670,37 @@ class Store:
         requests = await self._q("SELECT * FROM queue_request ORDER BY n")
         return list(queues), list(items), list(requests)
 
-    def queue_create_statement(self, account: str, name: str, max_attempts: int, now: datetime) -> Statement:
-        """Creates a queue record at rev 1; fails the write when the queue already exists."""
-        doc = {
+    def queue_create_statement(
+        self,
+        account: str,
+        name: str,
+        max_attempts: int,
+        now: datetime,
+        *,
+        maxsize: int = 0,
+        expires_at: datetime | None = None,
+    ) -> Statement:
+        """Creates a queue record at rev 1; fails the write when the queue already exists.
+        An ephemeral queue has ``expires_at``."""
+        doc: dict[str, Any] = {
             "account": account,
             "name": name,
             "rev": 1,
             "next_seq": 1,
             "max_attempts": max_attempts,
+            "maxsize": maxsize,
             "created_at": now,
         }
+        if expires_at is not None:
+            doc["expires_at"] = expires_at
         return ("CREATE $id CONTENT $doc RETURN NONE", {"id": RecordID("queue", [account, name]), "doc": doc})
+
+    def queue_expiry_statement(self, account: str, name: str, expires_at: datetime) -> Statement:
+        """Moves an ephemeral queue's expiry (a heartbeat)."""
+        return (
+            "UPDATE $id SET expires_at = $at RETURN NONE",
+            {"id": RecordID("queue", [account, name]), "at": expires_at},
+        )
 
     def queue_rev_statement(self, account: str, name: str, rev: int, next_seq: int) -> Statement:
         """Records a queue's new rev and next item seq."""
@@ -669,12 +725,13 @@ class Store:
             {"id": RecordID("queue_item", [account, name, i["seq"]]), "set": {k: v for k, v in i.items() if k != "seq"}}
             for i in items
         ]
+        if len(rows) == 1:
+            return ("UPDATE $id MERGE $set RETURN NONE", {"id": rows[0]["id"], "set": rows[0]["set"]})
         return ("FOR $r IN $rows { UPDATE $r.id MERGE $r.set RETURN NONE; }", {"rows": rows})
 
     def queue_delete_items_statement(self, account: str, name: str, seqs: list[int]) -> Statement:
         """Deletes items by seq."""
-        ids = [RecordID("queue_item", [account, name, seq]) for seq in seqs]
-        return ("FOR $i IN $ids { DELETE $i RETURN NONE; }", {"ids": ids})
+        return _deletes([RecordID("queue_item", [account, name, seq]) for seq in seqs])
 
     def queue_clear_statement(self, account: str, name: str, partition: str | None) -> Statement:
         """Deletes every item of one partition of a queue, or of all its partitions."""
@@ -694,10 +751,18 @@ class Store:
         ]
 
     def queue_request_statements(
-        self, account: str, name: str, request_id: str, n: int, result: dict[str, Any], evict: list[str]
+        self,
+        account: str,
+        name: str,
+        request_id: str,
+        n: int,
+        result: dict[str, Any],
+        evict: list[str],
+        at: float,
     ) -> list[Statement]:
-        """Records that a request id was applied (with what it answered) and forgets ``evict``."""
-        doc = {"account": account, "queue": name, "request_id": request_id, "n": n, "result": result}
+        """Records that a request id was applied at ``at`` (server clock, seconds) with what it
+        answered, and forgets ``evict``."""
+        doc = {"account": account, "queue": name, "request_id": request_id, "n": n, "result": result, "at": at}
         stmts: list[Statement] = [
             (
                 "CREATE $id CONTENT $doc RETURN NONE",
@@ -705,8 +770,7 @@ class Store:
             )
         ]
         if evict:
-            ids = [RecordID("queue_request", [account, name, old]) for old in evict]
-            stmts.append(("FOR $i IN $ids { DELETE $i RETURN NONE; }", {"ids": ids}))
+            stmts.append(_deletes([RecordID("queue_request", [account, name, old]) for old in evict]))
         return stmts
 
     # -- dicts -------------------------------------------------------------------------
@@ -723,6 +787,8 @@ class Store:
             "writes": record.writes,
             "created_at": record.created_at,
         }
+        if record.expires_at is not None:
+            doc["expires_at"] = record.expires_at
         await self.commit([("CREATE $id CONTENT $doc RETURN NONE", {"id": _rid("dict", record.dict_id), "doc": doc})])
 
     async def find_dict(self, account: str, name: str) -> DictRecord | None:
@@ -732,7 +798,31 @@ class Store:
         if not rows:
             return None
         r = rows[0]
-        return DictRecord(f"dicts:{r['id'].id}", r["account"], r["name"], r["rev"], r["created_at"], r["writes"])
+        return DictRecord(
+            f"dicts:{r['id'].id}",
+            r["account"],
+            r["name"],
+            r["rev"],
+            r["created_at"],
+            r["writes"],
+            expires_at=r.get("expires_at"),
+        )
+
+    async def set_dict_expiry(self, dict_id: str, expires_at: datetime) -> None:
+        """Moves an ephemeral dict's deadline (durably)."""
+        await self.commit(
+            [("UPDATE $id SET expires_at = $at RETURN NONE", {"id": _rid("dict", dict_id), "at": expires_at})]
+        )
+
+    async def dict_expiry(self, dict_id: str) -> datetime | None:
+        """An ephemeral dict's stored deadline (None when it is not ephemeral or is gone)."""
+        at: datetime | None = await self._q("SELECT VALUE expires_at FROM ONLY $d", {"d": _rid("dict", dict_id)})
+        return at
+
+    async def ephemeral_dicts(self) -> list[tuple[str, str, datetime]]:
+        """``(account, name, expires_at)`` of every ephemeral dict."""
+        rows = await self._q("SELECT account, name, expires_at FROM dict WHERE expires_at != NONE")
+        return [(r["account"], r["name"], r["expires_at"]) for r in rows]
 
     async def dict_entries(self, dict_id: str) -> list[DictEntryRecord]:
         rows = await self._q("SELECT * FROM dict_entry WHERE dict = $d", {"d": dict_id})
@@ -753,13 +843,13 @@ class Store:
         rows = await self._q("SELECT account, name FROM dict_lease GROUP BY account, name")
         return [(r["account"], r["name"]) for r in rows]
 
-    async def dict_requests(self, dict_id: str, limit: int) -> list[tuple[str, int, dict[str, Any]]]:
-        """The newest ``limit`` request ids of a dict with their seq and outcome, oldest first."""
+    async def dict_requests(self, dict_id: str) -> list[tuple[str, dict[str, Any], float]]:
+        """The request ids a dict remembers, with their outcome and when they were applied
+        (seconds; 0 when unknown), oldest first."""
         rows = await self._q(
-            "SELECT request_id, seq, outcome FROM dict_request WHERE dict = $d ORDER BY seq DESC LIMIT $n",
-            {"d": dict_id, "n": limit},
+            "SELECT request_id, outcome, at, seq FROM dict_request WHERE dict = $d ORDER BY seq", {"d": dict_id}
         )
-        return [(r["request_id"], r["seq"], r["outcome"]) for r in reversed(rows)]
+        return [(r["request_id"], r["outcome"], r.get("at") or 0.0) for r in rows]
 
     async def delete_dict(self, dict_id: str) -> None:
         """Deletes a dict's row, its entries and its request ids."""
@@ -779,7 +869,7 @@ class Store:
         writes: list[DictEntryRecord],
         deletes: list[str],
         *,
-        request: tuple[str, int, dict[str, Any]] | None = None,
+        request: tuple[str, int, dict[str, Any], float] | None = None,
         evicted_requests: list[str] | None = None,
         lease_puts: list[DictLeaseRecord] | None = None,
         lease_drops: list[str] | None = None,
@@ -788,7 +878,7 @@ class Store:
 
         Guarded on the dict row's write counter still being at ``record.writes``
         (:meth:`is_dict_conflict` recognizes the failure), they advance it by one, move the
-        rev to ``new_rev`` and write the entries. ``request`` (id, seq, outcome) is stored
+        rev to ``new_rev`` and write the entries. ``request`` (id, seq, outcome, applied at) is stored
         for idempotent retries and ``evicted_requests`` are forgotten; ``lease_puts`` are
         created or updated and ``lease_drops`` deleted. With no writes and no deletes the
         rev stays (the write counter advances).
@@ -823,13 +913,12 @@ class Store:
                 }
                 for e in writes
             ]
-            stmts.append(("FOR $r IN $rows { UPSERT $r.id CONTENT $r.doc RETURN NONE; }", {"rows": rows}))
+            stmts.append(_upserts(rows))
         if deletes:
-            ids = [RecordID("dict_entry", [dkey, k]) for k in deletes]
-            stmts.append(("FOR $i IN $ids { DELETE $i RETURN NONE; }", {"ids": ids}))
+            stmts.append(_deletes([RecordID("dict_entry", [dkey, k]) for k in deletes]))
         if request is not None:
-            request_id, seq, outcome = request
-            doc = {"account": record.account, "dict": record.dict_id, "request_id": request_id, "seq": seq}
+            request_id, seq, outcome, at = request
+            doc = {"account": record.account, "dict": record.dict_id, "request_id": request_id, "seq": seq, "at": at}
             stmts.append(
                 (
                     "UPSERT $id CONTENT $doc RETURN NONE",
@@ -837,8 +926,7 @@ class Store:
                 )
             )
         if evicted_requests:
-            ids = [RecordID("dict_request", [dkey, r]) for r in evicted_requests]
-            stmts.append(("FOR $i IN $ids { DELETE $i RETURN NONE; }", {"ids": ids}))
+            stmts.append(_deletes([RecordID("dict_request", [dkey, r]) for r in evicted_requests]))
         if lease_puts:
             rows = [
                 {
@@ -854,10 +942,9 @@ class Store:
                 }
                 for le in lease_puts
             ]
-            stmts.append(("FOR $r IN $rows { UPSERT $r.id CONTENT $r.doc RETURN NONE; }", {"rows": rows}))
+            stmts.append(_upserts(rows))
         if lease_drops:
-            ids = [RecordID("dict_lease", [dkey, lid]) for lid in lease_drops]
-            stmts.append(("FOR $i IN $ids { DELETE $i RETURN NONE; }", {"ids": ids}))
+            stmts.append(_deletes([RecordID("dict_lease", [dkey, lid]) for lid in lease_drops]))
         return stmts
 
     async def dict_writes(self, dict_id: str) -> int | None:

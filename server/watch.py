@@ -1,7 +1,9 @@
 """Watch streams over revisioned objects: a retained change log and the stream it drives.
 
 Every watchable object (a queue, a dict) keeps a :class:`ChangeLog`: the changes it
-committed, one :class:`Change` per rev, the newest ``retention`` of them in memory. A watch
+committed, one :class:`Change` per rev, the newest ``retention`` of them in memory (and no
+more than ``retention_bytes`` of their payloads, so a hot key of large values cannot pin
+gigabytes). A watch
 (:func:`watch`) is a cursor over that log, not a buffer of its own:
 
 1. with ``snapshot=True`` it first sends the object's state as of one rev (taken from memory
@@ -29,6 +31,8 @@ from apothic.server.errors import InvalidArgument, NotFound
 
 #: Changes retained per object unless configured otherwise.
 DEFAULT_RETENTION = 10_000
+#: Payload bytes retained per object unless configured otherwise.
+DEFAULT_RETENTION_BYTES = 64 * 1024 * 1024
 #: Seconds of quiet after which a watch sends a progress marker, unless configured otherwise.
 DEFAULT_PROGRESS_S = 5.0
 #: Entries per snapshot message.
@@ -44,15 +48,20 @@ class WatchSettings:
 
     Attributes:
         retention: changes each object retains for watchers that resume or fall behind.
+        retention_bytes: at most this many payload bytes retained per object (the newest
+            change is always kept).
         progress_s: seconds of quiet before a watch sends a progress marker.
     """
 
     retention: int = DEFAULT_RETENTION
+    retention_bytes: int = DEFAULT_RETENTION_BYTES
     progress_s: float = DEFAULT_PROGRESS_S
 
     def __post_init__(self) -> None:
         if self.retention < 1:
             raise ValueError("watch retention must be at least 1 change")
+        if self.retention_bytes < 0:
+            raise ValueError("watch retention_bytes must not be negative")
         if not self.progress_s > 0:
             raise ValueError("the watch progress interval must be positive")
 
@@ -110,11 +119,19 @@ class ChangeLog(Generic[E]):
     Args:
         rev: the object's current rev (changes appended later have greater revs).
         retention: how many changes to keep.
+        retention_bytes: how many payload bytes to keep (0: no limit).
     """
 
-    def __init__(self, rev: int, retention: int) -> None:
+    def __init__(self, rev: int, retention: int, retention_bytes: int = 0) -> None:
         self.rev = rev
-        self._changes: deque[Change[E]] = deque(maxlen=retention)
+        self._changes: deque[Change[E]] = deque()
+        self._sizes: deque[int] = deque()
+        self._bytes = 0
+        self._retention = retention
+        self._retention_bytes = retention_bytes
+        #: Bumped by :meth:`invalidate`; a watch that sees it change resets.
+        self.epoch = 0
+        self.invalid_reason = ""
         self._wake = asyncio.Event()
         self.closed = False
 
@@ -123,12 +140,42 @@ class ChangeLog(Generic[E]):
         """The rev of the oldest retained change (``rev + 1`` when none is retained)."""
         return self._changes[0].rev if self._changes else self.rev + 1
 
-    def append(self, rev: int, events: list[E] | tuple[E, ...]) -> None:
-        """Records a committed change; ``rev`` must be greater than every earlier one."""
+    def append(self, rev: int, events: list[E] | tuple[E, ...], size: int = 0) -> None:
+        """Records a committed change of ``size`` payload bytes; ``rev`` must be greater than
+        every earlier one."""
         if rev <= self.rev:
             raise ValueError(f"change rev {rev} is not after rev {self.rev}")
         self.rev = rev
         self._changes.append(Change(rev, tuple(events)))
+        self._sizes.append(size)
+        self._bytes += size
+        while len(self._changes) > 1 and (
+            len(self._changes) > self._retention or (self._retention_bytes and self._bytes > self._retention_bytes)
+        ):
+            self._changes.popleft()
+            self._bytes -= self._sizes.popleft()
+        self._notify()
+
+    def skip_to(self, rev: int) -> None:
+        """Moves to ``rev`` without the changes in between (they happened elsewhere, e.g. on
+        another replica): a watcher behind ``rev`` gets a :class:`Reset` rather than a gap."""
+        if rev <= self.rev:
+            return
+        self._changes.clear()
+        self._sizes.clear()
+        self._bytes = 0
+        self.rev = rev
+        self._notify()
+
+    def invalidate(self, reason: str) -> None:
+        """Every current watcher gets a :class:`Reset` (and a fresh snapshot when it asked for
+        snapshots) at its next look: what it was sent may not match the object any more (its
+        state was reloaded after a failed commit)."""
+        self.epoch += 1
+        self.invalid_reason = reason
+        self._changes.clear()
+        self._sizes.clear()
+        self._bytes = 0
         self._notify()
 
     def close(self) -> None:
@@ -194,6 +241,7 @@ async def watch(
                 f"cannot resume a watch of {what} after rev {after_rev}: its current rev is {log.rev} "
                 "(a rev from another object, or from before it was deleted and recreated?)"
             )
+    epoch = log.epoch
     if snapshot is not None and after_rev is None:
         cursor = log.rev
         for item in _snapshot(snapshot, cursor):
@@ -202,6 +250,14 @@ async def watch(
         cursor = log.rev if after_rev is None else after_rev
     while True:
         waiter = log.waiter()
+        if log.epoch != epoch:
+            epoch = log.epoch
+            yield Reset(cursor, log.oldest_rev, log.rev, f"{what}: {log.invalid_reason}")
+            cursor = log.rev
+            if snapshot is not None:
+                for item in _snapshot(snapshot, cursor):
+                    yield item
+            continue
         changes = log.since(cursor)
         if changes is None:
             oldest = log.oldest_rev

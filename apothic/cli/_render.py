@@ -105,6 +105,23 @@ def print_event(event: Any, *, show_job: bool = True) -> None:
         console.print(f"{prefix}end {status_text(event.status)}{reason}")
 
 
+def print_marker(marker: Any, *, what: str = "seq") -> None:
+    """Prints a watch marker (:mod:`apothic.watch`) as a line; progress markers print nothing.
+
+    Args:
+        marker: a ``SnapshotEnd``, ``Progress`` or ``Reset``.
+        what: what the marker's revs count (``seq`` for a job's events).
+    """
+    from rich.markup import escape
+
+    from apothic.watch import Reset, SnapshotEnd
+
+    if isinstance(marker, SnapshotEnd):
+        console.print(f"[dim]snapshot as of {what} {marker.rev}; live events follow[/dim]")
+    elif isinstance(marker, Reset):
+        console.print(f"[yellow]reset: events were skipped ({escape(marker.reason)})[/yellow]", soft_wrap=True)
+
+
 def _preview(event: Any) -> str:
     try:
         text = repr(event.value())

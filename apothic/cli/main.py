@@ -141,15 +141,23 @@ def job_watch(
     after_seq: int = typer.Option(0, "--after-seq", help="Resume after this event number."),
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Stream a job's events until it ends."""
-    from apothic.cli._render import print_event
-    from apothic.job import Job
+    """Stream a job's events until it ends.
 
-    for event in Job(job_id).watch(snapshot=snapshot, after_seq=after_seq):
-        if as_json:
-            typer.echo(json.dumps({"kind": event.kind, "seq": event.seq, "job_id": event.job_id}))
+    Only events that are durable are shown, so a seq printed here still names the same event
+    after a control-plane restart: `--after-seq N` resumes right after it. Without --json a
+    line marks where the snapshot ends; --json prints one object per event.
+    """
+    from apothic.cli._render import print_event, print_marker
+    from apothic.job import Job
+    from apothic.models import JobEvent
+
+    for item in Job(job_id).watch(snapshot=snapshot, after_seq=after_seq, markers=not as_json):
+        if not isinstance(item, JobEvent):
+            print_marker(item)
+        elif as_json:
+            typer.echo(json.dumps({"kind": item.kind, "seq": item.seq, "job_id": item.job_id}))
         else:
-            print_event(event, show_job=False)
+            print_event(item, show_job=False)
 
 
 @job_app.command("cancel")

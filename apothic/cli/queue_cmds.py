@@ -1,7 +1,8 @@
-"""``apothic queue len|put|clear``: inspect and feed Queues from the shell."""
+"""``apothic queue info|len|put|clear|watch``: inspect, feed and watch Queues from the shell."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -15,6 +16,32 @@ F = TypeVar("F", bound=Callable[..., Any])
 queue_app = typer.Typer(help="Inspect and feed Queues.", no_args_is_help=True)
 
 PARTITION_OPT = typer.Option(None, "--partition", "-p", help="Only this partition (default: every partition).")
+
+
+@queue_app.command("info")
+@handle_errors
+def info(
+    name: str = typer.Argument(..., help="The queue's name."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Show a queue's rev, length, max_attempts, maxsize and dead-letter queue."""
+    from apothic.cli._render import as_json as to_json
+    from apothic.cli._render import console, table
+    from apothic.queue import Queue
+
+    state = Queue.from_name(name, create_if_missing=False).info()
+    if as_json:
+        typer.echo(to_json(state))
+        return
+    rows: list[list[Any]] = [
+        ["rev", state.rev],
+        ["length", state.length],
+        ["max_attempts", state.max_attempts or "no limit"],
+        ["maxsize", state.maxsize or "unbounded"],
+        ["dead_letter_queue", state.dead_letter_queue],
+        ["ephemeral", "yes" if state.ephemeral else "no"],
+    ]
+    console.print(table(f"queue {name}", ["field", "value"], rows))
 
 
 @queue_app.command("len")
@@ -70,6 +97,129 @@ def clear(
         typer.echo(json.dumps({"name": name, "partition": partition, "removed": removed}))
     else:
         console.print(f"removed {removed} item(s) from queue {name!r}")
+
+
+@queue_app.command("watch")
+@handle_errors
+def watch(
+    name: str = typer.Argument(..., help="The queue's name."),
+    snapshot: bool = typer.Option(False, "--snapshot", help="First print every item, as of one rev."),
+    after_rev: int | None = typer.Option(None, "--after-rev", help="Resume after this rev (default: from now).", min=0),
+    partition: str | None = typer.Option(None, "--partition", "-p", help="Only this partition (default: every one)."),
+    count: int = typer.Option(0, "--count", help="Stop after this many changes (0: never).", min=0),
+    timeout: float = typer.Option(0.0, "--timeout", help="Stop after this many seconds (0: never).", min=0.0),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Print a queue's changes as they commit, until Ctrl-C (JSON lines with --json).
+
+    One line per item event, with its rev: put, claimed, renewed, acked, released, dead_lettered, removed, redriven.
+    Also prints the end of the snapshot, progress (the rev) when quiet, and resets (changes were missed).
+    A lease that runs out is not a change: its item is visible again without a line.
+    """
+    import asyncio
+
+    from apothic._sync import run_sync
+    from apothic.queue import Queue, QueueChange
+
+    async def follow() -> None:
+        changes = 0
+        stream = Queue.from_name(name, create_if_missing=False).aio.watch(
+            snapshot=snapshot, after_rev=after_rev, partition=partition
+        )
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout or None):
+                async for item in stream:
+                    _print_watch_item(item, as_json=as_json)
+                    changes += isinstance(item, QueueChange)
+                    if count and changes >= count:
+                        break
+
+    run_sync(follow(), "apothic queue watch")
+
+
+def _value_text(value: Callable[[], Any]) -> Any:
+    try:
+        return value()
+    except Exception:
+        return "(not decodable here)"
+
+
+def _event_record(ev: Any) -> dict[str, Any]:
+    record: dict[str, Any] = {"kind": ev.kind, "seq": ev.seq, "partition": ev.partition, "attempt": ev.attempt}
+    if ev.lease_deadline is not None:
+        record["lease_deadline"] = ev.lease_deadline.isoformat()
+    if ev.visible_at is not None:
+        record["visible_at"] = ev.visible_at.isoformat()
+    if ev.kind == "released":
+        record["delay_s"] = ev.delay_s
+    if ev.last_error:
+        record["last_error"] = ev.last_error
+    if ev.moved_to_seq:
+        record["moved_to_seq"] = ev.moved_to_seq
+    if ev.kind == "put":
+        record["value"] = _value_text(lambda: ev.value)
+    return record
+
+
+def _watch_record(item: Any) -> dict[str, Any]:
+    from apothic.queue import QueueChange, QueueItemState
+    from apothic.watch import Progress, Reset, SnapshotEnd
+
+    if isinstance(item, QueueChange):
+        return {"type": "change", "rev": item.rev, "events": [_event_record(ev) for ev in item.events]}
+    if isinstance(item, QueueItemState):
+        record: dict[str, Any] = {
+            "type": "item",
+            "seq": item.seq,
+            "partition": item.partition,
+            "state": item.state,
+            "attempt": item.attempt,
+            "value": _value_text(lambda: item.value),
+        }
+        if item.lease_deadline is not None:
+            record["lease_deadline"] = item.lease_deadline.isoformat()
+        if item.last_error:
+            record["last_error"] = item.last_error
+        return record
+    if isinstance(item, SnapshotEnd):
+        return {"type": "snapshot_end", "rev": item.rev}
+    if isinstance(item, Progress):
+        return {"type": "progress", "rev": item.rev}
+    if isinstance(item, Reset):
+        return {
+            "type": "reset",
+            "after_rev": item.after_rev,
+            "oldest_rev": item.oldest_rev,
+            "rev": item.rev,
+            "reason": item.reason,
+        }
+    raise TypeError(f"unexpected watch item {item!r}")
+
+
+def _print_watch_item(item: Any, *, as_json: bool) -> None:
+    from rich.markup import escape
+
+    from apothic.cli._render import console
+
+    record = _watch_record(item)
+    if as_json:
+        typer.echo(json.dumps(record, default=str))
+        return
+    kind = record.pop("type")
+    if kind == "change":
+        for ev in record["events"]:
+            details = " ".join(f"{k}={v!r}" for k, v in ev.items() if k not in ("kind", "seq"))
+            line = f"rev {record['rev']} [bold]{ev['kind']}[/bold] seq {ev['seq']} {escape(details)}"
+            console.print(line, soft_wrap=True)
+        if not record["events"]:
+            console.print(f"rev {record['rev']} [dim](no item changed)[/dim]")
+    elif kind == "item":
+        details = " ".join(f"{k}={v!r}" for k, v in record.items() if k != "seq")
+        console.print(f"item seq {record['seq']} {escape(details)}", soft_wrap=True)
+    elif kind == "reset":
+        console.print(f"[yellow]reset[/yellow] {escape(record['reason'])}", soft_wrap=True)
+    else:
+        console.print(f"[dim]{kind.replace('_', ' ')} rev {record['rev']}[/dim]")
 
 
 def register(app: typer.Typer) -> None:

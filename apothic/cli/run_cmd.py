@@ -15,7 +15,7 @@ from typing import Any
 
 import typer
 
-from apothic.cli._render import console, err_console, print_event
+from apothic.cli._render import console, err_console, print_event, print_marker
 
 
 class _LineAtomicWriter(io.TextIOBase):
@@ -70,12 +70,18 @@ class _AppWatcher:
 
     async def _watch(self) -> None:
         from apothic._client import get_client
-        from apothic.models import JobEndEvent, JobQueuedEvent
+        from apothic.models import JobEndEvent, JobEvent, JobQueuedEvent
+        from apothic.watch import Reset
 
         subscribed = asyncio.Event()
         subscribed_task = asyncio.create_task(subscribed.wait())
         subscribed_task.add_done_callback(lambda _: self.subscribed.set())
         async for event in get_client().watch_app(self.app_name, subscribed):
+            if not isinstance(event, JobEvent):
+                if isinstance(event, Reset):
+                    self.open_jobs.clear()  # their ends may be among the skipped events
+                print_marker(event)
+                continue
             if isinstance(event, JobQueuedEvent):
                 self.open_jobs.add(event.job_id)
             elif isinstance(event, JobEndEvent):

@@ -13,8 +13,10 @@ from apothic.server.auth import current_account
 from apothic.server.deployments import DeploymentManager, validate_name
 from apothic.server.errors import FailedPrecondition, NotFound
 from apothic.server.jobs import JobManager
+from apothic.server.models import utcnow
 from apothic.server.schedules import ScheduleRunner
 from apothic.server.servicers import convert
+from apothic.server.watch import Change, SnapshotChunk
 
 
 class AppServicer(app_grpc.AppServiceServicer):
@@ -70,18 +72,33 @@ class AppServicer(app_grpc.AppServiceServicer):
     async def WatchDeployment(
         self, request: app_pb.WatchDeploymentRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[app_pb.WatchDeploymentResponse]:
-        async for event, dep in self.deployments.watch(
+        async for item in self.deployments.watch(
             current_account.get(), request.deployment_id, snapshot=request.snapshot
         ):
-            yield app_pb.WatchDeploymentResponse(
-                event=pb.DeploymentEvent(
-                    deployment_id=event.object_id,
-                    seq=event.seq,
-                    time=convert.timestamp(event.time),
-                    kind=event.kind,
-                    deployment=convert.deployment_to_pb(dep),
-                )
-            )
+            if isinstance(item, SnapshotChunk):
+                for dep in item.entries:
+                    yield app_pb.WatchDeploymentResponse(
+                        event=pb.DeploymentEvent(
+                            deployment_id=dep.deployment_id,
+                            seq=item.rev,
+                            time=convert.timestamp(utcnow()),
+                            kind="deployment.snapshot",
+                            deployment=convert.deployment_to_pb(dep),
+                        )
+                    )
+            elif isinstance(item, Change):
+                for event, dep in item.events:
+                    yield app_pb.WatchDeploymentResponse(
+                        event=pb.DeploymentEvent(
+                            deployment_id=event.object_id,
+                            seq=event.seq,
+                            time=convert.timestamp(event.time),
+                            kind=event.kind,
+                            deployment=convert.deployment_to_pb(dep),
+                        )
+                    )
+            else:
+                yield app_pb.WatchDeploymentResponse(**convert.watch_marker(item))
 
     async def ListApps(
         self, request: app_pb.ListAppsRequest, context: grpc.aio.ServicerContext
@@ -96,20 +113,17 @@ class AppServicer(app_grpc.AppServiceServicer):
         validate_name("app", request.app_name)
         if not any(a.name == request.app_name for a, _ in await self.deployments.list_apps(account)):
             raise NotFound(f"app {request.app_name!r} not found")
-        topic = f"{account}/{request.app_name}"
-        sub = self.jobs.app_topics.subscribe(topic)
-        try:
+        with self.jobs.watch_app(account, request.app_name, snapshot=request.snapshot) as items:
             await context.send_initial_metadata((("apothic-subscribed", "1"),))
-            while True:
-                event = await sub.queue.get()
-                if event is None:
-                    return
-                live = self.jobs.live(event.object_id)
-                if live is None:
-                    continue
-                yield app_pb.WatchAppResponse(event=convert.job_event_to_pb(event, live.record))
-        finally:
-            self.jobs.app_topics.unsubscribe(topic, sub)
+            async for item in items:
+                if isinstance(item, SnapshotChunk):
+                    for record in item.entries:
+                        yield app_pb.WatchAppResponse(event=convert.job_event_to_pb(None, record))
+                elif isinstance(item, Change):
+                    for event, record in item.events:
+                        yield app_pb.WatchAppResponse(event=convert.job_event_to_pb(event, record))
+                else:
+                    yield app_pb.WatchAppResponse(**convert.watch_marker(item))
 
     async def ListSchedules(
         self, request: app_pb.ListSchedulesRequest, context: grpc.aio.ServicerContext

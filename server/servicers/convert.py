@@ -27,6 +27,7 @@ from apothic.server.models import (
     FunctionSpecRecord,
     JobRecord,
 )
+from apothic.server.watch import Progress, Reset, SnapshotEnd
 
 FORMAT_NAMES = {pb.PAYLOAD_FORMAT_CLOUDPICKLE: "cloudpickle", pb.PAYLOAD_FORMAT_JSON: "json"}
 FORMAT_CODES = {v: k for k, v in FORMAT_NAMES.items()}
@@ -244,3 +245,15 @@ def app_to_pb(app: AppRecord, dep: DeploymentRecord | None) -> pb.App:
         function_names=[f.name for f in dep.functions] if dep else [],
         updated_at=timestamp(app.updated_at),
     )
+
+
+def watch_marker(item: SnapshotEnd | Progress | Reset) -> dict[str, Any]:
+    """The field of a watch response's ``message`` oneof that carries ``item``, as keyword
+    arguments (``WatchJobResponse(**watch_marker(item))``)."""
+    if isinstance(item, SnapshotEnd):
+        return {"snapshot_end": pb.WatchSnapshotEnd(rev=item.rev)}
+    if isinstance(item, Progress):
+        return {"progress": pb.WatchProgress(rev=item.rev)}
+    return {
+        "reset": pb.WatchReset(after_rev=item.after_rev, oldest_rev=item.oldest_rev, rev=item.rev, reason=item.reason)
+    }

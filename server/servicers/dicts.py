@@ -1,7 +1,9 @@
-"""DictService: named key-value dicts with versions, compare-and-set, transactions, leases
-and fenced locks."""
+"""DictService: named key-value dicts with versions, compare-and-set, transactions, leases,
+fenced locks, watches and ephemeral dicts."""
 
 from __future__ import annotations
+
+from collections.abc import AsyncIterator
 
 import grpc.aio
 
@@ -9,6 +11,7 @@ from apothic._proto.v1 import dict_service_pb2 as dict_pb
 from apothic._proto.v1 import dict_service_pb2_grpc as dict_grpc
 from apothic._proto.v1 import types_pb2 as pb
 from apothic.server.auth import current_account
+from apothic.server.dict_watch import DictEventRecord
 from apothic.server.dicts import (
     DictCompare,
     DictDelete,
@@ -20,7 +23,8 @@ from apothic.server.dicts import (
     DictRecord,
 )
 from apothic.server.errors import InvalidArgument
-from apothic.server.servicers.convert import FORMAT_CODES, payload_format, timestamp
+from apothic.server.servicers.convert import FORMAT_CODES, payload_format, timestamp, watch_marker
+from apothic.server.watch import Change, Progress, Reset, SnapshotChunk, SnapshotEnd, WatchItem
 
 _COMPARE_OPS = {
     dict_pb.DICT_COMPARE_OP_EQUAL: "==",
@@ -31,14 +35,44 @@ _COMPARE_OPS = {
 
 
 def _info(record: DictRecord, length: int) -> dict_pb.DictInfo:
-    return dict_pb.DictInfo(dict_id=record.dict_id, name=record.name, rev=record.rev, length=length)
+    return dict_pb.DictInfo(
+        dict_id=record.dict_id,
+        name=record.name,
+        rev=record.rev,
+        length=length,
+        ephemeral=record.expires_at is not None,
+    )
 
 
 def _entry(entry: DictEntryRecord, *, with_value: bool = True) -> dict_pb.DictEntry:
     value = pb.Payload(format=FORMAT_CODES[entry.format], data=entry.value) if with_value else None
     return dict_pb.DictEntry(
-        key=entry.key, value=value, version=entry.version, mod_rev=entry.mod_rev, create_rev=entry.create_rev
+        key=entry.key,
+        value=value,
+        version=entry.version,
+        mod_rev=entry.mod_rev,
+        create_rev=entry.create_rev,
+        lease_id=entry.lease,
     )
+
+
+def _event(event: DictEventRecord) -> dict_pb.DictEvent:
+    if event.entry is None:
+        return dict_pb.DictEvent(delete=dict_pb.DictDeletion(key=event.key))
+    return dict_pb.DictEvent(put=_entry(event.entry))
+
+
+def _watch_item(item: WatchItem) -> dict_pb.WatchDictResponse:
+    if isinstance(item, Change):
+        return dict_pb.WatchDictResponse(
+            change=dict_pb.DictChange(rev=item.rev, events=[_event(e) for e in item.events])
+        )
+    if isinstance(item, SnapshotChunk):
+        return dict_pb.WatchDictResponse(
+            snapshot=dict_pb.DictSnapshotChunk(rev=item.rev, entries=[_entry(e) for e in item.entries])
+        )
+    assert isinstance(item, SnapshotEnd | Progress | Reset)
+    return dict_pb.WatchDictResponse(**watch_marker(item))
 
 
 def _lease(lease: DictLeaseRecord) -> dict_pb.DictLease:
@@ -67,9 +101,16 @@ class DictServicer(dict_grpc.DictServiceServicer):
         self, request: dict_pb.CreateDictRequest, context: grpc.aio.ServicerContext
     ) -> dict_pb.CreateDictResponse:
         record, length, created = await self.dicts.create(
-            current_account.get(), request.name, exist_ok=request.exist_ok
+            current_account.get(), request.name, exist_ok=request.exist_ok, ephemeral=request.ephemeral
         )
-        return dict_pb.CreateDictResponse(dict=_info(record, length), created=created)
+        lease_s = self.dicts.ephemeral_lease_s if record.expires_at is not None else 0.0
+        return dict_pb.CreateDictResponse(dict=_info(record, length), created=created, lease_s=lease_s)
+
+    async def HeartbeatDict(
+        self, request: dict_pb.HeartbeatDictRequest, context: grpc.aio.ServicerContext
+    ) -> dict_pb.HeartbeatDictResponse:
+        lease_s = await self.dicts.heartbeat(current_account.get(), request.name)
+        return dict_pb.HeartbeatDictResponse(lease_s=lease_s)
 
     async def GetDict(
         self, request: dict_pb.GetDictRequest, context: grpc.aio.ServicerContext
@@ -171,8 +212,11 @@ class DictServicer(dict_grpc.DictServiceServicer):
     async def AcquireDictLock(
         self, request: dict_pb.AcquireDictLockRequest, context: grpc.aio.ServicerContext
     ) -> dict_pb.AcquireDictLockResponse:
+        value = None
+        if request.HasField("value"):
+            value = (request.value.data, payload_format(request.value, f"the value of lock {request.lock!r}"))
         acquired = await self.dicts.acquire_lock(
-            current_account.get(), request.name, request.lock, request.ttl_s, request.timeout_s
+            current_account.get(), request.name, request.lock, request.ttl_s, request.timeout_s, value=value
         )
         if acquired is None:
             return dict_pb.AcquireDictLockResponse(acquired=False)
@@ -184,3 +228,15 @@ class DictServicer(dict_grpc.DictServiceServicer):
     ) -> dict_pb.ReleaseDictLockResponse:
         released = await self.dicts.release_lock(current_account.get(), request.name, request.lock, request.token)
         return dict_pb.ReleaseDictLockResponse(released=released)
+
+    async def WatchDict(
+        self, request: dict_pb.WatchDictRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[dict_pb.WatchDictResponse]:
+        async for item in self.dicts.watch(
+            current_account.get(),
+            request.name,
+            snapshot=request.snapshot,
+            after_rev=request.after_rev if request.HasField("after_rev") else None,
+            prefix=request.prefix,
+        ):
+            yield _watch_item(item)

@@ -102,10 +102,13 @@ class FunctionServicer(fn_grpc.FunctionServiceServicer):
     async def WatchJob(
         self, request: fn_pb.WatchJobRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[fn_pb.WatchJobResponse]:
-        async for event, record in self.jobs.watch(
+        async for item in self.jobs.watch(
             current_account.get(), request.job_id, snapshot=request.snapshot, after_seq=request.after_seq
         ):
-            yield fn_pb.WatchJobResponse(event=convert.job_event_to_pb(event, record))
+            if isinstance(item, tuple):
+                yield fn_pb.WatchJobResponse(event=convert.job_event_to_pb(*item))
+            else:
+                yield fn_pb.WatchJobResponse(**convert.watch_marker(item))
 
     async def ListJobs(
         self, request: fn_pb.ListJobsRequest, context: grpc.aio.ServicerContext

@@ -1,4 +1,4 @@
-"""`apothic queue len|put|clear` through typer's CliRunner against the session runtime."""
+"""`apothic queue info|len|put|clear|watch` through typer's CliRunner against the session runtime."""
 
 from __future__ import annotations
 
@@ -40,3 +40,47 @@ def test_queue_errors(apothic_runtime: LocalRuntime) -> None:
     bad = runner.invoke(cli, ["queue", "put", unique_name("q"), "{not json"])
     assert bad.exit_code == 2
     assert "not valid JSON" in bad.output
+
+
+def test_queue_info_shows_maxsize(apothic_runtime: LocalRuntime) -> None:
+    name = unique_name("cliq")
+    apothic.Queue.from_name(name, maxsize=3, max_attempts=2, client=apothic_runtime.config).put("x")
+    info = json.loads(invoke("queue", "info", name, "--json"))
+    assert info["maxsize"] == 3 and info["max_attempts"] == 2 and info["length"] == 1
+    assert info["dead_letter_queue"] == f"{name}.dlq" and info["ephemeral"] is False
+    text = invoke("queue", "info", name)
+    assert "maxsize" in text and "3" in text
+
+
+def test_queue_watch(apothic_runtime: LocalRuntime) -> None:
+    name = unique_name("cliq")
+    q = apothic.Queue.from_name(name, client=apothic_runtime.config)
+    q.put({"n": 1})
+    q.put("p", partition="b")
+    start = q.info().rev
+    (claim,) = q.claim()
+    q.ack(claim)
+    # A snapshot of every item and its end, then changes (here resumed after a rev), as JSON lines.
+    out = invoke("queue", "watch", name, "--snapshot", "--timeout", "0.5", "--json")
+    item, end = (json.loads(line) for line in out.splitlines())
+    assert (item["type"], item["value"], item["partition"], item["state"]) == ("item", "p", "b", "visible")
+    assert end == {"type": "snapshot_end", "rev": start + 2}
+    out = invoke("queue", "watch", name, "--after-rev", str(start), "--count", "2", "--json")
+    claimed, acked = (json.loads(line) for line in out.splitlines())
+    assert claimed["type"] == "change" and claimed["rev"] == start + 1
+    assert [(e["kind"], e["seq"], e["attempt"]) for e in claimed["events"]] == [("claimed", 1, 1)]
+    assert [e["kind"] for e in acked["events"]] == ["acked"] and acked["rev"] == start + 2
+    human = invoke("queue", "watch", name, "--after-rev", str(start), "--count", "1")
+    assert f"rev {start + 1} claimed seq 1" in human
+    # --timeout ends a quiet watch; --partition narrows it.
+    assert invoke("queue", "watch", name, "--partition", "a", "--timeout", "0.3") == ""
+    assert "--after-rev" in invoke("queue", "watch", "--help")
+
+
+def test_queue_watch_errors(apothic_runtime: LocalRuntime) -> None:
+    missing = runner.invoke(cli, ["queue", "watch", unique_name("nope"), "--timeout", "1"])
+    assert missing.exit_code == 1 and "NotFoundError" in missing.output
+    name = unique_name("cliq")
+    apothic.Queue.from_name(name, client=apothic_runtime.config).put(1)
+    ahead = runner.invoke(cli, ["queue", "watch", name, "--after-rev", "99", "--timeout", "1"])
+    assert ahead.exit_code == 1 and "InvalidArgumentError" in ahead.output

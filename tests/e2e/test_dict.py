@@ -177,3 +177,15 @@ def test_listing_pages_and_prefix(d: apothic.Dict) -> None:
     assert keys == [f"p/{i:04d}" for i in range(1100)]
     assert [e.value for e in d.entries("p/")] == list(range(1100))
     assert d.items(prefix="q") == [("q", -1)] and len(d) == 1101
+
+
+async def test_from_name_has_an_async_form_and_the_blocking_one_names_it(apothic_runtime: LocalRuntime) -> None:
+    from apothic.exceptions import BlockingInAsyncContextError
+
+    name = unique_name("dict")
+    with pytest.raises(BlockingInAsyncContextError, match=r"await Dict\.from_name\.aio\(\.\.\.\)"):
+        apothic.Dict.from_name(name, client=apothic_runtime.config)
+    d = await apothic.Dict.from_name.aio(name, client=apothic_runtime.config)
+    assert await d.aio.put("k", 1) == 1
+    with pytest.raises(NotFoundError, match="nope"):
+        await apothic.Dict.from_name.aio(unique_name("nope"), create_if_missing=False, client=apothic_runtime.config)

@@ -1,10 +1,15 @@
 """Dict leases and fenced locks against the real runtime: attached keys vanish when a lease
 expires or is revoked, keepalive holds them, a stalled lock holder's guarded write is
-rejected, fencing tokens strictly increase, and leases survive a restart. Expiry runs on the
-control plane's clock, which these tests replace with a fake one."""
+rejected (a holder simulated in process, and a real subprocess paused with SIGSTOP), fencing
+tokens strictly increase, and leases survive a restart. Expiry runs on the control plane's
+clock, which most of these tests replace with a fake one."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -201,3 +206,55 @@ def test_a_restart_keeps_leases(tmp_path: Path) -> None:
         assert d.revoke(long) is True and d.keys() == []
     finally:
         second.stop()
+
+
+_HOLDER = """
+import sys
+import apothic
+from apothic.exceptions import FailedPreconditionError
+
+d = apothic.Dict.from_name(sys.argv[1])
+token = d.lock("leader", ttl_s=float(sys.argv[2])).__enter__()
+d.put("config", "from the subprocess", fence=("leader", token))
+print(token, flush=True)
+sys.stdin.readline()  # the test pauses this process here
+try:
+    d.put("config", "from the subprocess, stale", fence=("leader", token))
+    print("accepted", flush=True)
+except FailedPreconditionError as exc:
+    print("rejected:", exc, flush=True)
+"""
+
+
+def test_a_paused_holder_process_loses_the_lock_and_its_fenced_write(
+    d: apothic.Dict, apothic_runtime: LocalRuntime
+) -> None:
+    ttl_s = 1.0
+    env = {**os.environ, "APOTHIC_BASE_URL": apothic_runtime.address, "APOTHIC_API_KEY": apothic_runtime.api_key}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, d.name, str(ttl_s)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        accepted = [int(proc.stdout.readline())]
+        assert d["config"] == "from the subprocess"
+        os.kill(proc.pid, signal.SIGSTOP)  # no keepalives from here on
+        with d.lock("leader", ttl_s=30, timeout=ttl_s + 5) as token:
+            accepted.append(token)
+            d.put("config", "from the test", fence=("leader", token))
+            os.kill(proc.pid, signal.SIGCONT)
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            verdict = proc.stdout.readline()
+            assert verdict.startswith("rejected:"), verdict
+            assert f"held with token {token}, not with token {accepted[0]}" in verdict
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    assert d["config"] == "from the test"
+    assert accepted == sorted(set(accepted)) and len(accepted) == 2, "accepted tokens strictly increase"

@@ -1,8 +1,10 @@
-"""``apothic.Queue`` against the real runtime: puts, gets, claims, leases, dead letters."""
+"""``apothic.Queue`` against the real runtime: puts, gets, claims, leases, dead letters,
+maxsize."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue as stdlib_queue
 import threading
 import time
@@ -16,10 +18,14 @@ from apothic.exceptions import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    QueueFullError,
+    ResourceExhaustedError,
     SerializationError,
 )
+from apothic.queue import QueueChange, QueueItemState
 from apothic.runtime import LocalRuntime
-from apothic.testing import unique_name
+from apothic.testing import unique_name, wait_for
+from apothic.watch import SnapshotEnd
 
 
 def _queue(runtime: LocalRuntime, **kwargs: object) -> apothic.Queue:
@@ -163,3 +169,89 @@ async def test_async_forms_and_blocking_inside_a_loop(apothic_runtime: LocalRunt
     assert await q.aio.len() == 0
     with pytest.raises(BlockingInAsyncContextError, match=r"q\.aio|queue\.aio"):
         q.len()
+
+
+def _dead_letters(q: apothic.Queue) -> int | None:
+    try:
+        return apothic.Queue.from_name(q.name + ".dlq", create_if_missing=False, client=q._config).len()
+    except NotFoundError:
+        return None
+
+
+def test_a_poison_item_is_dead_lettered_exactly_once_and_redriven_once(apothic_runtime: LocalRuntime) -> None:
+    q = _queue(apothic_runtime, max_attempts=2)
+    poison = {"poison": True, "blob": bytes(range(256)) * 40}
+    q.put_many([poison, "fine"])
+    start = q.info().rev
+    first, fine = q.claim(2)
+    q.ack(fine)
+    q.release(first, error="ValueError: bad input")
+    (last,) = q.claim(lease_s=0.3)  # this consumer dies: its lease runs out
+    assert last.value == poison and last.attempt == 2 and last.last_error == "ValueError: bad input"
+    wait_for(lambda: _dead_letters(q) == 1, what="the dead letter")
+    dlq = apothic.Queue.from_name(q.name + ".dlq", create_if_missing=False, client=q._config)
+    with contextlib.closing(dlq.watch(snapshot=True)) as dlq_watch:  # type: ignore[type-var]
+        letters = []
+        for item in dlq_watch:
+            if isinstance(item, SnapshotEnd):
+                break
+            assert isinstance(item, QueueItemState)
+            letters.append(item)
+    (letter,) = letters
+    assert letter.value == poison and letter.attempt == 2
+    assert letter.last_error == "lease expired after attempt 2"
+    assert q.len() == 0 and dlq.len() == 1
+    rev = q.info().rev
+    changes: list[QueueChange] = []
+    with contextlib.closing(q.watch(after_rev=start)) as watch:  # type: ignore[type-var]
+        for item in watch:
+            if isinstance(item, QueueChange):
+                changes.append(item)
+                if item.rev >= rev:
+                    break
+    dead = [ev for c in changes for ev in c.events if ev.kind == "dead_lettered"]
+    assert len(dead) == 1 and dead[0].seq == 1 and dead[0].last_error == letter.last_error
+    assert q.redrive() == 1
+    assert q.redrive() == 0, "redrive returns it once"
+    assert dlq.len() == 0
+    (back,) = q.claim()
+    assert back.value == poison and back.attempt == 1 and back.last_error == letter.last_error
+    q.ack(back)
+    assert q.get_many(5, block=False) == []
+
+
+def test_maxsize_blocks_fails_and_is_all_or_nothing(apothic_runtime: LocalRuntime) -> None:
+    q = _queue(apothic_runtime, maxsize=2, max_attempts=1)
+    q.put_many([1, 2])
+    assert q.info().maxsize == 2
+    with pytest.raises(QueueFullError, match=rf"queue '{q.name}' partition '' is full.*maxsize=2") as full:
+        q.put(3, block=False)
+    assert isinstance(full.value, stdlib_queue.Full) and isinstance(full.value, ResourceExhaustedError)
+    started = time.monotonic()
+    with pytest.raises(QueueFullError):
+        q.put(3, timeout=0.3)
+    assert time.monotonic() - started >= 0.25
+    q.put("elsewhere", partition="other")  # each partition has its own room
+    assert q.get() == 1
+    with pytest.raises(QueueFullError):
+        q.put_many([3, 4], block=False)
+    assert q.len(partition="") == 1, "put_many is all or nothing"
+    with pytest.raises(InvalidArgumentError, match="never fits"):
+        q.put_many([5, 6, 7])
+    (claim,) = q.claim(lease_s=30)
+    q.put(3)
+    with pytest.raises(QueueFullError):
+        q.put(4, block=False)  # a leased item still counts until acked
+    # A blocked put_many goes in once consumers made room for all of it.
+    done = threading.Event()
+    blocked = threading.Thread(target=lambda: (q.put_many([4, 5], timeout=10), done.set()))
+    blocked.start()
+    assert not done.wait(0.2)
+    q.release(claim, error="no luck")  # the last attempt: it moves to the DLQ, which has no maxsize
+    assert q.get() == 3
+    blocked.join(10)
+    assert done.is_set()
+    assert q.get_many(5) == [4, 5]
+    assert apothic.Queue.from_name(q.name + ".dlq", create_if_missing=False, client=q._config).info().maxsize == 0
+    with pytest.raises(FailedPreconditionError, match="maxsize=2"):
+        apothic.Queue.from_name(q.name, maxsize=3, client=q._config).len()

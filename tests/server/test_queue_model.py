@@ -1,7 +1,9 @@
 """The QueueManager against a pure-Python model (hypothesis), and across restarts.
 
 The state machine drives the real manager on a real embedded SurrealDB (``mem://``) with an
-injected clock, and restarts it (a new manager rebuilt from the store) at random points.
+injected clock, and restarts it (a new manager rebuilt from the store) at random points. The
+queue has a ``maxsize``, and a watcher (re-opened with a snapshot after each restart) folds
+its stream into a copy of the queue that must match the model after every step.
 """
 
 from __future__ import annotations
@@ -19,14 +21,17 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 import apothic
 from apothic.exceptions import FailedPreconditionError
 from apothic.runtime import LocalRuntime
-from apothic.server.errors import FailedPrecondition
+from apothic.server.errors import FailedPrecondition, ResourceExhausted
+from apothic.server.queue_log import CLAIMED, PUT, QueueEvent
 from apothic.server.queues import QueueManager
 from apothic.server.store import Store
+from apothic.server.watch import Change, SnapshotChunk, SnapshotEnd
 
 ACCOUNT = "accounts:model"
 NAME = "work"
 DLQ = "work.dlq"
 MAX_ATTEMPTS = 2
+MAXSIZE = 4
 PARTITIONS = ("", "p")
 
 
@@ -58,6 +63,10 @@ class QueueMachine(RuleBasedStateMachine):
         self.next_value = 0
         self.receipts: list[tuple[str, int, int]] = []  # (receipt, value, epoch)
         self.rev = 0
+        # What the watcher rebuilt: seq -> (value, partition, attempt), as of ``seen_rev``.
+        self.seen: dict[int, tuple[int, str, int]] = {}
+        self.seen_rev = 0
+        self.watcher: asyncio.Task[None] | None = None
 
     def run(self, coro: Any) -> Any:
         return self.loop.run_until_complete(coro)
@@ -67,7 +76,41 @@ class QueueMachine(RuleBasedStateMachine):
         self.run(manager.load())
         return manager
 
+    def _watch(self) -> None:
+        if self.watcher is not None:
+            self.watcher.cancel()
+            self.run(asyncio.gather(self.watcher, return_exceptions=True))
+        self.seen, self.seen_rev = {}, 0
+        self.watcher = self.loop.create_task(self._follow(self.manager))
+
+    async def _follow(self, manager: QueueManager) -> None:
+        snapshot: dict[int, tuple[int, str, int]] = {}
+        async for item in manager.watch(ACCOUNT, NAME, snapshot=True, after_rev=None, partition=None):
+            if isinstance(item, SnapshotChunk):
+                snapshot.update({e.seq: (int(e.data), e.partition, e.attempt) for e in item.entries})
+            elif isinstance(item, SnapshotEnd):
+                self.seen, self.seen_rev = snapshot, item.rev
+            elif isinstance(item, Change):
+                assert item.rev > self.seen_rev, f"rev {item.rev} after {self.seen_rev}"
+                self.seen_rev = item.rev
+                for ev in item.events:
+                    self._fold(ev)
+            else:
+                raise AssertionError(f"unexpected {item!r}")
+
+    def _fold(self, ev: QueueEvent) -> None:
+        if ev.kind == PUT:
+            self.seen[ev.seq] = (int(ev.data), ev.partition, ev.attempt)
+        elif ev.kind == CLAIMED:
+            value, partition, _ = self.seen[ev.seq]
+            self.seen[ev.seq] = (value, partition, ev.attempt)
+        elif ev.kind in ("acked", "removed", "dead_lettered"):
+            del self.seen[ev.seq]
+
     def teardown(self) -> None:
+        if self.watcher is not None:
+            self.watcher.cancel()
+            self.run(asyncio.gather(self.watcher, return_exceptions=True))
         self.run(self.manager.close())
         self.run(self.store.close())
         self.loop.close()
@@ -105,16 +148,23 @@ class QueueMachine(RuleBasedStateMachine):
 
     @initialize()
     def create(self) -> None:
-        view, created = self.run(self.manager.create(ACCOUNT, NAME, MAX_ATTEMPTS))
+        view, created = self.run(self.manager.create(ACCOUNT, NAME, MAX_ATTEMPTS, maxsize=MAXSIZE))
         assert created
         self.rev = view.rev
+        self._watch()
 
     @rule(count=st.integers(1, 3), partition=st.sampled_from(PARTITIONS))
     def put(self, count: int, partition: str) -> None:
         self._expire()
         values = list(range(self.next_value, self.next_value + count))
         self.next_value += count
-        rev = self.run(self.manager.put(ACCOUNT, NAME, partition, [("json", str(v).encode()) for v in values]))
+        held = sum(1 for m in self.items.values() if m.partition == partition)
+        payloads = [("json", str(v).encode()) for v in values]
+        if held + count > MAXSIZE:  # all or nothing; redrive may have overfilled it
+            with pytest.raises(ResourceExhausted, match=f"maxsize={MAXSIZE}"):
+                self.run(self.manager.put(ACCOUNT, NAME, partition, payloads))
+            return
+        rev = self.run(self.manager.put(ACCOUNT, NAME, partition, payloads))
         self._rev(rev)
         for v in values:
             self.items[v] = _Model(v, partition, self.next_seq, visible_at=self.clock)
@@ -227,6 +277,7 @@ class QueueMachine(RuleBasedStateMachine):
     def restart(self) -> None:
         self.run(self.manager.close())
         self.manager = self._manager()
+        self._watch()
 
     # -- invariants --------------------------------------------------------------------
 
@@ -243,6 +294,24 @@ class QueueMachine(RuleBasedStateMachine):
             )
         if self.dead or (ACCOUNT, DLQ) in self.manager._queues:
             assert self.run(self.manager.length(ACCOUNT, DLQ, None))[0] == len(self.dead)
+
+    @invariant()
+    def watcher_sees_the_queue(self) -> None:
+        if self.watcher is None:
+            return
+        self._expire()
+        self.run(self.manager.length(ACCOUNT, NAME, None))  # commits due dead-letter moves
+        target = self.manager._queues[(ACCOUNT, NAME)].shown.log.rev
+
+        async def caught_up() -> None:
+            while self.seen_rev < target and not self.watcher.done():  # type: ignore[union-attr]
+                await asyncio.sleep(0)
+
+        self.run(asyncio.wait_for(caught_up(), 5))
+        if self.watcher.done():
+            self.watcher.result()  # raises what the watcher found wrong
+        assert self.seen_rev == target
+        assert self.seen == {m.seq: (m.value, m.partition, m.attempt) for m in self.items.values()}
 
 
 QueueMachine.TestCase.settings = settings(

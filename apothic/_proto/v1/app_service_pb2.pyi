@@ -300,6 +300,7 @@ class WatchDeploymentRequest(_message.Message):
     SNAPSHOT_FIELD_NUMBER: _builtins.int
     deployment_id: _builtins.str
     snapshot: _builtins.bool
+    """Send a `deployment.snapshot` event with the deployment as it stands first."""
     def __init__(
         self,
         *,
@@ -316,23 +317,51 @@ Global___WatchDeploymentRequest: _TypeAlias = WatchDeploymentRequest  # noqa: Y0
 
 @_typing.final
 class WatchDeploymentResponse(_message.Message):
-    """One message of WatchDeployment."""
+    """One message of WatchDeployment: an event, or a marker between events. The markers' `rev`
+    is a seq of the deployment's events.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_END_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    RESET_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def event(self) -> _types_pb2.DeploymentEvent: ...
+    def event(self) -> _types_pb2.DeploymentEvent:
+        """The snapshot (first, when asked for), or a change of the deployment."""
+
+    @_builtins.property
+    def snapshot_end(self) -> _types_pb2.WatchSnapshotEnd:
+        """Follows the snapshot: it was the deployment as of `rev`; later changes follow."""
+
+    @_builtins.property
+    def progress(self) -> _types_pb2.WatchProgress:
+        """Nothing changed for the control plane's progress interval: every event up to `rev`
+        was sent.
+        """
+
+    @_builtins.property
+    def reset(self) -> _types_pb2.WatchReset:
+        """The watcher fell behind the retained changes; a fresh snapshot follows when it asked
+        for one.
+        """
+
     def __init__(
         self,
         *,
         event: _types_pb2.DeploymentEvent | None = ...,
+        snapshot_end: _types_pb2.WatchSnapshotEnd | None = ...,
+        progress: _types_pb2.WatchProgress | None = ...,
+        reset: _types_pb2.WatchReset | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "message", b"message", "progress", b"progress", "reset", b"reset", "snapshot_end", b"snapshot_end"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "message", b"message", "progress", b"progress", "reset", b"reset", "snapshot_end", b"snapshot_end"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["event", "snapshot_end", "progress", "reset"]  # noqa: Y015
+    _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
 Global___WatchDeploymentResponse: _TypeAlias = WatchDeploymentResponse  # noqa: Y015
 
@@ -382,15 +411,21 @@ class WatchAppRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     APP_NAME_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
     app_name: _builtins.str
+    snapshot: _builtins.bool
+    """Send a snapshot first: one `JobSnapshot` event per unfinished job of the app, then
+    `snapshot_end`.
+    """
     def __init__(
         self,
         *,
         app_name: _builtins.str = ...,
+        snapshot: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_name", b"app_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_name", b"app_name", "snapshot", b"snapshot"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -398,23 +433,53 @@ Global___WatchAppRequest: _TypeAlias = WatchAppRequest  # noqa: Y015
 
 @_typing.final
 class WatchAppResponse(_message.Message):
-    """One message of WatchApp."""
+    """One message of WatchApp: an event of one of the app's jobs, or a marker between events.
+    An app watch numbers what it streams with a `rev` of its own, in the control plane's memory:
+    it orders the markers of one stream and starts afresh in the next, so an app watch cannot
+    resume (watch a job with WatchJob and `after_seq` for that).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_END_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    RESET_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def event(self) -> _types_pb2.JobEvent: ...
+    def event(self) -> _types_pb2.JobEvent:
+        """A job's snapshot (first, when asked for), or an event of one of the app's jobs."""
+
+    @_builtins.property
+    def snapshot_end(self) -> _types_pb2.WatchSnapshotEnd:
+        """Follows the snapshot: it was the app's unfinished jobs as of `rev`."""
+
+    @_builtins.property
+    def progress(self) -> _types_pb2.WatchProgress:
+        """Nothing happened for the control plane's progress interval: everything up to `rev`
+        was sent.
+        """
+
+    @_builtins.property
+    def reset(self) -> _types_pb2.WatchReset:
+        """The watcher read slower than the app's jobs wrote and the events it missed are no
+        longer retained; a fresh snapshot follows when it asked for one.
+        """
+
     def __init__(
         self,
         *,
         event: _types_pb2.JobEvent | None = ...,
+        snapshot_end: _types_pb2.WatchSnapshotEnd | None = ...,
+        progress: _types_pb2.WatchProgress | None = ...,
+        reset: _types_pb2.WatchReset | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "message", b"message", "progress", b"progress", "reset", b"reset", "snapshot_end", b"snapshot_end"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "message", b"message", "progress", b"progress", "reset", b"reset", "snapshot_end", b"snapshot_end"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["event", "snapshot_end", "progress", "reset"]  # noqa: Y015
+    _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
 Global___WatchAppResponse: _TypeAlias = WatchAppResponse  # noqa: Y015
 

@@ -139,8 +139,11 @@ class AppServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchDeployment(self, request, context):
-        """Streams a deployment's events: optionally a snapshot first, then live changes. Fails
-        with NOT_FOUND for an unknown id.
+        """Streams a deployment's events: optionally a snapshot and its end marker first, then live
+        changes; a progress marker when nothing changed for a while, and a reset (then a fresh
+        snapshot when one was asked for) when the watcher fell behind the changes the control
+        plane retains. Ends after the deployment's deletion. Fails with NOT_FOUND for an unknown
+        id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -154,8 +157,12 @@ class AppServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchApp(self, request, context):
-        """Streams the events of every job of an app as they happen. Fails with NOT_FOUND for an
-        unknown app.
+        """Streams the events of every job of an app as they commit: optionally a snapshot of its
+        unfinished jobs and its end marker first; a progress marker when nothing happened for a
+        while, and a reset (then a fresh snapshot when one was asked for) when the watcher fell
+        behind the events the control plane retains. The response's initial metadata carries
+        `apothic-subscribed: 1` once no later event can be missed. Fails with NOT_FOUND for an
+        unknown app and INVALID_ARGUMENT for a malformed app name.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

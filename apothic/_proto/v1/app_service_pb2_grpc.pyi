@@ -55,14 +55,21 @@ class AppServiceStub:
     Fails with NOT_FOUND for an unknown id and FAILED_PRECONDITION when it already stopped.
     """
     WatchDeployment: _grpc.UnaryStreamMultiCallable[_app_service_pb2.WatchDeploymentRequest, _app_service_pb2.WatchDeploymentResponse]
-    """Streams a deployment's events: optionally a snapshot first, then live changes. Fails
-    with NOT_FOUND for an unknown id.
+    """Streams a deployment's events: optionally a snapshot and its end marker first, then live
+    changes; a progress marker when nothing changed for a while, and a reset (then a fresh
+    snapshot when one was asked for) when the watcher fell behind the changes the control
+    plane retains. Ends after the deployment's deletion. Fails with NOT_FOUND for an unknown
+    id.
     """
     ListApps: _grpc.UnaryUnaryMultiCallable[_app_service_pb2.ListAppsRequest, _app_service_pb2.ListAppsResponse]
     """Lists apps with their live version."""
     WatchApp: _grpc.UnaryStreamMultiCallable[_app_service_pb2.WatchAppRequest, _app_service_pb2.WatchAppResponse]
-    """Streams the events of every job of an app as they happen. Fails with NOT_FOUND for an
-    unknown app.
+    """Streams the events of every job of an app as they commit: optionally a snapshot of its
+    unfinished jobs and its end marker first; a progress marker when nothing happened for a
+    while, and a reset (then a fresh snapshot when one was asked for) when the watcher fell
+    behind the events the control plane retains. The response's initial metadata carries
+    `apothic-subscribed: 1` once no later event can be missed. Fails with NOT_FOUND for an
+    unknown app and INVALID_ARGUMENT for a malformed app name.
     """
     ListSchedules: _grpc.UnaryUnaryMultiCallable[_app_service_pb2.ListSchedulesRequest, _app_service_pb2.ListSchedulesResponse]
     """Lists the scheduled functions of live deployments, with each one's schedule, its next
@@ -97,14 +104,21 @@ class AppServiceAsyncStub(AppServiceStub):
     Fails with NOT_FOUND for an unknown id and FAILED_PRECONDITION when it already stopped.
     """
     WatchDeployment: _aio.UnaryStreamMultiCallable[_app_service_pb2.WatchDeploymentRequest, _app_service_pb2.WatchDeploymentResponse]  # type: ignore[assignment]
-    """Streams a deployment's events: optionally a snapshot first, then live changes. Fails
-    with NOT_FOUND for an unknown id.
+    """Streams a deployment's events: optionally a snapshot and its end marker first, then live
+    changes; a progress marker when nothing changed for a while, and a reset (then a fresh
+    snapshot when one was asked for) when the watcher fell behind the changes the control
+    plane retains. Ends after the deployment's deletion. Fails with NOT_FOUND for an unknown
+    id.
     """
     ListApps: _aio.UnaryUnaryMultiCallable[_app_service_pb2.ListAppsRequest, _app_service_pb2.ListAppsResponse]  # type: ignore[assignment]
     """Lists apps with their live version."""
     WatchApp: _aio.UnaryStreamMultiCallable[_app_service_pb2.WatchAppRequest, _app_service_pb2.WatchAppResponse]  # type: ignore[assignment]
-    """Streams the events of every job of an app as they happen. Fails with NOT_FOUND for an
-    unknown app.
+    """Streams the events of every job of an app as they commit: optionally a snapshot of its
+    unfinished jobs and its end marker first; a progress marker when nothing happened for a
+    while, and a reset (then a fresh snapshot when one was asked for) when the watcher fell
+    behind the events the control plane retains. The response's initial metadata carries
+    `apothic-subscribed: 1` once no later event can be missed. Fails with NOT_FOUND for an
+    unknown app and INVALID_ARGUMENT for a malformed app name.
     """
     ListSchedules: _aio.UnaryUnaryMultiCallable[_app_service_pb2.ListSchedulesRequest, _app_service_pb2.ListSchedulesResponse]  # type: ignore[assignment]
     """Lists the scheduled functions of live deployments, with each one's schedule, its next
@@ -178,8 +192,11 @@ class AppServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _app_service_pb2.WatchDeploymentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_app_service_pb2.WatchDeploymentResponse], _abc.AsyncIterator[_app_service_pb2.WatchDeploymentResponse]]:
-        """Streams a deployment's events: optionally a snapshot first, then live changes. Fails
-        with NOT_FOUND for an unknown id.
+        """Streams a deployment's events: optionally a snapshot and its end marker first, then live
+        changes; a progress marker when nothing changed for a while, and a reset (then a fresh
+        snapshot when one was asked for) when the watcher fell behind the changes the control
+        plane retains. Ends after the deployment's deletion. Fails with NOT_FOUND for an unknown
+        id.
         """
 
     @_abc_1.abstractmethod
@@ -196,8 +213,12 @@ class AppServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _app_service_pb2.WatchAppRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_app_service_pb2.WatchAppResponse], _abc.AsyncIterator[_app_service_pb2.WatchAppResponse]]:
-        """Streams the events of every job of an app as they happen. Fails with NOT_FOUND for an
-        unknown app.
+        """Streams the events of every job of an app as they commit: optionally a snapshot of its
+        unfinished jobs and its end marker first; a progress marker when nothing happened for a
+        while, and a reset (then a fresh snapshot when one was asked for) when the watcher fell
+        behind the events the control plane retains. The response's initial metadata carries
+        `apothic-subscribed: 1` once no later event can be missed. Fails with NOT_FOUND for an
+        unknown app and INVALID_ARGUMENT for a malformed app name.
         """
 
     @_abc_1.abstractmethod

@@ -54,6 +54,7 @@ class DictEntry(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     MOD_REV_FIELD_NUMBER: _builtins.int
     CREATE_REV_FIELD_NUMBER: _builtins.int
+    LEASE_ID_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     version: _builtins.int
     """Starts at 1 when the key is created and grows by one with each write to it."""
@@ -61,6 +62,8 @@ class DictEntry(_message.Message):
     """The dict's rev of the last write to this key."""
     create_rev: _builtins.int
     """The dict's rev of the write that created this key."""
+    lease_id: _builtins.str
+    """The lease the key is attached to (empty: none)."""
     @_builtins.property
     def value(self) -> _types_pb2.Payload: ...
     def __init__(
@@ -71,10 +74,11 @@ class DictEntry(_message.Message):
         version: _builtins.int = ...,
         mod_rev: _builtins.int = ...,
         create_rev: _builtins.int = ...,
+        lease_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_rev", b"create_rev", "key", b"key", "mod_rev", b"mod_rev", "value", b"value", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_rev", b"create_rev", "key", b"key", "lease_id", b"lease_id", "mod_rev", b"mod_rev", "value", b"value", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -90,11 +94,14 @@ class DictInfo(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     REV_FIELD_NUMBER: _builtins.int
     LENGTH_FIELD_NUMBER: _builtins.int
+    EPHEMERAL_FIELD_NUMBER: _builtins.int
     dict_id: _builtins.str
     name: _builtins.str
     rev: _builtins.int
     """Grows by one with each committed mutation, across restarts too."""
     length: _builtins.int
+    ephemeral: _builtins.bool
+    """Deleted when its heartbeats stop (see CreateDict)."""
     def __init__(
         self,
         *,
@@ -102,10 +109,11 @@ class DictInfo(_message.Message):
         name: _builtins.str = ...,
         rev: _builtins.int = ...,
         length: _builtins.int = ...,
+        ephemeral: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dict_id", b"dict_id", "length", b"length", "name", b"name", "rev", b"rev"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dict_id", b"dict_id", "ephemeral", b"ephemeral", "length", b"length", "name", b"name", "rev", b"rev"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -119,18 +127,24 @@ class CreateDictRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     EXIST_OK_FIELD_NUMBER: _builtins.int
+    EPHEMERAL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     exist_ok: _builtins.bool
     """Return the existing dict instead of failing when one of that name exists."""
+    ephemeral: _builtins.bool
+    """Create the dict ephemeral: it is deleted when no heartbeat reached it for `lease_s`
+    seconds. Has no effect on an existing dict.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         exist_ok: _builtins.bool = ...,
+        ephemeral: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["exist_ok", b"exist_ok", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ephemeral", b"ephemeral", "exist_ok", b"exist_ok", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -144,8 +158,11 @@ class CreateDictResponse(_message.Message):
 
     DICT_FIELD_NUMBER: _builtins.int
     CREATED_FIELD_NUMBER: _builtins.int
+    LEASE_S_FIELD_NUMBER: _builtins.int
     created: _builtins.bool
     """Whether this call created the dict."""
+    lease_s: _builtins.float
+    """For an ephemeral dict: seconds it lives without a heartbeat."""
     @_builtins.property
     def dict(self) -> Global___DictInfo: ...
     def __init__(
@@ -153,14 +170,58 @@ class CreateDictResponse(_message.Message):
         *,
         dict: Global___DictInfo | None = ...,
         created: _builtins.bool = ...,
+        lease_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["dict", b"dict"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "dict", b"dict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "dict", b"dict", "lease_s", b"lease_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateDictResponse: _TypeAlias = CreateDictResponse  # noqa: Y015
+
+@_typing.final
+class HeartbeatDictRequest(_message.Message):
+    """Arguments of HeartbeatDict."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeartbeatDictRequest: _TypeAlias = HeartbeatDictRequest  # noqa: Y015
+
+@_typing.final
+class HeartbeatDictResponse(_message.Message):
+    """Result of HeartbeatDict."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASE_S_FIELD_NUMBER: _builtins.int
+    lease_s: _builtins.float
+    """Seconds the dict lives without another heartbeat."""
+    def __init__(
+        self,
+        *,
+        lease_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_s", b"lease_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeartbeatDictResponse: _TypeAlias = HeartbeatDictResponse  # noqa: Y015
 
 @_typing.final
 class GetDictRequest(_message.Message):
@@ -867,11 +928,18 @@ class AcquireDictLockRequest(_message.Message):
     LOCK_FIELD_NUMBER: _builtins.int
     TTL_S_FIELD_NUMBER: _builtins.int
     TIMEOUT_S_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     lock: _builtins.str
     ttl_s: _builtins.float
     timeout_s: _builtins.float
     """How long to wait for the lock; 0 tries once."""
+    @_builtins.property
+    def value(self) -> _types_pb2.Payload:
+        """The lock key's value (unset: the lease id as JSON). An election keeps its leader's
+        value there.
+        """
+
     def __init__(
         self,
         *,
@@ -879,10 +947,11 @@ class AcquireDictLockRequest(_message.Message):
         lock: _builtins.str = ...,
         ttl_s: _builtins.float = ...,
         timeout_s: _builtins.float = ...,
+        value: _types_pb2.Payload | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lock", b"lock", "name", b"name", "timeout_s", b"timeout_s", "ttl_s", b"ttl_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lock", b"lock", "name", b"name", "timeout_s", b"timeout_s", "ttl_s", b"ttl_s", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -967,3 +1036,185 @@ class ReleaseDictLockResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReleaseDictLockResponse: _TypeAlias = ReleaseDictLockResponse  # noqa: Y015
+
+@_typing.final
+class WatchDictRequest(_message.Message):
+    """Arguments of WatchDict."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    AFTER_REV_FIELD_NUMBER: _builtins.int
+    PREFIX_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    snapshot: _builtins.bool
+    """First send every watched entry as of one rev, then `snapshot_end`; a reset is then
+    followed by a fresh snapshot.
+    """
+    after_rev: _builtins.int
+    """Resume after this rev (unset: from now, or from the snapshot); the snapshot is then
+    sent only after a reset.
+    """
+    prefix: _builtins.str
+    """Only keys that start with this prefix."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        snapshot: _builtins.bool = ...,
+        after_rev: _builtins.int | None = ...,
+        prefix: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_after_rev", b"_after_rev", "after_rev", b"after_rev"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_after_rev", b"_after_rev", "after_rev", b"after_rev", "name", b"name", "prefix", b"prefix", "snapshot", b"snapshot"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__after_rev: _TypeAlias = _typing.Literal["after_rev"]  # noqa: Y015
+    _WhichOneofArgType__after_rev: _TypeAlias = _typing.Literal["_after_rev", b"_after_rev"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__after_rev) -> _WhichOneofReturnType__after_rev | None: ...
+
+Global___WatchDictRequest: _TypeAlias = WatchDictRequest  # noqa: Y015
+
+@_typing.final
+class DictSnapshotChunk(_message.Message):
+    """Part of a watch's snapshot: entries as of `rev`, in key order; more chunks may follow
+    before `snapshot_end`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REV_FIELD_NUMBER: _builtins.int
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    rev: _builtins.int
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___DictEntry]: ...
+    def __init__(
+        self,
+        *,
+        rev: _builtins.int = ...,
+        entries: _abc.Iterable[Global___DictEntry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "rev", b"rev"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DictSnapshotChunk: _TypeAlias = DictSnapshotChunk  # noqa: Y015
+
+@_typing.final
+class DictDeletion(_message.Message):
+    """A key deleted by a change."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DictDeletion: _TypeAlias = DictDeletion  # noqa: Y015
+
+@_typing.final
+class DictEvent(_message.Message):
+    """What a change did to one key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PUT_FIELD_NUMBER: _builtins.int
+    DELETE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def put(self) -> Global___DictEntry:
+        """The key as written (value, version, revisions, lease)."""
+
+    @_builtins.property
+    def delete(self) -> Global___DictDeletion: ...
+    def __init__(
+        self,
+        *,
+        put: Global___DictEntry | None = ...,
+        delete: Global___DictDeletion | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delete", b"delete", "event", b"event", "put", b"put"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delete", b"delete", "event", b"event", "put", b"put"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["put", "delete"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___DictEvent: _TypeAlias = DictEvent  # noqa: Y015
+
+@_typing.final
+class DictChange(_message.Message):
+    """Everything one committed mutation did to the watched keys, at `rev`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REV_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    rev: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___DictEvent]: ...
+    def __init__(
+        self,
+        *,
+        rev: _builtins.int = ...,
+        events: _abc.Iterable[Global___DictEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "rev", b"rev"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DictChange: _TypeAlias = DictChange  # noqa: Y015
+
+@_typing.final
+class WatchDictResponse(_message.Message):
+    """One message of a dict watch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_END_FIELD_NUMBER: _builtins.int
+    CHANGE_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    RESET_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def snapshot(self) -> Global___DictSnapshotChunk: ...
+    @_builtins.property
+    def snapshot_end(self) -> _types_pb2.WatchSnapshotEnd: ...
+    @_builtins.property
+    def change(self) -> Global___DictChange: ...
+    @_builtins.property
+    def progress(self) -> _types_pb2.WatchProgress: ...
+    @_builtins.property
+    def reset(self) -> _types_pb2.WatchReset: ...
+    def __init__(
+        self,
+        *,
+        snapshot: Global___DictSnapshotChunk | None = ...,
+        snapshot_end: _types_pb2.WatchSnapshotEnd | None = ...,
+        change: Global___DictChange | None = ...,
+        progress: _types_pb2.WatchProgress | None = ...,
+        reset: _types_pb2.WatchReset | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "event", b"event", "progress", b"progress", "reset", b"reset", "snapshot", b"snapshot", "snapshot_end", b"snapshot_end"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "event", b"event", "progress", b"progress", "reset", b"reset", "snapshot", b"snapshot", "snapshot_end", b"snapshot_end"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["snapshot", "snapshot_end", "change", "progress", "reset"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___WatchDictResponse: _TypeAlias = WatchDictResponse  # noqa: Y015

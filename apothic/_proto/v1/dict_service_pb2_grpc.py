@@ -43,6 +43,11 @@ class DictServiceStub:
                 request_serializer=apothic_dot_v1_dot_dict__service__pb2.CreateDictRequest.SerializeToString,
                 response_deserializer=apothic_dot_v1_dot_dict__service__pb2.CreateDictResponse.FromString,
                 _registered_method=True)
+        self.HeartbeatDict = channel.unary_unary(
+                '/apothic.v1.DictService/HeartbeatDict',
+                request_serializer=apothic_dot_v1_dot_dict__service__pb2.HeartbeatDictRequest.SerializeToString,
+                response_deserializer=apothic_dot_v1_dot_dict__service__pb2.HeartbeatDictResponse.FromString,
+                _registered_method=True)
         self.GetDict = channel.unary_unary(
                 '/apothic.v1.DictService/GetDict',
                 request_serializer=apothic_dot_v1_dot_dict__service__pb2.GetDictRequest.SerializeToString,
@@ -103,6 +108,11 @@ class DictServiceStub:
                 request_serializer=apothic_dot_v1_dot_dict__service__pb2.ReleaseDictLockRequest.SerializeToString,
                 response_deserializer=apothic_dot_v1_dot_dict__service__pb2.ReleaseDictLockResponse.FromString,
                 _registered_method=True)
+        self.WatchDict = channel.unary_stream(
+                '/apothic.v1.DictService/WatchDict',
+                request_serializer=apothic_dot_v1_dot_dict__service__pb2.WatchDictRequest.SerializeToString,
+                response_deserializer=apothic_dot_v1_dot_dict__service__pb2.WatchDictResponse.FromString,
+                _registered_method=True)
 
 
 class DictServiceServicer:
@@ -113,9 +123,19 @@ class DictServiceServicer:
     """
 
     def CreateDict(self, request, context):
-        """Creates a dict, or returns the existing one of that name when `exist_ok` is set. Fails
-        with INVALID_ARGUMENT for a malformed name and ALREADY_EXISTS when the dict exists and
-        `exist_ok` is false.
+        """Creates a dict, or returns the existing one of that name when `exist_ok` is set. An
+        `ephemeral` dict is deleted by the control plane when no HeartbeatDict reached it for
+        `lease_s` seconds. Fails with INVALID_ARGUMENT for a malformed name and ALREADY_EXISTS
+        when the dict exists and `exist_ok` is false.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def HeartbeatDict(self, request, context):
+        """Keeps an ephemeral dict alive for another `lease_s` seconds. Fails with
+        INVALID_ARGUMENT for a malformed name, NOT_FOUND when the dict does not exist (its lease
+        may have lapsed: it was deleted) and FAILED_PRECONDITION when the dict is not ephemeral.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -234,6 +254,20 @@ class DictServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchDict(self, request, context):
+        """Streams a dict's changes: with `snapshot`, first every entry as of one rev (in chunks)
+        and `snapshot_end`; then one `change` per committed mutation that touched the watched
+        keys, revs strictly increasing, none missing or repeated; `progress` when nothing was
+        sent for a while; `reset` when changes the watcher did not see are no longer retained
+        (followed by a fresh snapshot when it asked for one). Only committed mutations are
+        sent. The stream ends with NOT_FOUND when the dict is deleted. Fails with
+        INVALID_ARGUMENT for a malformed name or an `after_rev` that is negative or after the
+        dict's current rev, and NOT_FOUND when the dict does not exist.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DictServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -241,6 +275,11 @@ def add_DictServiceServicer_to_server(servicer, server):
                     servicer.CreateDict,
                     request_deserializer=apothic_dot_v1_dot_dict__service__pb2.CreateDictRequest.FromString,
                     response_serializer=apothic_dot_v1_dot_dict__service__pb2.CreateDictResponse.SerializeToString,
+            ),
+            'HeartbeatDict': grpc.unary_unary_rpc_method_handler(
+                    servicer.HeartbeatDict,
+                    request_deserializer=apothic_dot_v1_dot_dict__service__pb2.HeartbeatDictRequest.FromString,
+                    response_serializer=apothic_dot_v1_dot_dict__service__pb2.HeartbeatDictResponse.SerializeToString,
             ),
             'GetDict': grpc.unary_unary_rpc_method_handler(
                     servicer.GetDict,
@@ -302,6 +341,11 @@ def add_DictServiceServicer_to_server(servicer, server):
                     request_deserializer=apothic_dot_v1_dot_dict__service__pb2.ReleaseDictLockRequest.FromString,
                     response_serializer=apothic_dot_v1_dot_dict__service__pb2.ReleaseDictLockResponse.SerializeToString,
             ),
+            'WatchDict': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchDict,
+                    request_deserializer=apothic_dot_v1_dot_dict__service__pb2.WatchDictRequest.FromString,
+                    response_serializer=apothic_dot_v1_dot_dict__service__pb2.WatchDictResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'apothic.v1.DictService', rpc_method_handlers)
@@ -334,6 +378,33 @@ class DictService:
             '/apothic.v1.DictService/CreateDict',
             apothic_dot_v1_dot_dict__service__pb2.CreateDictRequest.SerializeToString,
             apothic_dot_v1_dot_dict__service__pb2.CreateDictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HeartbeatDict(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apothic.v1.DictService/HeartbeatDict',
+            apothic_dot_v1_dot_dict__service__pb2.HeartbeatDictRequest.SerializeToString,
+            apothic_dot_v1_dot_dict__service__pb2.HeartbeatDictResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -658,6 +729,33 @@ class DictService:
             '/apothic.v1.DictService/ReleaseDictLock',
             apothic_dot_v1_dot_dict__service__pb2.ReleaseDictLockRequest.SerializeToString,
             apothic_dot_v1_dot_dict__service__pb2.ReleaseDictLockResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchDict(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/apothic.v1.DictService/WatchDict',
+            apothic_dot_v1_dot_dict__service__pb2.WatchDictRequest.SerializeToString,
+            apothic_dot_v1_dot_dict__service__pb2.WatchDictResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,9 +38,15 @@ class DictServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> DictServiceAsyncStub: ...
     CreateDict: _grpc.UnaryUnaryMultiCallable[_dict_service_pb2.CreateDictRequest, _dict_service_pb2.CreateDictResponse]
-    """Creates a dict, or returns the existing one of that name when `exist_ok` is set. Fails
-    with INVALID_ARGUMENT for a malformed name and ALREADY_EXISTS when the dict exists and
-    `exist_ok` is false.
+    """Creates a dict, or returns the existing one of that name when `exist_ok` is set. An
+    `ephemeral` dict is deleted by the control plane when no HeartbeatDict reached it for
+    `lease_s` seconds. Fails with INVALID_ARGUMENT for a malformed name and ALREADY_EXISTS
+    when the dict exists and `exist_ok` is false.
+    """
+    HeartbeatDict: _grpc.UnaryUnaryMultiCallable[_dict_service_pb2.HeartbeatDictRequest, _dict_service_pb2.HeartbeatDictResponse]
+    """Keeps an ephemeral dict alive for another `lease_s` seconds. Fails with
+    INVALID_ARGUMENT for a malformed name, NOT_FOUND when the dict does not exist (its lease
+    may have lapsed: it was deleted) and FAILED_PRECONDITION when the dict is not ephemeral.
     """
     GetDict: _grpc.UnaryUnaryMultiCallable[_dict_service_pb2.GetDictRequest, _dict_service_pb2.GetDictResponse]
     """Returns a dict's current rev and number of keys. Fails with INVALID_ARGUMENT for a
@@ -107,6 +113,16 @@ class DictServiceStub:
     Fails with INVALID_ARGUMENT for a malformed name or lock name and NOT_FOUND when the
     dict does not exist.
     """
+    WatchDict: _grpc.UnaryStreamMultiCallable[_dict_service_pb2.WatchDictRequest, _dict_service_pb2.WatchDictResponse]
+    """Streams a dict's changes: with `snapshot`, first every entry as of one rev (in chunks)
+    and `snapshot_end`; then one `change` per committed mutation that touched the watched
+    keys, revs strictly increasing, none missing or repeated; `progress` when nothing was
+    sent for a while; `reset` when changes the watcher did not see are no longer retained
+    (followed by a fresh snapshot when it asked for one). Only committed mutations are
+    sent. The stream ends with NOT_FOUND when the dict is deleted. Fails with
+    INVALID_ARGUMENT for a malformed name or an `after_rev` that is negative or after the
+    dict's current rev, and NOT_FOUND when the dict does not exist.
+    """
 
 @_typing.type_check_only
 class DictServiceAsyncStub(DictServiceStub):
@@ -118,9 +134,15 @@ class DictServiceAsyncStub(DictServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateDict: _aio.UnaryUnaryMultiCallable[_dict_service_pb2.CreateDictRequest, _dict_service_pb2.CreateDictResponse]  # type: ignore[assignment]
-    """Creates a dict, or returns the existing one of that name when `exist_ok` is set. Fails
-    with INVALID_ARGUMENT for a malformed name and ALREADY_EXISTS when the dict exists and
-    `exist_ok` is false.
+    """Creates a dict, or returns the existing one of that name when `exist_ok` is set. An
+    `ephemeral` dict is deleted by the control plane when no HeartbeatDict reached it for
+    `lease_s` seconds. Fails with INVALID_ARGUMENT for a malformed name and ALREADY_EXISTS
+    when the dict exists and `exist_ok` is false.
+    """
+    HeartbeatDict: _aio.UnaryUnaryMultiCallable[_dict_service_pb2.HeartbeatDictRequest, _dict_service_pb2.HeartbeatDictResponse]  # type: ignore[assignment]
+    """Keeps an ephemeral dict alive for another `lease_s` seconds. Fails with
+    INVALID_ARGUMENT for a malformed name, NOT_FOUND when the dict does not exist (its lease
+    may have lapsed: it was deleted) and FAILED_PRECONDITION when the dict is not ephemeral.
     """
     GetDict: _aio.UnaryUnaryMultiCallable[_dict_service_pb2.GetDictRequest, _dict_service_pb2.GetDictResponse]  # type: ignore[assignment]
     """Returns a dict's current rev and number of keys. Fails with INVALID_ARGUMENT for a
@@ -187,6 +209,16 @@ class DictServiceAsyncStub(DictServiceStub):
     Fails with INVALID_ARGUMENT for a malformed name or lock name and NOT_FOUND when the
     dict does not exist.
     """
+    WatchDict: _aio.UnaryStreamMultiCallable[_dict_service_pb2.WatchDictRequest, _dict_service_pb2.WatchDictResponse]  # type: ignore[assignment]
+    """Streams a dict's changes: with `snapshot`, first every entry as of one rev (in chunks)
+    and `snapshot_end`; then one `change` per committed mutation that touched the watched
+    keys, revs strictly increasing, none missing or repeated; `progress` when nothing was
+    sent for a while; `reset` when changes the watcher did not see are no longer retained
+    (followed by a fresh snapshot when it asked for one). Only committed mutations are
+    sent. The stream ends with NOT_FOUND when the dict is deleted. Fails with
+    INVALID_ARGUMENT for a malformed name or an `after_rev` that is negative or after the
+    dict's current rev, and NOT_FOUND when the dict does not exist.
+    """
 
 class DictServiceServicer(metaclass=_abc_1.ABCMeta):
     """Named, durable key-value dicts with per-key versions and compare-and-set. Every dict
@@ -201,9 +233,21 @@ class DictServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _dict_service_pb2.CreateDictRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_dict_service_pb2.CreateDictResponse, _abc.Awaitable[_dict_service_pb2.CreateDictResponse]]:
-        """Creates a dict, or returns the existing one of that name when `exist_ok` is set. Fails
-        with INVALID_ARGUMENT for a malformed name and ALREADY_EXISTS when the dict exists and
-        `exist_ok` is false.
+        """Creates a dict, or returns the existing one of that name when `exist_ok` is set. An
+        `ephemeral` dict is deleted by the control plane when no HeartbeatDict reached it for
+        `lease_s` seconds. Fails with INVALID_ARGUMENT for a malformed name and ALREADY_EXISTS
+        when the dict exists and `exist_ok` is false.
+        """
+
+    @_abc_1.abstractmethod
+    def HeartbeatDict(
+        self,
+        request: _dict_service_pb2.HeartbeatDictRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dict_service_pb2.HeartbeatDictResponse, _abc.Awaitable[_dict_service_pb2.HeartbeatDictResponse]]:
+        """Keeps an ephemeral dict alive for another `lease_s` seconds. Fails with
+        INVALID_ARGUMENT for a malformed name, NOT_FOUND when the dict does not exist (its lease
+        may have lapsed: it was deleted) and FAILED_PRECONDITION when the dict is not ephemeral.
         """
 
     @_abc_1.abstractmethod
@@ -341,6 +385,22 @@ class DictServiceServicer(metaclass=_abc_1.ABCMeta):
         deleting the lock key); a lock lost or held by another acquisition is left as it is.
         Fails with INVALID_ARGUMENT for a malformed name or lock name and NOT_FOUND when the
         dict does not exist.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchDict(
+        self,
+        request: _dict_service_pb2.WatchDictRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_dict_service_pb2.WatchDictResponse], _abc.AsyncIterator[_dict_service_pb2.WatchDictResponse]]:
+        """Streams a dict's changes: with `snapshot`, first every entry as of one rev (in chunks)
+        and `snapshot_end`; then one `change` per committed mutation that touched the watched
+        keys, revs strictly increasing, none missing or repeated; `progress` when nothing was
+        sent for a while; `reset` when changes the watcher did not see are no longer retained
+        (followed by a fresh snapshot when it asked for one). Only committed mutations are
+        sent. The stream ends with NOT_FOUND when the dict is deleted. Fails with
+        INVALID_ARGUMENT for a malformed name or an `after_rev` that is negative or after the
+        dict's current rev, and NOT_FOUND when the dict does not exist.
         """
 
 def add_DictServiceServicer_to_server(servicer: DictServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

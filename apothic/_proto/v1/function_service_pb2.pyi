@@ -661,23 +661,51 @@ Global___WatchJobRequest: _TypeAlias = WatchJobRequest  # noqa: Y015
 
 @_typing.final
 class WatchJobResponse(_message.Message):
-    """One message of WatchJob."""
+    """One message of WatchJob: an event of the job, or a marker between events. The markers'
+    `rev` is a seq of the job's event log.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_END_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    RESET_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def event(self) -> _types_pb2.JobEvent: ...
+    def event(self) -> _types_pb2.JobEvent:
+        """The synthesized snapshot (first, when asked for), or an event of the job's log."""
+
+    @_builtins.property
+    def snapshot_end(self) -> _types_pb2.WatchSnapshotEnd:
+        """Follows the snapshot: it covered every event up to `rev`; later events follow."""
+
+    @_builtins.property
+    def progress(self) -> _types_pb2.WatchProgress:
+        """The job had no new event for the control plane's progress interval: every event up
+        to `rev` was sent.
+        """
+
+    @_builtins.property
+    def reset(self) -> _types_pb2.WatchReset:
+        """Events the watcher asked for are gone. Job watches do not send it today: a job's whole
+        log is kept, and a watch sees only events that committed.
+        """
+
     def __init__(
         self,
         *,
         event: _types_pb2.JobEvent | None = ...,
+        snapshot_end: _types_pb2.WatchSnapshotEnd | None = ...,
+        progress: _types_pb2.WatchProgress | None = ...,
+        reset: _types_pb2.WatchReset | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "message", b"message", "progress", b"progress", "reset", b"reset", "snapshot_end", b"snapshot_end"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "message", b"message", "progress", b"progress", "reset", b"reset", "snapshot_end", b"snapshot_end"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["event", "snapshot_end", "progress", "reset"]  # noqa: Y015
+    _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
 Global___WatchJobResponse: _TypeAlias = WatchJobResponse  # noqa: Y015
 

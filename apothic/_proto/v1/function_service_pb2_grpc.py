@@ -147,8 +147,12 @@ class FunctionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchJob(self, request, context):
-        """Streams a job's events: optionally a snapshot first, then every event after `after_seq`,
-        ending after the job's end event. Fails with NOT_FOUND for an unknown job id.
+        """Streams a job's events: optionally a snapshot and its end marker first, then every event
+        after `after_seq` in seq order, none missing or repeated, ending after the job's end event;
+        a progress marker when the job was quiet for a while. Only committed events are sent, so a
+        seq seen here still names the same event after a control-plane restart and a watch can
+        resume after it. Fails with NOT_FOUND for an unknown job id and INVALID_ARGUMENT for an
+        `after_seq` that is negative or after the job's last event.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

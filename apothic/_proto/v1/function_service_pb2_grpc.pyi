@@ -58,8 +58,12 @@ class FunctionServiceStub:
     GetJobLogs: _grpc.UnaryUnaryMultiCallable[_function_service_pb2.GetJobLogsRequest, _function_service_pb2.GetJobLogsResponse]
     """Returns the output a job printed so far. Fails with NOT_FOUND for an unknown job id."""
     WatchJob: _grpc.UnaryStreamMultiCallable[_function_service_pb2.WatchJobRequest, _function_service_pb2.WatchJobResponse]
-    """Streams a job's events: optionally a snapshot first, then every event after `after_seq`,
-    ending after the job's end event. Fails with NOT_FOUND for an unknown job id.
+    """Streams a job's events: optionally a snapshot and its end marker first, then every event
+    after `after_seq` in seq order, none missing or repeated, ending after the job's end event;
+    a progress marker when the job was quiet for a while. Only committed events are sent, so a
+    seq seen here still names the same event after a control-plane restart and a watch can
+    resume after it. Fails with NOT_FOUND for an unknown job id and INVALID_ARGUMENT for an
+    `after_seq` that is negative or after the job's last event.
     """
     ListJobs: _grpc.UnaryUnaryMultiCallable[_function_service_pb2.ListJobsRequest, _function_service_pb2.ListJobsResponse]
     """Lists recent jobs, newest first. Fails with INVALID_ARGUMENT for a bad limit."""
@@ -111,8 +115,12 @@ class FunctionServiceAsyncStub(FunctionServiceStub):
     GetJobLogs: _aio.UnaryUnaryMultiCallable[_function_service_pb2.GetJobLogsRequest, _function_service_pb2.GetJobLogsResponse]  # type: ignore[assignment]
     """Returns the output a job printed so far. Fails with NOT_FOUND for an unknown job id."""
     WatchJob: _aio.UnaryStreamMultiCallable[_function_service_pb2.WatchJobRequest, _function_service_pb2.WatchJobResponse]  # type: ignore[assignment]
-    """Streams a job's events: optionally a snapshot first, then every event after `after_seq`,
-    ending after the job's end event. Fails with NOT_FOUND for an unknown job id.
+    """Streams a job's events: optionally a snapshot and its end marker first, then every event
+    after `after_seq` in seq order, none missing or repeated, ending after the job's end event;
+    a progress marker when the job was quiet for a while. Only committed events are sent, so a
+    seq seen here still names the same event after a control-plane restart and a watch can
+    resume after it. Fails with NOT_FOUND for an unknown job id and INVALID_ARGUMENT for an
+    `after_seq` that is negative or after the job's last event.
     """
     ListJobs: _aio.UnaryUnaryMultiCallable[_function_service_pb2.ListJobsRequest, _function_service_pb2.ListJobsResponse]  # type: ignore[assignment]
     """Lists recent jobs, newest first. Fails with INVALID_ARGUMENT for a bad limit."""
@@ -203,8 +211,12 @@ class FunctionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _function_service_pb2.WatchJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_function_service_pb2.WatchJobResponse], _abc.AsyncIterator[_function_service_pb2.WatchJobResponse]]:
-        """Streams a job's events: optionally a snapshot first, then every event after `after_seq`,
-        ending after the job's end event. Fails with NOT_FOUND for an unknown job id.
+        """Streams a job's events: optionally a snapshot and its end marker first, then every event
+        after `after_seq` in seq order, none missing or repeated, ending after the job's end event;
+        a progress marker when the job was quiet for a while. Only committed events are sent, so a
+        seq seen here still names the same event after a control-plane restart and a watch can
+        resume after it. Fails with NOT_FOUND for an unknown job id and INVALID_ARGUMENT for an
+        `after_seq` that is negative or after the job's last event.
         """
 
     @_abc_1.abstractmethod

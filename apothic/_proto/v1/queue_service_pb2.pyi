@@ -9,6 +9,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -19,6 +20,86 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _QueueItemState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _QueueItemStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_QueueItemState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    QUEUE_ITEM_STATE_UNSPECIFIED: _QueueItemState.ValueType  # 0
+    QUEUE_ITEM_STATE_VISIBLE: _QueueItemState.ValueType  # 1
+    """Claimable now (a leased item whose lease ran out is visible again)."""
+    QUEUE_ITEM_STATE_DELAYED: _QueueItemState.ValueType  # 2
+    """Released with a delay that has not ended yet."""
+    QUEUE_ITEM_STATE_LEASED: _QueueItemState.ValueType  # 3
+    """Claimed, its lease still running."""
+
+class QueueItemState(_QueueItemState, metaclass=_QueueItemStateEnumTypeWrapper):
+    """Where an item stands when a snapshot is taken."""
+
+QUEUE_ITEM_STATE_UNSPECIFIED: QueueItemState.ValueType  # 0
+QUEUE_ITEM_STATE_VISIBLE: QueueItemState.ValueType  # 1
+"""Claimable now (a leased item whose lease ran out is visible again)."""
+QUEUE_ITEM_STATE_DELAYED: QueueItemState.ValueType  # 2
+"""Released with a delay that has not ended yet."""
+QUEUE_ITEM_STATE_LEASED: QueueItemState.ValueType  # 3
+"""Claimed, its lease still running."""
+Global___QueueItemState: _TypeAlias = QueueItemState  # noqa: Y015
+
+class _QueueEventKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _QueueEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_QueueEventKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    QUEUE_EVENT_KIND_UNSPECIFIED: _QueueEventKind.ValueType  # 0
+    QUEUE_EVENT_KIND_PUT: _QueueEventKind.ValueType  # 1
+    """The item appeared: put, dead-lettered into this queue, or redriven back into it."""
+    QUEUE_EVENT_KIND_CLAIMED: _QueueEventKind.ValueType  # 2
+    """The item was leased (`attempt`, `lease_deadline`)."""
+    QUEUE_EVENT_KIND_RENEWED: _QueueEventKind.ValueType  # 3
+    """Its lease was extended (`lease_deadline`)."""
+    QUEUE_EVENT_KIND_ACKED: _QueueEventKind.ValueType  # 4
+    """It was acknowledged and is gone for good."""
+    QUEUE_EVENT_KIND_RELEASED: _QueueEventKind.ValueType  # 5
+    """It was given back, visible again at `visible_at` (after `delay_s`)."""
+    QUEUE_EVENT_KIND_DEAD_LETTERED: _QueueEventKind.ValueType  # 6
+    """It moved to the dead-letter queue, where it is `moved_to_seq` (that queue's own watch
+    sees it put).
+    """
+    QUEUE_EVENT_KIND_REMOVED: _QueueEventKind.ValueType  # 7
+    """A clear removed it, or a get took it."""
+    QUEUE_EVENT_KIND_REDRIVEN: _QueueEventKind.ValueType  # 8
+    """It left this dead-letter queue for its queue, where it is `moved_to_seq` (that queue's
+    own watch sees it put).
+    """
+
+class QueueEventKind(_QueueEventKind, metaclass=_QueueEventKindEnumTypeWrapper):
+    """What a change did to an item."""
+
+QUEUE_EVENT_KIND_UNSPECIFIED: QueueEventKind.ValueType  # 0
+QUEUE_EVENT_KIND_PUT: QueueEventKind.ValueType  # 1
+"""The item appeared: put, dead-lettered into this queue, or redriven back into it."""
+QUEUE_EVENT_KIND_CLAIMED: QueueEventKind.ValueType  # 2
+"""The item was leased (`attempt`, `lease_deadline`)."""
+QUEUE_EVENT_KIND_RENEWED: QueueEventKind.ValueType  # 3
+"""Its lease was extended (`lease_deadline`)."""
+QUEUE_EVENT_KIND_ACKED: QueueEventKind.ValueType  # 4
+"""It was acknowledged and is gone for good."""
+QUEUE_EVENT_KIND_RELEASED: QueueEventKind.ValueType  # 5
+"""It was given back, visible again at `visible_at` (after `delay_s`)."""
+QUEUE_EVENT_KIND_DEAD_LETTERED: QueueEventKind.ValueType  # 6
+"""It moved to the dead-letter queue, where it is `moved_to_seq` (that queue's own watch
+sees it put).
+"""
+QUEUE_EVENT_KIND_REMOVED: QueueEventKind.ValueType  # 7
+"""A clear removed it, or a get took it."""
+QUEUE_EVENT_KIND_REDRIVEN: QueueEventKind.ValueType  # 8
+"""It left this dead-letter queue for its queue, where it is `moved_to_seq` (that queue's
+own watch sees it put).
+"""
+Global___QueueEventKind: _TypeAlias = QueueEventKind  # noqa: Y015
 
 @_typing.final
 class QueueInfo(_message.Message):
@@ -31,6 +112,8 @@ class QueueInfo(_message.Message):
     MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
     LENGTH_FIELD_NUMBER: _builtins.int
     DEAD_LETTER_QUEUE_FIELD_NUMBER: _builtins.int
+    MAXSIZE_FIELD_NUMBER: _builtins.int
+    EPHEMERAL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     rev: _builtins.int
     """Bumped by every committed mutation; never goes backwards."""
@@ -40,6 +123,12 @@ class QueueInfo(_message.Message):
     """Items not yet acked, leased ones included."""
     dead_letter_queue: _builtins.str
     """Name of the queue dead-lettered items move to."""
+    maxsize: _builtins.int
+    """Items a partition holds (visible, delayed or leased) before a put waits or fails; 0
+    means unbounded.
+    """
+    ephemeral: _builtins.bool
+    """Whether the queue is deleted when its heartbeats stop."""
     def __init__(
         self,
         *,
@@ -48,10 +137,12 @@ class QueueInfo(_message.Message):
         max_attempts: _builtins.int = ...,
         length: _builtins.int = ...,
         dead_letter_queue: _builtins.str = ...,
+        maxsize: _builtins.int = ...,
+        ephemeral: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_letter_queue", b"dead_letter_queue", "length", b"length", "max_attempts", b"max_attempts", "name", b"name", "rev", b"rev"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_letter_queue", b"dead_letter_queue", "ephemeral", b"ephemeral", "length", b"length", "max_attempts", b"max_attempts", "maxsize", b"maxsize", "name", b"name", "rev", b"rev"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -108,24 +199,41 @@ class CreateQueueRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    MAXSIZE_FIELD_NUMBER: _builtins.int
+    EPHEMERAL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     max_attempts: _builtins.int
     """Claims an item gets before it is dead-lettered; unset keeps an existing queue's
     setting (0 for a new queue: no limit).
+    """
+    maxsize: _builtins.int
+    """Items per partition; unset keeps an existing queue's setting (0 for a new queue:
+    unbounded). A dead-letter queue never has one.
+    """
+    ephemeral: _builtins.bool
+    """Create a new queue that lives while HeartbeatQueue renews it; an empty name then gets a
+    unique one (returned in `queue.name`).
     """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         max_attempts: _builtins.int | None = ...,
+        maxsize: _builtins.int | None = ...,
+        ephemeral: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_attempts", b"_max_attempts", "max_attempts", b"max_attempts"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_attempts", b"_max_attempts", "_maxsize", b"_maxsize", "max_attempts", b"max_attempts", "maxsize", b"maxsize"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_attempts", b"_max_attempts", "max_attempts", b"max_attempts", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_attempts", b"_max_attempts", "_maxsize", b"_maxsize", "ephemeral", b"ephemeral", "max_attempts", b"max_attempts", "maxsize", b"maxsize", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_attempts: _TypeAlias = _typing.Literal["max_attempts"]  # noqa: Y015
     _WhichOneofArgType__max_attempts: _TypeAlias = _typing.Literal["_max_attempts", b"_max_attempts"]  # noqa: Y015
+    _WhichOneofReturnType__maxsize: _TypeAlias = _typing.Literal["maxsize"]  # noqa: Y015
+    _WhichOneofArgType__maxsize: _TypeAlias = _typing.Literal["_maxsize", b"_maxsize"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_attempts) -> _WhichOneofReturnType__max_attempts | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__maxsize) -> _WhichOneofReturnType__maxsize | None: ...
 
 Global___CreateQueueRequest: _TypeAlias = CreateQueueRequest  # noqa: Y015
 
@@ -237,6 +345,49 @@ class DeleteQueueResponse(_message.Message):
 Global___DeleteQueueResponse: _TypeAlias = DeleteQueueResponse  # noqa: Y015
 
 @_typing.final
+class HeartbeatQueueRequest(_message.Message):
+    """Arguments of HeartbeatQueue."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeartbeatQueueRequest: _TypeAlias = HeartbeatQueueRequest  # noqa: Y015
+
+@_typing.final
+class HeartbeatQueueResponse(_message.Message):
+    """Result of HeartbeatQueue."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASE_S_FIELD_NUMBER: _builtins.int
+    lease_s: _builtins.float
+    """Seconds the queue stays alive without another heartbeat."""
+    def __init__(
+        self,
+        *,
+        lease_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_s", b"lease_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeartbeatQueueResponse: _TypeAlias = HeartbeatQueueResponse  # noqa: Y015
+
+@_typing.final
 class PutItemsRequest(_message.Message):
     """Arguments of PutItems."""
 
@@ -246,10 +397,15 @@ class PutItemsRequest(_message.Message):
     PARTITION_FIELD_NUMBER: _builtins.int
     ITEMS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    WAIT_S_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     partition: _builtins.str
     request_id: _builtins.str
     """Applies a retried request once."""
+    wait_s: _builtins.float
+    """Seconds to wait for room when the partition is full; 0 fails at once. The server bounds
+    it.
+    """
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Payload]: ...
     def __init__(
@@ -259,10 +415,11 @@ class PutItemsRequest(_message.Message):
         partition: _builtins.str = ...,
         items: _abc.Iterable[_types_pb2.Payload] | None = ...,
         request_id: _builtins.str = ...,
+        wait_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "name", b"name", "partition", b"partition", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "name", b"name", "partition", b"partition", "request_id", b"request_id", "wait_s", b"wait_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -740,3 +897,258 @@ class RedriveQueueResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RedriveQueueResponse: _TypeAlias = RedriveQueueResponse  # noqa: Y015
+
+@_typing.final
+class WatchQueueRequest(_message.Message):
+    """Arguments of WatchQueue."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    AFTER_REV_FIELD_NUMBER: _builtins.int
+    PARTITION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    snapshot: _builtins.bool
+    """First send the queue's items as of one rev, then `snapshot_end`; a reset is then
+    followed by a fresh snapshot.
+    """
+    after_rev: _builtins.int
+    """Resume after this rev (unset: from now, or from the snapshot); the snapshot is then
+    sent only after a reset.
+    """
+    partition: _builtins.str
+    """Only this partition's items and events (unset: every partition)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        snapshot: _builtins.bool = ...,
+        after_rev: _builtins.int | None = ...,
+        partition: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_after_rev", b"_after_rev", "_partition", b"_partition", "after_rev", b"after_rev", "partition", b"partition"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_after_rev", b"_after_rev", "_partition", b"_partition", "after_rev", b"after_rev", "name", b"name", "partition", b"partition", "snapshot", b"snapshot"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__after_rev: _TypeAlias = _typing.Literal["after_rev"]  # noqa: Y015
+    _WhichOneofArgType__after_rev: _TypeAlias = _typing.Literal["_after_rev", b"_after_rev"]  # noqa: Y015
+    _WhichOneofReturnType__partition: _TypeAlias = _typing.Literal["partition"]  # noqa: Y015
+    _WhichOneofArgType__partition: _TypeAlias = _typing.Literal["_partition", b"_partition"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__after_rev) -> _WhichOneofReturnType__after_rev | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__partition) -> _WhichOneofReturnType__partition | None: ...
+
+Global___WatchQueueRequest: _TypeAlias = WatchQueueRequest  # noqa: Y015
+
+@_typing.final
+class QueueItemSnapshot(_message.Message):
+    """One item of a queue as a snapshot sees it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    PARTITION_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    LEASE_DEADLINE_FIELD_NUMBER: _builtins.int
+    VISIBLE_AT_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    """The item's position in the queue: FIFO order within its partition."""
+    partition: _builtins.str
+    state: Global___QueueItemState.ValueType
+    attempt: _builtins.int
+    """How many times the item has been claimed."""
+    last_error: _builtins.str
+    """Why its last attempt failed, if it did."""
+    @_builtins.property
+    def lease_deadline(self) -> _timestamp_pb2.Timestamp:
+        """When its lease ends (set when leased)."""
+
+    @_builtins.property
+    def visible_at(self) -> _timestamp_pb2.Timestamp:
+        """When it became, or becomes, visible."""
+
+    @_builtins.property
+    def value(self) -> _types_pb2.Payload: ...
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        partition: _builtins.str = ...,
+        state: Global___QueueItemState.ValueType = ...,
+        attempt: _builtins.int = ...,
+        lease_deadline: _timestamp_pb2.Timestamp | None = ...,
+        visible_at: _timestamp_pb2.Timestamp | None = ...,
+        value: _types_pb2.Payload | None = ...,
+        last_error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease_deadline", b"lease_deadline", "value", b"value", "visible_at", b"visible_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "last_error", b"last_error", "lease_deadline", b"lease_deadline", "partition", b"partition", "seq", b"seq", "state", b"state", "value", b"value", "visible_at", b"visible_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueueItemSnapshot: _TypeAlias = QueueItemSnapshot  # noqa: Y015
+
+@_typing.final
+class QueueSnapshotChunk(_message.Message):
+    """Part of a watch's snapshot: items as of `rev`, oldest first; more chunks may follow
+    before `snapshot_end`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REV_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    rev: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___QueueItemSnapshot]: ...
+    def __init__(
+        self,
+        *,
+        rev: _builtins.int = ...,
+        items: _abc.Iterable[Global___QueueItemSnapshot] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "rev", b"rev"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueueSnapshotChunk: _TypeAlias = QueueSnapshotChunk  # noqa: Y015
+
+@_typing.final
+class QueueEvent(_message.Message):
+    """What a change did to one item."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    PARTITION_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    LEASE_DEADLINE_FIELD_NUMBER: _builtins.int
+    VISIBLE_AT_FIELD_NUMBER: _builtins.int
+    DELAY_S_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    MOVED_TO_SEQ_FIELD_NUMBER: _builtins.int
+    kind: Global___QueueEventKind.ValueType
+    seq: _builtins.int
+    partition: _builtins.str
+    attempt: _builtins.int
+    """How many times the item has been claimed."""
+    delay_s: _builtins.float
+    """Set on RELEASED."""
+    last_error: _builtins.str
+    """Why the item's last attempt failed, if it did."""
+    moved_to_seq: _builtins.int
+    """Set on DEAD_LETTERED and REDRIVEN: the item's seq in the queue it moved to."""
+    @_builtins.property
+    def lease_deadline(self) -> _timestamp_pb2.Timestamp:
+        """Set on CLAIMED and RENEWED."""
+
+    @_builtins.property
+    def visible_at(self) -> _timestamp_pb2.Timestamp:
+        """Set on PUT and RELEASED."""
+
+    @_builtins.property
+    def value(self) -> _types_pb2.Payload:
+        """On PUT only."""
+
+    def __init__(
+        self,
+        *,
+        kind: Global___QueueEventKind.ValueType = ...,
+        seq: _builtins.int = ...,
+        partition: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        lease_deadline: _timestamp_pb2.Timestamp | None = ...,
+        visible_at: _timestamp_pb2.Timestamp | None = ...,
+        delay_s: _builtins.float = ...,
+        value: _types_pb2.Payload | None = ...,
+        last_error: _builtins.str = ...,
+        moved_to_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease_deadline", b"lease_deadline", "value", b"value", "visible_at", b"visible_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "delay_s", b"delay_s", "kind", b"kind", "last_error", b"last_error", "lease_deadline", b"lease_deadline", "moved_to_seq", b"moved_to_seq", "partition", b"partition", "seq", b"seq", "value", b"value", "visible_at", b"visible_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueueEvent: _TypeAlias = QueueEvent  # noqa: Y015
+
+@_typing.final
+class QueueChange(_message.Message):
+    """Everything one committed mutation did to a queue's items, at `rev`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REV_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
+    rev: _builtins.int
+    more: _builtins.bool
+    """True when the change is too large for one message: the rest of its events follow in
+    the next messages, with the same rev, the last one with `more` false.
+    """
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___QueueEvent]: ...
+    def __init__(
+        self,
+        *,
+        rev: _builtins.int = ...,
+        events: _abc.Iterable[Global___QueueEvent] | None = ...,
+        more: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "more", b"more", "rev", b"rev"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueueChange: _TypeAlias = QueueChange  # noqa: Y015
+
+@_typing.final
+class WatchQueueResponse(_message.Message):
+    """One message of a queue watch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_END_FIELD_NUMBER: _builtins.int
+    CHANGE_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    RESET_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def snapshot(self) -> Global___QueueSnapshotChunk: ...
+    @_builtins.property
+    def snapshot_end(self) -> _types_pb2.WatchSnapshotEnd: ...
+    @_builtins.property
+    def change(self) -> Global___QueueChange: ...
+    @_builtins.property
+    def progress(self) -> _types_pb2.WatchProgress: ...
+    @_builtins.property
+    def reset(self) -> _types_pb2.WatchReset: ...
+    def __init__(
+        self,
+        *,
+        snapshot: Global___QueueSnapshotChunk | None = ...,
+        snapshot_end: _types_pb2.WatchSnapshotEnd | None = ...,
+        change: Global___QueueChange | None = ...,
+        progress: _types_pb2.WatchProgress | None = ...,
+        reset: _types_pb2.WatchReset | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "event", b"event", "progress", b"progress", "reset", b"reset", "snapshot", b"snapshot", "snapshot_end", b"snapshot_end"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "event", b"event", "progress", b"progress", "reset", b"reset", "snapshot", b"snapshot", "snapshot_end", b"snapshot_end"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["snapshot", "snapshot_end", "change", "progress", "reset"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___WatchQueueResponse: _TypeAlias = WatchQueueResponse  # noqa: Y015

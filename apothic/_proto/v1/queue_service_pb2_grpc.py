@@ -54,6 +54,11 @@ class QueueServiceStub:
                 request_serializer=apothic_dot_v1_dot_queue__service__pb2.DeleteQueueRequest.SerializeToString,
                 response_deserializer=apothic_dot_v1_dot_queue__service__pb2.DeleteQueueResponse.FromString,
                 _registered_method=True)
+        self.HeartbeatQueue = channel.unary_unary(
+                '/apothic.v1.QueueService/HeartbeatQueue',
+                request_serializer=apothic_dot_v1_dot_queue__service__pb2.HeartbeatQueueRequest.SerializeToString,
+                response_deserializer=apothic_dot_v1_dot_queue__service__pb2.HeartbeatQueueResponse.FromString,
+                _registered_method=True)
         self.PutItems = channel.unary_unary(
                 '/apothic.v1.QueueService/PutItems',
                 request_serializer=apothic_dot_v1_dot_queue__service__pb2.PutItemsRequest.SerializeToString,
@@ -99,6 +104,11 @@ class QueueServiceStub:
                 request_serializer=apothic_dot_v1_dot_queue__service__pb2.RedriveQueueRequest.SerializeToString,
                 response_deserializer=apothic_dot_v1_dot_queue__service__pb2.RedriveQueueResponse.FromString,
                 _registered_method=True)
+        self.WatchQueue = channel.unary_stream(
+                '/apothic.v1.QueueService/WatchQueue',
+                request_serializer=apothic_dot_v1_dot_queue__service__pb2.WatchQueueRequest.SerializeToString,
+                response_deserializer=apothic_dot_v1_dot_queue__service__pb2.WatchQueueResponse.FromString,
+                _registered_method=True)
 
 
 class QueueServiceServicer:
@@ -110,9 +120,11 @@ class QueueServiceServicer:
     """
 
     def CreateQueue(self, request, context):
-        """Creates a queue, or returns it when it already exists. Fails with INVALID_ARGUMENT for
-        a bad name or max_attempts, and FAILED_PRECONDITION when the queue exists with another
-        max_attempts.
+        """Creates a queue, or returns it when it already exists. An ephemeral queue must be new
+        (an empty name gets a unique one) and is deleted when HeartbeatQueue stops renewing it.
+        Fails with INVALID_ARGUMENT for a bad name, max_attempts or maxsize, and
+        FAILED_PRECONDITION when the queue exists with another max_attempts or maxsize, or exists
+        at all for an ephemeral one.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -134,9 +146,23 @@ class QueueServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HeartbeatQueue(self, request, context):
+        """Keeps an ephemeral queue alive for another `lease_s` seconds; one without heartbeats
+        for that long is deleted. Fails with INVALID_ARGUMENT for a bad name, NOT_FOUND for a
+        queue that does not exist (or already expired), and FAILED_PRECONDITION for a queue that
+        is not ephemeral.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PutItems(self, request, context):
-        """Appends items to a partition of a queue, in order. Fails with INVALID_ARGUMENT for a bad
-        name, no items, or an item over 1 MiB, and NOT_FOUND for a queue that does not exist.
+        """Appends items to a partition of a queue, in order, all or none. When the queue has a
+        maxsize and they do not fit in the partition, waits up to `wait_s` (bounded by the
+        server) for room. Fails with INVALID_ARGUMENT for a bad name, no items, an item over
+        1 MiB, or more items than maxsize; NOT_FOUND for a queue that does not exist; and
+        RESOURCE_EXHAUSTED, naming the queue, partition and maxsize, when the partition stayed
+        full.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -208,8 +234,23 @@ class QueueServiceServicer:
 
     def RedriveQueue(self, request, context):
         """Moves every item of the queue's dead-letter queue back to the queue, with a fresh
-        attempt count. Fails with INVALID_ARGUMENT for a bad name and NOT_FOUND for a queue that
-        does not exist.
+        attempt count, regardless of the queue's maxsize. Fails with INVALID_ARGUMENT for a bad
+        name and NOT_FOUND for a queue that does not exist.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchQueue(self, request, context):
+        """Streams a queue's changes: with `snapshot`, first its items as of one rev and
+        `snapshot_end`; then one `change` per committed mutation, revs strictly increasing, none
+        missing or repeated (with `partition`, changes that touch none of its items are left
+        out); `progress` when nothing changed for a while; and `reset` when the changes after
+        the watcher's rev are no longer retained (a fresh snapshot follows when it asked for
+        one). Time alone makes no change: a leased item whose lease deadline passed is visible
+        again without an event or a rev. Fails with INVALID_ARGUMENT for a bad name or an
+        `after_rev` past the queue's rev, and NOT_FOUND for a queue that does not exist; the
+        stream ends with NOT_FOUND when the queue is deleted.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -232,6 +273,11 @@ def add_QueueServiceServicer_to_server(servicer, server):
                     servicer.DeleteQueue,
                     request_deserializer=apothic_dot_v1_dot_queue__service__pb2.DeleteQueueRequest.FromString,
                     response_serializer=apothic_dot_v1_dot_queue__service__pb2.DeleteQueueResponse.SerializeToString,
+            ),
+            'HeartbeatQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.HeartbeatQueue,
+                    request_deserializer=apothic_dot_v1_dot_queue__service__pb2.HeartbeatQueueRequest.FromString,
+                    response_serializer=apothic_dot_v1_dot_queue__service__pb2.HeartbeatQueueResponse.SerializeToString,
             ),
             'PutItems': grpc.unary_unary_rpc_method_handler(
                     servicer.PutItems,
@@ -277,6 +323,11 @@ def add_QueueServiceServicer_to_server(servicer, server):
                     servicer.RedriveQueue,
                     request_deserializer=apothic_dot_v1_dot_queue__service__pb2.RedriveQueueRequest.FromString,
                     response_serializer=apothic_dot_v1_dot_queue__service__pb2.RedriveQueueResponse.SerializeToString,
+            ),
+            'WatchQueue': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchQueue,
+                    request_deserializer=apothic_dot_v1_dot_queue__service__pb2.WatchQueueRequest.FromString,
+                    response_serializer=apothic_dot_v1_dot_queue__service__pb2.WatchQueueResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -365,6 +416,33 @@ class QueueService:
             '/apothic.v1.QueueService/DeleteQueue',
             apothic_dot_v1_dot_queue__service__pb2.DeleteQueueRequest.SerializeToString,
             apothic_dot_v1_dot_queue__service__pb2.DeleteQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HeartbeatQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apothic.v1.QueueService/HeartbeatQueue',
+            apothic_dot_v1_dot_queue__service__pb2.HeartbeatQueueRequest.SerializeToString,
+            apothic_dot_v1_dot_queue__service__pb2.HeartbeatQueueResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -608,6 +686,33 @@ class QueueService:
             '/apothic.v1.QueueService/RedriveQueue',
             apothic_dot_v1_dot_queue__service__pb2.RedriveQueueRequest.SerializeToString,
             apothic_dot_v1_dot_queue__service__pb2.RedriveQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/apothic.v1.QueueService/WatchQueue',
+            apothic_dot_v1_dot_queue__service__pb2.WatchQueueRequest.SerializeToString,
+            apothic_dot_v1_dot_queue__service__pb2.WatchQueueResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,9 +39,11 @@ class QueueServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> QueueServiceAsyncStub: ...
     CreateQueue: _grpc.UnaryUnaryMultiCallable[_queue_service_pb2.CreateQueueRequest, _queue_service_pb2.CreateQueueResponse]
-    """Creates a queue, or returns it when it already exists. Fails with INVALID_ARGUMENT for
-    a bad name or max_attempts, and FAILED_PRECONDITION when the queue exists with another
-    max_attempts.
+    """Creates a queue, or returns it when it already exists. An ephemeral queue must be new
+    (an empty name gets a unique one) and is deleted when HeartbeatQueue stops renewing it.
+    Fails with INVALID_ARGUMENT for a bad name, max_attempts or maxsize, and
+    FAILED_PRECONDITION when the queue exists with another max_attempts or maxsize, or exists
+    at all for an ephemeral one.
     """
     GetQueue: _grpc.UnaryUnaryMultiCallable[_queue_service_pb2.GetQueueRequest, _queue_service_pb2.GetQueueResponse]
     """Returns a queue's state. Fails with INVALID_ARGUMENT for a bad name and NOT_FOUND for a
@@ -51,9 +53,19 @@ class QueueServiceStub:
     """Deletes a queue, its items and its dead-letter queue. Fails with INVALID_ARGUMENT for a
     bad name and NOT_FOUND for a queue that does not exist.
     """
+    HeartbeatQueue: _grpc.UnaryUnaryMultiCallable[_queue_service_pb2.HeartbeatQueueRequest, _queue_service_pb2.HeartbeatQueueResponse]
+    """Keeps an ephemeral queue alive for another `lease_s` seconds; one without heartbeats
+    for that long is deleted. Fails with INVALID_ARGUMENT for a bad name, NOT_FOUND for a
+    queue that does not exist (or already expired), and FAILED_PRECONDITION for a queue that
+    is not ephemeral.
+    """
     PutItems: _grpc.UnaryUnaryMultiCallable[_queue_service_pb2.PutItemsRequest, _queue_service_pb2.PutItemsResponse]
-    """Appends items to a partition of a queue, in order. Fails with INVALID_ARGUMENT for a bad
-    name, no items, or an item over 1 MiB, and NOT_FOUND for a queue that does not exist.
+    """Appends items to a partition of a queue, in order, all or none. When the queue has a
+    maxsize and they do not fit in the partition, waits up to `wait_s` (bounded by the
+    server) for room. Fails with INVALID_ARGUMENT for a bad name, no items, an item over
+    1 MiB, or more items than maxsize; NOT_FOUND for a queue that does not exist; and
+    RESOURCE_EXHAUSTED, naming the queue, partition and maxsize, when the partition stayed
+    full.
     """
     GetItems: _grpc.UnaryUnaryMultiCallable[_queue_service_pb2.GetItemsRequest, _queue_service_pb2.GetItemsResponse]
     """Removes and returns up to `n` visible items (claim and ack in one step: at-most-once),
@@ -93,8 +105,19 @@ class QueueServiceStub:
     """
     RedriveQueue: _grpc.UnaryUnaryMultiCallable[_queue_service_pb2.RedriveQueueRequest, _queue_service_pb2.RedriveQueueResponse]
     """Moves every item of the queue's dead-letter queue back to the queue, with a fresh
-    attempt count. Fails with INVALID_ARGUMENT for a bad name and NOT_FOUND for a queue that
-    does not exist.
+    attempt count, regardless of the queue's maxsize. Fails with INVALID_ARGUMENT for a bad
+    name and NOT_FOUND for a queue that does not exist.
+    """
+    WatchQueue: _grpc.UnaryStreamMultiCallable[_queue_service_pb2.WatchQueueRequest, _queue_service_pb2.WatchQueueResponse]
+    """Streams a queue's changes: with `snapshot`, first its items as of one rev and
+    `snapshot_end`; then one `change` per committed mutation, revs strictly increasing, none
+    missing or repeated (with `partition`, changes that touch none of its items are left
+    out); `progress` when nothing changed for a while; and `reset` when the changes after
+    the watcher's rev are no longer retained (a fresh snapshot follows when it asked for
+    one). Time alone makes no change: a leased item whose lease deadline passed is visible
+    again without an event or a rev. Fails with INVALID_ARGUMENT for a bad name or an
+    `after_rev` past the queue's rev, and NOT_FOUND for a queue that does not exist; the
+    stream ends with NOT_FOUND when the queue is deleted.
     """
 
 @_typing.type_check_only
@@ -108,9 +131,11 @@ class QueueServiceAsyncStub(QueueServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateQueue: _aio.UnaryUnaryMultiCallable[_queue_service_pb2.CreateQueueRequest, _queue_service_pb2.CreateQueueResponse]  # type: ignore[assignment]
-    """Creates a queue, or returns it when it already exists. Fails with INVALID_ARGUMENT for
-    a bad name or max_attempts, and FAILED_PRECONDITION when the queue exists with another
-    max_attempts.
+    """Creates a queue, or returns it when it already exists. An ephemeral queue must be new
+    (an empty name gets a unique one) and is deleted when HeartbeatQueue stops renewing it.
+    Fails with INVALID_ARGUMENT for a bad name, max_attempts or maxsize, and
+    FAILED_PRECONDITION when the queue exists with another max_attempts or maxsize, or exists
+    at all for an ephemeral one.
     """
     GetQueue: _aio.UnaryUnaryMultiCallable[_queue_service_pb2.GetQueueRequest, _queue_service_pb2.GetQueueResponse]  # type: ignore[assignment]
     """Returns a queue's state. Fails with INVALID_ARGUMENT for a bad name and NOT_FOUND for a
@@ -120,9 +145,19 @@ class QueueServiceAsyncStub(QueueServiceStub):
     """Deletes a queue, its items and its dead-letter queue. Fails with INVALID_ARGUMENT for a
     bad name and NOT_FOUND for a queue that does not exist.
     """
+    HeartbeatQueue: _aio.UnaryUnaryMultiCallable[_queue_service_pb2.HeartbeatQueueRequest, _queue_service_pb2.HeartbeatQueueResponse]  # type: ignore[assignment]
+    """Keeps an ephemeral queue alive for another `lease_s` seconds; one without heartbeats
+    for that long is deleted. Fails with INVALID_ARGUMENT for a bad name, NOT_FOUND for a
+    queue that does not exist (or already expired), and FAILED_PRECONDITION for a queue that
+    is not ephemeral.
+    """
     PutItems: _aio.UnaryUnaryMultiCallable[_queue_service_pb2.PutItemsRequest, _queue_service_pb2.PutItemsResponse]  # type: ignore[assignment]
-    """Appends items to a partition of a queue, in order. Fails with INVALID_ARGUMENT for a bad
-    name, no items, or an item over 1 MiB, and NOT_FOUND for a queue that does not exist.
+    """Appends items to a partition of a queue, in order, all or none. When the queue has a
+    maxsize and they do not fit in the partition, waits up to `wait_s` (bounded by the
+    server) for room. Fails with INVALID_ARGUMENT for a bad name, no items, an item over
+    1 MiB, or more items than maxsize; NOT_FOUND for a queue that does not exist; and
+    RESOURCE_EXHAUSTED, naming the queue, partition and maxsize, when the partition stayed
+    full.
     """
     GetItems: _aio.UnaryUnaryMultiCallable[_queue_service_pb2.GetItemsRequest, _queue_service_pb2.GetItemsResponse]  # type: ignore[assignment]
     """Removes and returns up to `n` visible items (claim and ack in one step: at-most-once),
@@ -162,8 +197,19 @@ class QueueServiceAsyncStub(QueueServiceStub):
     """
     RedriveQueue: _aio.UnaryUnaryMultiCallable[_queue_service_pb2.RedriveQueueRequest, _queue_service_pb2.RedriveQueueResponse]  # type: ignore[assignment]
     """Moves every item of the queue's dead-letter queue back to the queue, with a fresh
-    attempt count. Fails with INVALID_ARGUMENT for a bad name and NOT_FOUND for a queue that
-    does not exist.
+    attempt count, regardless of the queue's maxsize. Fails with INVALID_ARGUMENT for a bad
+    name and NOT_FOUND for a queue that does not exist.
+    """
+    WatchQueue: _aio.UnaryStreamMultiCallable[_queue_service_pb2.WatchQueueRequest, _queue_service_pb2.WatchQueueResponse]  # type: ignore[assignment]
+    """Streams a queue's changes: with `snapshot`, first its items as of one rev and
+    `snapshot_end`; then one `change` per committed mutation, revs strictly increasing, none
+    missing or repeated (with `partition`, changes that touch none of its items are left
+    out); `progress` when nothing changed for a while; and `reset` when the changes after
+    the watcher's rev are no longer retained (a fresh snapshot follows when it asked for
+    one). Time alone makes no change: a leased item whose lease deadline passed is visible
+    again without an event or a rev. Fails with INVALID_ARGUMENT for a bad name or an
+    `after_rev` past the queue's rev, and NOT_FOUND for a queue that does not exist; the
+    stream ends with NOT_FOUND when the queue is deleted.
     """
 
 class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -180,9 +226,11 @@ class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _queue_service_pb2.CreateQueueRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_queue_service_pb2.CreateQueueResponse, _abc.Awaitable[_queue_service_pb2.CreateQueueResponse]]:
-        """Creates a queue, or returns it when it already exists. Fails with INVALID_ARGUMENT for
-        a bad name or max_attempts, and FAILED_PRECONDITION when the queue exists with another
-        max_attempts.
+        """Creates a queue, or returns it when it already exists. An ephemeral queue must be new
+        (an empty name gets a unique one) and is deleted when HeartbeatQueue stops renewing it.
+        Fails with INVALID_ARGUMENT for a bad name, max_attempts or maxsize, and
+        FAILED_PRECONDITION when the queue exists with another max_attempts or maxsize, or exists
+        at all for an ephemeral one.
         """
 
     @_abc_1.abstractmethod
@@ -206,13 +254,29 @@ class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def HeartbeatQueue(
+        self,
+        request: _queue_service_pb2.HeartbeatQueueRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_queue_service_pb2.HeartbeatQueueResponse, _abc.Awaitable[_queue_service_pb2.HeartbeatQueueResponse]]:
+        """Keeps an ephemeral queue alive for another `lease_s` seconds; one without heartbeats
+        for that long is deleted. Fails with INVALID_ARGUMENT for a bad name, NOT_FOUND for a
+        queue that does not exist (or already expired), and FAILED_PRECONDITION for a queue that
+        is not ephemeral.
+        """
+
+    @_abc_1.abstractmethod
     def PutItems(
         self,
         request: _queue_service_pb2.PutItemsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_queue_service_pb2.PutItemsResponse, _abc.Awaitable[_queue_service_pb2.PutItemsResponse]]:
-        """Appends items to a partition of a queue, in order. Fails with INVALID_ARGUMENT for a bad
-        name, no items, or an item over 1 MiB, and NOT_FOUND for a queue that does not exist.
+        """Appends items to a partition of a queue, in order, all or none. When the queue has a
+        maxsize and they do not fit in the partition, waits up to `wait_s` (bounded by the
+        server) for room. Fails with INVALID_ARGUMENT for a bad name, no items, an item over
+        1 MiB, or more items than maxsize; NOT_FOUND for a queue that does not exist; and
+        RESOURCE_EXHAUSTED, naming the queue, partition and maxsize, when the partition stayed
+        full.
         """
 
     @_abc_1.abstractmethod
@@ -300,8 +364,25 @@ class QueueServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_queue_service_pb2.RedriveQueueResponse, _abc.Awaitable[_queue_service_pb2.RedriveQueueResponse]]:
         """Moves every item of the queue's dead-letter queue back to the queue, with a fresh
-        attempt count. Fails with INVALID_ARGUMENT for a bad name and NOT_FOUND for a queue that
-        does not exist.
+        attempt count, regardless of the queue's maxsize. Fails with INVALID_ARGUMENT for a bad
+        name and NOT_FOUND for a queue that does not exist.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchQueue(
+        self,
+        request: _queue_service_pb2.WatchQueueRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_queue_service_pb2.WatchQueueResponse], _abc.AsyncIterator[_queue_service_pb2.WatchQueueResponse]]:
+        """Streams a queue's changes: with `snapshot`, first its items as of one rev and
+        `snapshot_end`; then one `change` per committed mutation, revs strictly increasing, none
+        missing or repeated (with `partition`, changes that touch none of its items are left
+        out); `progress` when nothing changed for a while; and `reset` when the changes after
+        the watcher's rev are no longer retained (a fresh snapshot follows when it asked for
+        one). Time alone makes no change: a leased item whose lease deadline passed is visible
+        again without an event or a rev. Fails with INVALID_ARGUMENT for a bad name or an
+        `after_rev` past the queue's rev, and NOT_FOUND for a queue that does not exist; the
+        stream ends with NOT_FOUND when the queue is deleted.
         """
 
 def add_QueueServiceServicer_to_server(servicer: QueueServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
