@@ -1,0 +1,330 @@
+"""The store's queries for queues and dicts (part of :class:`apothic.server.store.Store`)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Any
+
+from surrealdb import RecordID
+
+from apothic.server.dicts import DictEntryRecord, DictLeaseRecord, DictRecord
+from apothic.server.store_base import Statement, StoreBase, _deletes, _key, _rid, _upserts
+
+#: Error text of a dict write whose dict changed since it was read (another replica wrote).
+_DICT_CONFLICT = "dict changed concurrently"
+
+
+class PrimitiveStore(StoreBase):
+    """Queue and dict rows; :class:`apothic.server.store.Store` adds everything else."""
+
+    # -- queues ------------------------------------------------------------------------
+    # A queue is one ``queue`` record ([account, name]: rev, next_seq, max_attempts, maxsize,
+    # expires_at when ephemeral), one ``queue_item`` record per item not yet acked ([account,
+    # name, seq]) and the request ids it recently applied (``queue_request``). See
+    # apothic.server.queues.
+
+    def queue_commit(self, statements: list[Statement]) -> asyncio.Future[None]:
+        """Queues statements and returns the future settled once they committed (or failed).
+
+        Commits settle in the order they were queued; the queue manager relies on it to
+        publish watch events in commit order.
+        """
+        assert self._committer is not None
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._committer.submit(statements, future)
+        return future
+
+    async def queue_rows(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+        """Every queue, queue item (by seq) and recorded request id (by ``n``), of all accounts."""
+        queues = await self._q("SELECT * FROM queue")
+        items = await self._q("SELECT * FROM queue_item ORDER BY seq")
+        requests = await self._q("SELECT * FROM queue_request ORDER BY n")
+        return list(queues), list(items), list(requests)
+
+    def queue_create_statement(
+        self,
+        account: str,
+        name: str,
+        max_attempts: int,
+        now: datetime,
+        *,
+        maxsize: int = 0,
+        expires_at: datetime | None = None,
+    ) -> Statement:
+        """Creates a queue record at rev 1; fails the write when the queue already exists.
+        An ephemeral queue has ``expires_at``."""
+        doc: dict[str, Any] = {
+            "account": account,
+            "name": name,
+            "rev": 1,
+            "next_seq": 1,
+            "max_attempts": max_attempts,
+            "maxsize": maxsize,
+            "created_at": now,
+        }
+        if expires_at is not None:
+            doc["expires_at"] = expires_at
+        return ("CREATE $id CONTENT $doc RETURN NONE", {"id": RecordID("queue", [account, name]), "doc": doc})
+
+    def queue_expiry_statement(self, account: str, name: str, expires_at: datetime) -> Statement:
+        """Moves an ephemeral queue's expiry (a heartbeat)."""
+        return (
+            "UPDATE $id SET expires_at = $at RETURN NONE",
+            {"id": RecordID("queue", [account, name]), "at": expires_at},
+        )
+
+    def queue_rev_statement(self, account: str, name: str, rev: int, next_seq: int) -> Statement:
+        """Records a queue's new rev and next item seq."""
+        return (
+            "UPDATE $id SET rev = $rev, next_seq = $next RETURN NONE",
+            {"id": RecordID("queue", [account, name]), "rev": rev, "next": next_seq},
+        )
+
+    def queue_insert_items_statement(self, account: str, name: str, items: list[dict[str, Any]]) -> Statement:
+        """Inserts items; each dict holds seq, partition, format, data, attempt, epoch, leased,
+        lease_deadline, visible_at, last_error and enqueued_at."""
+        rows = [
+            {"id": RecordID("queue_item", [account, name, i["seq"]]), "account": account, "queue": name, **i}
+            for i in items
+        ]
+        return ("INSERT INTO queue_item $rows RETURN NONE", {"rows": rows})
+
+    def queue_update_items_statement(self, account: str, name: str, items: list[dict[str, Any]]) -> Statement:
+        """Updates the mutable fields of items; each dict holds seq, attempt, epoch, leased,
+        lease_deadline, visible_at and last_error."""
+        rows = [
+            {"id": RecordID("queue_item", [account, name, i["seq"]]), "set": {k: v for k, v in i.items() if k != "seq"}}
+            for i in items
+        ]
+        if len(rows) == 1:
+            return ("UPDATE $id MERGE $set RETURN NONE", {"id": rows[0]["id"], "set": rows[0]["set"]})
+        return ("FOR $r IN $rows { UPDATE $r.id MERGE $r.set RETURN NONE; }", {"rows": rows})
+
+    def queue_delete_items_statement(self, account: str, name: str, seqs: list[int]) -> Statement:
+        """Deletes items by seq."""
+        return _deletes([RecordID("queue_item", [account, name, seq]) for seq in seqs])
+
+    def queue_clear_statement(self, account: str, name: str, partition: str | None) -> Statement:
+        """Deletes every item of one partition of a queue, or of all its partitions."""
+        where = "account = $acct AND queue = $name" + ("" if partition is None else " AND partition = $part")
+        return (
+            f"DELETE queue_item WHERE {where} RETURN NONE",
+            {"acct": account, "name": name, "part": partition or ""},
+        )
+
+    def queue_delete_statements(self, account: str, name: str) -> list[Statement]:
+        """Deletes a queue record, its items and its recorded request ids."""
+        params = {"acct": account, "name": name}
+        return [
+            ("DELETE $id RETURN NONE", {"id": RecordID("queue", [account, name])}),
+            ("DELETE queue_item WHERE account = $acct AND queue = $name RETURN NONE", params),
+            ("DELETE queue_request WHERE account = $acct AND queue = $name RETURN NONE", dict(params)),
+        ]
+
+    def queue_request_statements(
+        self,
+        account: str,
+        name: str,
+        request_id: str,
+        n: int,
+        result: dict[str, Any],
+        evict: list[str],
+        at: float,
+    ) -> list[Statement]:
+        """Records that a request id was applied at ``at`` (server clock, seconds) with what it
+        answered, and forgets ``evict``."""
+        doc = {"account": account, "queue": name, "request_id": request_id, "n": n, "result": result, "at": at}
+        stmts: list[Statement] = [
+            (
+                "CREATE $id CONTENT $doc RETURN NONE",
+                {"id": RecordID("queue_request", [account, name, request_id]), "doc": doc},
+            )
+        ]
+        if evict:
+            stmts.append(_deletes([RecordID("queue_request", [account, name, old]) for old in evict]))
+        return stmts
+
+    # -- dicts -------------------------------------------------------------------------
+    # A dict is one ``dict`` record (rev), one ``dict_entry`` record per key ([dict key,
+    # key]), its recent request ids (``dict_request``) and its leases (``dict_lease``, [dict
+    # key, lease id]). See apothic.server.dicts.
+
+    async def create_dict(self, record: DictRecord) -> None:
+        """Creates a dict's row; fails when the account already has a dict of that name."""
+        doc = {
+            "account": record.account,
+            "name": record.name,
+            "rev": record.rev,
+            "writes": record.writes,
+            "created_at": record.created_at,
+        }
+        if record.expires_at is not None:
+            doc["expires_at"] = record.expires_at
+        await self.commit([("CREATE $id CONTENT $doc RETURN NONE", {"id": _rid("dict", record.dict_id), "doc": doc})])
+
+    async def find_dict(self, account: str, name: str) -> DictRecord | None:
+        rows = await self._q(
+            "SELECT * FROM dict WHERE account = $acct AND name = $name LIMIT 1", {"acct": account, "name": name}
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return DictRecord(
+            f"dicts:{r['id'].id}",
+            r["account"],
+            r["name"],
+            r["rev"],
+            r["created_at"],
+            r["writes"],
+            expires_at=r.get("expires_at"),
+        )
+
+    async def set_dict_expiry(self, dict_id: str, expires_at: datetime) -> None:
+        """Moves an ephemeral dict's deadline (durably)."""
+        await self.commit(
+            [("UPDATE $id SET expires_at = $at RETURN NONE", {"id": _rid("dict", dict_id), "at": expires_at})]
+        )
+
+    async def dict_expiry(self, dict_id: str) -> datetime | None:
+        """An ephemeral dict's stored deadline (None when it is not ephemeral or is gone)."""
+        at: datetime | None = await self._q("SELECT VALUE expires_at FROM ONLY $d", {"d": _rid("dict", dict_id)})
+        return at
+
+    async def ephemeral_dicts(self) -> list[tuple[str, str, datetime]]:
+        """``(account, name, expires_at)`` of every ephemeral dict."""
+        rows = await self._q("SELECT account, name, expires_at FROM dict WHERE expires_at != NONE")
+        return [(r["account"], r["name"], r["expires_at"]) for r in rows]
+
+    async def dict_entries(self, dict_id: str) -> list[DictEntryRecord]:
+        rows = await self._q("SELECT * FROM dict_entry WHERE dict = $d", {"d": dict_id})
+        return [
+            DictEntryRecord(
+                r["key"], r["value"], r["format"], r["version"], r["mod_rev"], r["create_rev"], r.get("lease") or ""
+            )
+            for r in rows
+        ]
+
+    async def dict_leases(self, dict_id: str) -> list[DictLeaseRecord]:
+        """A dict's live leases."""
+        rows = await self._q("SELECT lease_id, ttl_s, deadline FROM dict_lease WHERE dict = $d", {"d": dict_id})
+        return [DictLeaseRecord(r["lease_id"], float(r["ttl_s"]), r["deadline"]) for r in rows]
+
+    async def leased_dicts(self) -> list[tuple[str, str]]:
+        """``(account, name)`` of every dict that has leases."""
+        rows = await self._q("SELECT account, name FROM dict_lease GROUP BY account, name")
+        return [(r["account"], r["name"]) for r in rows]
+
+    async def dict_requests(self, dict_id: str) -> list[tuple[str, dict[str, Any], float]]:
+        """The request ids a dict remembers, with their outcome and when they were applied
+        (seconds; 0 when unknown), oldest first."""
+        rows = await self._q(
+            "SELECT request_id, outcome, at, seq FROM dict_request WHERE dict = $d ORDER BY seq", {"d": dict_id}
+        )
+        return [(r["request_id"], r["outcome"], r.get("at") or 0.0) for r in rows]
+
+    async def delete_dict(self, dict_id: str) -> None:
+        """Deletes a dict's row, its entries and its request ids."""
+        await self.commit(
+            [
+                ("DELETE $id RETURN NONE", {"id": _rid("dict", dict_id)}),
+                ("DELETE dict_entry WHERE dict = $d RETURN NONE", {"d": dict_id}),
+                ("DELETE dict_request WHERE dict = $d RETURN NONE", {"d": dict_id}),
+                ("DELETE dict_lease WHERE dict = $d RETURN NONE", {"d": dict_id}),
+            ]
+        )
+
+    def dict_mutation_statements(
+        self,
+        record: DictRecord,
+        new_rev: int,
+        writes: list[DictEntryRecord],
+        deletes: list[str],
+        *,
+        request: tuple[str, int, dict[str, Any], float] | None = None,
+        evicted_requests: list[str] | None = None,
+        lease_puts: list[DictLeaseRecord] | None = None,
+        lease_drops: list[str] | None = None,
+    ) -> list[Statement]:
+        """Statements of one dict mutation.
+
+        Guarded on the dict row's write counter still being at ``record.writes``
+        (:meth:`is_dict_conflict` recognizes the failure), they advance it by one, move the
+        rev to ``new_rev`` and write the entries. ``request`` (id, seq, outcome, applied at) is stored
+        for idempotent retries and ``evicted_requests`` are forgotten; ``lease_puts`` are
+        created or updated and ``lease_drops`` deleted. With no writes and no deletes the
+        rev stays (the write counter advances).
+        """
+        dict_rid = _rid("dict", record.dict_id)
+        dkey = _key(record.dict_id)
+        guard = {
+            "d": dict_rid,
+            "expected": record.writes,
+            "writes": record.writes + 1,
+            "rev": new_rev,
+            "msg": f"{_DICT_CONFLICT}: {record.dict_id} changed since write {record.writes}",
+        }
+        stmts: list[Statement] = [
+            ("IF $d.writes != $expected { THROW $msg }; UPDATE $d SET rev = $rev, writes = $writes RETURN NONE", guard)
+        ]
+        if writes:
+            rows = [
+                {
+                    "id": RecordID("dict_entry", [dkey, e.key]),
+                    "doc": {
+                        "account": record.account,
+                        "dict": record.dict_id,
+                        "key": e.key,
+                        "value": e.value,
+                        "format": e.format,
+                        "version": e.version,
+                        "mod_rev": e.mod_rev,
+                        "create_rev": e.create_rev,
+                        "lease": e.lease,
+                    },
+                }
+                for e in writes
+            ]
+            stmts.append(_upserts(rows))
+        if deletes:
+            stmts.append(_deletes([RecordID("dict_entry", [dkey, k]) for k in deletes]))
+        if request is not None:
+            request_id, seq, outcome, at = request
+            doc = {"account": record.account, "dict": record.dict_id, "request_id": request_id, "seq": seq, "at": at}
+            stmts.append(
+                (
+                    "UPSERT $id CONTENT $doc RETURN NONE",
+                    {"id": RecordID("dict_request", [dkey, request_id]), "doc": {**doc, "outcome": outcome}},
+                )
+            )
+        if evicted_requests:
+            stmts.append(_deletes([RecordID("dict_request", [dkey, r]) for r in evicted_requests]))
+        if lease_puts:
+            rows = [
+                {
+                    "id": RecordID("dict_lease", [dkey, le.lease_id]),
+                    "doc": {
+                        "account": record.account,
+                        "dict": record.dict_id,
+                        "name": record.name,
+                        "lease_id": le.lease_id,
+                        "ttl_s": float(le.ttl_s),
+                        "deadline": le.deadline,
+                    },
+                }
+                for le in lease_puts
+            ]
+            stmts.append(_upserts(rows))
+        if lease_drops:
+            stmts.append(_deletes([RecordID("dict_lease", [dkey, lid]) for lid in lease_drops]))
+        return stmts
+
+    async def dict_writes(self, dict_id: str) -> int | None:
+        """A dict's committed write counter (None when it no longer exists)."""
+        writes = await self._q("SELECT VALUE writes FROM ONLY $d", {"d": _rid("dict", dict_id)})
+        return int(writes) if writes is not None else None
+
+    @staticmethod
+    def is_dict_conflict(exc: BaseException) -> bool:
+        """Whether a failed write failed because its dict changed since it was read."""
+        return _DICT_CONFLICT in str(exc)
