@@ -128,3 +128,23 @@ def _preview(event: Any) -> str:
     except Exception:
         return "(value not decodable here)"
     return text if len(text) <= 200 else text[:197] + "..."
+
+
+def watch_marker_record(item: Any) -> dict[str, Any] | None:
+    """The JSON record of a watch marker (``SnapshotEnd``, ``Progress``, ``Reset`` from
+    :mod:`apothic.watch`), or None when ``item`` is not one."""
+    from apothic.watch import Progress, Reset, SnapshotEnd
+
+    if isinstance(item, SnapshotEnd):
+        return {"type": "snapshot_end", "rev": item.rev}
+    if isinstance(item, Progress):
+        return {"type": "progress", "rev": item.rev}
+    if isinstance(item, Reset):
+        return {
+            "type": "reset",
+            "after_rev": item.after_rev,
+            "oldest_rev": item.oldest_rev,
+            "rev": item.rev,
+            "reason": item.reason,
+        }
+    return None

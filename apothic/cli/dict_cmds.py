@@ -83,7 +83,6 @@ def items(
 
 def _watch_item_json(item: Any) -> dict[str, Any]:
     from apothic.dict import DictChange, DictEntry
-    from apothic.watch import Progress, Reset, SnapshotEnd
 
     def entry(e: DictEntry) -> dict[str, Any]:
         return {"key": e.key, "value": _plain(e.value), "version": e.version, "mod_rev": e.mod_rev}
@@ -96,18 +95,11 @@ def _watch_item_json(item: Any) -> dict[str, Any]:
             for ev in item.events
         ]
         return {"type": "change", "rev": item.rev, "events": events}
-    if isinstance(item, SnapshotEnd):
-        return {"type": "snapshot_end", "rev": item.rev}
-    if isinstance(item, Progress):
-        return {"type": "progress", "rev": item.rev}
-    assert isinstance(item, Reset)
-    return {
-        "type": "reset",
-        "after_rev": item.after_rev,
-        "oldest_rev": item.oldest_rev,
-        "rev": item.rev,
-        "reason": item.reason,
-    }
+    from apothic.cli._render import watch_marker_record
+
+    marker = watch_marker_record(item)
+    assert marker is not None, f"unexpected watch item {item!r}"
+    return marker
 
 
 def _watch_item_text(item: Any) -> str:

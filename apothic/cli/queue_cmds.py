@@ -163,7 +163,6 @@ def _event_record(ev: Any) -> dict[str, Any]:
 
 def _watch_record(item: Any) -> dict[str, Any]:
     from apothic.queue import QueueChange, QueueItemState
-    from apothic.watch import Progress, Reset, SnapshotEnd
 
     if isinstance(item, QueueChange):
         return {"type": "change", "rev": item.rev, "events": [_event_record(ev) for ev in item.events]}
@@ -181,19 +180,12 @@ def _watch_record(item: Any) -> dict[str, Any]:
         if item.last_error:
             record["last_error"] = item.last_error
         return record
-    if isinstance(item, SnapshotEnd):
-        return {"type": "snapshot_end", "rev": item.rev}
-    if isinstance(item, Progress):
-        return {"type": "progress", "rev": item.rev}
-    if isinstance(item, Reset):
-        return {
-            "type": "reset",
-            "after_rev": item.after_rev,
-            "oldest_rev": item.oldest_rev,
-            "rev": item.rev,
-            "reason": item.reason,
-        }
-    raise TypeError(f"unexpected watch item {item!r}")
+    from apothic.cli._render import watch_marker_record
+
+    marker = watch_marker_record(item)
+    if marker is None:
+        raise TypeError(f"unexpected watch item {item!r}")
+    return marker
 
 
 def _print_watch_item(item: Any, *, as_json: bool) -> None:

@@ -10,6 +10,7 @@ import pytest
 from apothic.runtime import LocalRuntime
 from apothic.testing import deployed
 from tests.e2e.apps import basic, broken, calls, failing, nested
+from tests.e2e.fake_clock import FakeClock
 
 
 def _deployed(module: ModuleType, runtime: LocalRuntime) -> Iterator[ModuleType]:
@@ -45,3 +46,12 @@ def calls_app(apothic_runtime: LocalRuntime) -> Iterator[ModuleType]:
 def nested_app(apothic_runtime: LocalRuntime) -> Iterator[ModuleType]:
     """``tests.e2e.apps.nested``, deployed."""
     yield from _deployed(nested, apothic_runtime)
+
+
+@pytest.fixture
+def clock(apothic_runtime: LocalRuntime) -> Iterator[FakeClock]:
+    assert apothic_runtime.plane is not None
+    fake = FakeClock()
+    apothic_runtime.plane.dicts.set_clock(fake)
+    yield fake
+    apothic_runtime.plane.dicts.set_clock(None)

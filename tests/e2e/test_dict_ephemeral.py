@@ -4,9 +4,6 @@ Expiry runs on the control plane's clock, which these tests replace with a fake 
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -20,31 +17,7 @@ from apothic.runtime import LocalRuntime
 from apothic.server.dicts import EPHEMERAL_LEASE_S
 from apothic.testing import unique_name, wait_for
 from apothic.watch import SnapshotEnd
-
-
-class FakeClock:
-    """The control plane's clock, moved by hand."""
-
-    def __init__(self) -> None:
-        self._now = datetime.now(UTC)
-        self._lock = threading.Lock()
-
-    def __call__(self) -> datetime:
-        with self._lock:
-            return self._now
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self._now += timedelta(seconds=seconds)
-
-
-@pytest.fixture
-def clock(apothic_runtime: LocalRuntime) -> Iterator[FakeClock]:
-    assert apothic_runtime.plane is not None
-    fake = FakeClock()
-    apothic_runtime.plane.dicts.set_clock(fake)
-    yield fake
-    apothic_runtime.plane.dicts.set_clock(None)
+from tests.e2e.fake_clock import FakeClock
 
 
 def _exists(name: str, config: ClientConfig) -> bool:

@@ -11,8 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -22,31 +21,7 @@ from apothic.dict import DictLock
 from apothic.exceptions import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from apothic.runtime import LocalRuntime
 from apothic.testing import unique_name, wait_for
-
-
-class FakeClock:
-    """The control plane's clock, moved by hand."""
-
-    def __init__(self) -> None:
-        self._now = datetime.now(UTC)
-        self._lock = threading.Lock()
-
-    def __call__(self) -> datetime:
-        with self._lock:
-            return self._now
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self._now += timedelta(seconds=seconds)
-
-
-@pytest.fixture
-def clock(apothic_runtime: LocalRuntime) -> Iterator[FakeClock]:
-    assert apothic_runtime.plane is not None
-    fake = FakeClock()
-    apothic_runtime.plane.dicts.set_clock(fake)
-    yield fake
-    apothic_runtime.plane.dicts.set_clock(None)
+from tests.e2e.fake_clock import FakeClock
 
 
 @pytest.fixture
