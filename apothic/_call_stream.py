@@ -53,6 +53,8 @@ class CallStream:
         self._writer: asyncio.Task[None] | None = None
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._outbox: list[call_pb.Call] = []
+        #: Calls the caller gave up on, to tell the server.
+        self._cancelled: list[int] = []
         self._wake = asyncio.Event()
         self._accepted = asyncio.Event()
         self.supported = True
@@ -75,6 +77,13 @@ class CallStream:
         self._wake.set()
         try:
             result = await future
+        except asyncio.CancelledError:
+            # The caller gave up (cancelling our wait cancels the future): the server cancels
+            # the call too, unless its answer had already arrived.
+            if future.cancelled() or not future.done():
+                self._cancelled.append(call_id)
+                self._wake.set()
+            raise
         finally:
             self._pending.pop(call_id, None)
         if result.WhichOneof("result") == "error":
@@ -86,6 +95,7 @@ class CallStream:
         call = self._call = self._stub.StreamCalls(metadata=self._metadata)
         self._accepted = asyncio.Event()
         self._outbox.clear()  # calls of a broken stream were failed by its reader
+        self._cancelled.clear()
         self._reader = loop.create_task(self._read(call), name="apothic-call-stream-reader")
         self._writer = loop.create_task(self._write(call), name="apothic-call-stream-writer")
 
@@ -97,10 +107,11 @@ class CallStream:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
-                if not self._outbox:
+                if not self._outbox and not self._cancelled:
                     continue
                 batch, self._outbox = self._outbox, []
-                await call.write(call_pb.StreamCallsRequest(calls=batch))
+                cancelled, self._cancelled = self._cancelled, []
+                await call.write(call_pb.StreamCallsRequest(calls=batch, cancelled_call_ids=cancelled))
         except asyncio.CancelledError:
             raise
         except Exception:

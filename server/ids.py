@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
 
@@ -13,6 +14,11 @@ KINDS = {"jobs", "deployments", "containers", "workers", "accounts", "sessions"}
 def new_id(kind: str) -> str:
     """A fresh id of ``kind``; later ids sort after earlier ones."""
     return f"{kind}:{time.time_ns():016x}{secrets.token_hex(4)}"
+
+
+def derived_id(kind: str, source: str) -> str:
+    """The id of ``kind`` that ``source`` always maps to (a request id's job, say)."""
+    return f"{kind}:{hashlib.sha256(source.encode()).hexdigest()[:24]}"
 
 
 def key_of(object_id: str, kind: str) -> str:

@@ -55,6 +55,8 @@ LOG_LIMIT_BYTES = 1024 * 1024
 FLUSH_EVERY_EVENTS = 64
 #: Seconds an ended job stays in memory for fast waits and watches.
 RETAIN_ENDED_S = 30.0
+#: Longest request id a spawn may carry.
+MAX_REQUEST_ID_CHARS = 128
 #: Longest a WaitJob call may wait.
 MAX_WAIT_S = 300.0
 
@@ -156,10 +158,11 @@ class JobManager:
         result_format: str,
         *,
         durable: bool,
+        job_id: str = "",
     ) -> LiveJob:
         now = utcnow()
         record = JobRecord(
-            job_id=ids.new_id("jobs"),
+            job_id=job_id or ids.new_id("jobs"),
             account=account,
             app_name=dep.app_name,
             function_name=spec.name,
@@ -228,6 +231,7 @@ class JobManager:
         result_format: str,
         *,
         also: Callable[[list[LiveJob]], list[Any]] | None = None,
+        job_ids: list[str] | None = None,
     ) -> list[LiveJob]:
         """Creates one job per input, commits them together, then queues them.
 
@@ -237,7 +241,12 @@ class JobManager:
         """
         assert self.scheduler is not None
         self.scheduler.check_capacity(dep, spec, len(args_list))
-        jobs = [self._new(account, dep, spec, args_format, args, result_format, durable=True) for args in args_list]
+        jobs = [
+            self._new(
+                account, dep, spec, args_format, args, result_format, durable=True, job_id=job_ids[i] if job_ids else ""
+            )
+            for i, args in enumerate(args_list)
+        ]
         try:
             extra = also(jobs) if also is not None else []
             stmts = self._flush_statements(jobs)
@@ -246,11 +255,43 @@ class JobManager:
         except BaseException:
             for job in jobs:
                 self._live.pop(job.job_id, None)
+                job.changed.fire()  # a retry waiting on this attempt tries again
             raise
         self._committed(covered)
         for job in jobs:
             self.scheduler.submit(job)
         return jobs
+
+    async def spawn_once(
+        self,
+        account: str,
+        dep: DeploymentRecord,
+        spec: FunctionSpecRecord,
+        args_format: str,
+        args_list: list[bytes],
+        result_format: str,
+        request_id: str,
+    ) -> list[str]:
+        """:meth:`spawn_many` for a request with an id: the jobs' ids derive from it, so a
+        retry (after a lost answer or a control-plane restart) answers the jobs the first
+        attempt created and creates none.
+
+        Returns:
+            The jobs' ids, in input order.
+        """
+        if len(request_id) > MAX_REQUEST_ID_CHARS:
+            raise InvalidArgument(f"a request id is at most {MAX_REQUEST_ID_CHARS} characters")
+        job_ids = [ids.derived_id("jobs", f"{account}/{request_id}/{i}") for i in range(len(args_list))]
+        first = job_ids[0]
+        while (job := self._live.get(first)) is not None:
+            if job.durable_seq > 0:
+                return job_ids  # committed (the attempt's jobs commit together)
+            waiter = job.changed.waiter()  # the first attempt is still committing
+            await waiter.wait()
+        if await self.store.get_job(first) is not None:
+            return job_ids
+        jobs = await self.spawn_many(account, dep, spec, args_format, args_list, result_format, job_ids=job_ids)
+        return [job.job_id for job in jobs]
 
     def open_map(
         self, account: str, dep: DeploymentRecord, spec: FunctionSpecRecord, args_format: str, result_format: str

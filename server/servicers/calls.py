@@ -83,6 +83,7 @@ class CallServicer(call_grpc.CallServiceServicer):
             except DomainError as err:
                 result = _error(call_id, err.code, str(err))
             except asyncio.CancelledError:
+                running.pop(call_id, None)
                 raise
             except Exception as exc:
                 log.exception("call %s on a call stream failed", field)
@@ -94,6 +95,10 @@ class CallServicer(call_grpc.CallServiceServicer):
             nonlocal reading
             try:
                 async for message in request_iterator:
+                    for call_id in message.cancelled_call_ids:
+                        task = running.pop(call_id, None)
+                        if task is not None:
+                            task.cancel()
                     for call in message.calls:
                         call_id = call.call_id
                         field = call.WhichOneof("request")

@@ -74,6 +74,11 @@ class FunctionServicer(fn_grpc.FunctionServiceServicer):
     ) -> fn_pb.SpawnFunctionResponse:
         account, dep, spec, args_fmt, result_fmt = await self._target(request)
         _not_a_generator(spec)
+        if request.request_id:
+            (job_id,) = await self.jobs.spawn_once(
+                account, dep, spec, args_fmt, [request.args.data], result_fmt, request.request_id
+            )
+            return fn_pb.SpawnFunctionResponse(job_id=job_id)
         job = await self.jobs.spawn(account, dep, spec, args_fmt, request.args.data, result_fmt)
         return fn_pb.SpawnFunctionResponse(job_id=job.job_id)
 
@@ -135,7 +140,11 @@ class FunctionServicer(fn_grpc.FunctionServiceServicer):
             raise InvalidArgument("all inputs of one SpawnFunctionMany call must use the same payload format")
         args_fmt = formats.pop()
         result_fmt = convert.FORMAT_NAMES.get(request.result_format, args_fmt)
-        jobs = await self.jobs.spawn_many(account, dep, spec, args_fmt, [a.data for a in request.args], result_fmt)
+        args = [a.data for a in request.args]
+        if request.request_id:
+            job_ids = await self.jobs.spawn_once(account, dep, spec, args_fmt, args, result_fmt, request.request_id)
+            return fn_pb.SpawnFunctionManyResponse(job_ids=job_ids)
+        jobs = await self.jobs.spawn_many(account, dep, spec, args_fmt, args, result_fmt)
         return fn_pb.SpawnFunctionManyResponse(job_ids=[job.job_id for job in jobs])
 
     async def InvokeFunctionStream(

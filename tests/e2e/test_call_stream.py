@@ -171,3 +171,21 @@ async def test_a_control_plane_without_call_service_gets_unary_calls(tmp_path: P
         await server.stop(0)
         await dicts.close()
         await store.close()
+
+
+async def test_a_call_the_caller_gives_up_on_is_cancelled(basic_app: ModuleType, apothic_runtime: LocalRuntime) -> None:
+    """As with a unary call whose caller goes away: the running job is cancelled."""
+    client = get_client(apothic_runtime.config)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(basic_app.slow_chatty.aio.remote(1, 20.0), 1.0)
+
+    async def cancelled() -> list[apothic.JobInfo]:
+        jobs = await client.list_jobs(app_name=basic_app.app.name, limit=20)
+        return [j for j in jobs if j.function_name == "slow_chatty" and j.status is apothic.JobStatus.CANCELLED]
+
+    for _ in range(100):
+        found = await cancelled()
+        if found:
+            break
+        await asyncio.sleep(0.05)
+    assert found and "went away" in found[0].reason

@@ -28,16 +28,24 @@ class StreamCallsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CALLS_FIELD_NUMBER: _builtins.int
+    CANCELLED_CALL_IDS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___Call]: ...
+    @_builtins.property
+    def cancelled_call_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Calls in flight that the client gave up on: each is cancelled as a unary call is when
+        its caller goes away (a running `InvokeFunction` cancels its job), and gets no answer.
+        """
+
     def __init__(
         self,
         *,
         calls: _abc.Iterable[Global___Call] | None = ...,
+        cancelled_call_ids: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "cancelled_call_ids", b"cancelled_call_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -28,7 +28,10 @@ class SpawnFunctionManyRequest(_message.Message):
     FUNCTION_FIELD_NUMBER: _builtins.int
     ARGS_FIELD_NUMBER: _builtins.int
     RESULT_FORMAT_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     result_format: _types_pb2.PayloadFormat.ValueType
+    request_id: _builtins.str
+    """Optional; a retried request with the same id creates nothing (the SDK sets one)."""
     @_builtins.property
     def function(self) -> _types_pb2.FunctionRef: ...
     @_builtins.property
@@ -39,10 +42,11 @@ class SpawnFunctionManyRequest(_message.Message):
         function: _types_pb2.FunctionRef | None = ...,
         args: _abc.Iterable[_types_pb2.Payload] | None = ...,
         result_format: _types_pb2.PayloadFormat.ValueType = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["function", b"function"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "function", b"function", "result_format", b"result_format"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "function", b"function", "request_id", b"request_id", "result_format", b"result_format"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -409,7 +413,10 @@ class SpawnFunctionRequest(_message.Message):
     FUNCTION_FIELD_NUMBER: _builtins.int
     ARGS_FIELD_NUMBER: _builtins.int
     RESULT_FORMAT_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     result_format: _types_pb2.PayloadFormat.ValueType
+    request_id: _builtins.str
+    """Optional; a retried request with the same id creates nothing (the SDK sets one)."""
     @_builtins.property
     def function(self) -> _types_pb2.FunctionRef: ...
     @_builtins.property
@@ -420,10 +427,11 @@ class SpawnFunctionRequest(_message.Message):
         function: _types_pb2.FunctionRef | None = ...,
         args: _types_pb2.Payload | None = ...,
         result_format: _types_pb2.PayloadFormat.ValueType = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "function", b"function"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "function", b"function", "result_format", b"result_format"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "function", b"function", "request_id", b"request_id", "result_format", b"result_format"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

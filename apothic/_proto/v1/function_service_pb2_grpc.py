@@ -109,7 +109,8 @@ class FunctionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SpawnFunction(self, request, context):
-        """Creates a job and answers with its id once the job has committed. Fails with NOT_FOUND,
+        """Creates a job and answers with its id once the job has committed; a retry with the same
+        `request_id` answers the same job and creates none. Fails with NOT_FOUND,
         INVALID_ARGUMENT or FAILED_PRECONDITION as InvokeFunction does.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -166,7 +167,8 @@ class FunctionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SpawnFunctionMany(self, request, context):
-        """Creates one job per input and answers with their ids once all have committed. Fails as
+        """Creates one job per input and answers with their ids once all have committed; a retry
+        with the same `request_id` answers the same jobs and creates none. Fails as
         SpawnFunction does, and with RESOURCE_EXHAUSTED when the inputs would exceed the
         function's max_pending_tasks (then no job is created).
         """

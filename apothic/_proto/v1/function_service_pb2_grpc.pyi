@@ -42,7 +42,8 @@ class FunctionServiceStub:
     mid-call.
     """
     SpawnFunction: _grpc.UnaryUnaryMultiCallable[_function_service_pb2.SpawnFunctionRequest, _function_service_pb2.SpawnFunctionResponse]
-    """Creates a job and answers with its id once the job has committed. Fails with NOT_FOUND,
+    """Creates a job and answers with its id once the job has committed; a retry with the same
+    `request_id` answers the same job and creates none. Fails with NOT_FOUND,
     INVALID_ARGUMENT or FAILED_PRECONDITION as InvokeFunction does.
     """
     GetJob: _grpc.UnaryUnaryMultiCallable[_function_service_pb2.GetJobRequest, _function_service_pb2.GetJobResponse]
@@ -68,7 +69,8 @@ class FunctionServiceStub:
     ListJobs: _grpc.UnaryUnaryMultiCallable[_function_service_pb2.ListJobsRequest, _function_service_pb2.ListJobsResponse]
     """Lists recent jobs, newest first. Fails with INVALID_ARGUMENT for a bad limit."""
     SpawnFunctionMany: _grpc.UnaryUnaryMultiCallable[_function_service_pb2.SpawnFunctionManyRequest, _function_service_pb2.SpawnFunctionManyResponse]
-    """Creates one job per input and answers with their ids once all have committed. Fails as
+    """Creates one job per input and answers with their ids once all have committed; a retry
+    with the same `request_id` answers the same jobs and creates none. Fails as
     SpawnFunction does, and with RESOURCE_EXHAUSTED when the inputs would exceed the
     function's max_pending_tasks (then no job is created).
     """
@@ -99,7 +101,8 @@ class FunctionServiceAsyncStub(FunctionServiceStub):
     mid-call.
     """
     SpawnFunction: _aio.UnaryUnaryMultiCallable[_function_service_pb2.SpawnFunctionRequest, _function_service_pb2.SpawnFunctionResponse]  # type: ignore[assignment]
-    """Creates a job and answers with its id once the job has committed. Fails with NOT_FOUND,
+    """Creates a job and answers with its id once the job has committed; a retry with the same
+    `request_id` answers the same job and creates none. Fails with NOT_FOUND,
     INVALID_ARGUMENT or FAILED_PRECONDITION as InvokeFunction does.
     """
     GetJob: _aio.UnaryUnaryMultiCallable[_function_service_pb2.GetJobRequest, _function_service_pb2.GetJobResponse]  # type: ignore[assignment]
@@ -125,7 +128,8 @@ class FunctionServiceAsyncStub(FunctionServiceStub):
     ListJobs: _aio.UnaryUnaryMultiCallable[_function_service_pb2.ListJobsRequest, _function_service_pb2.ListJobsResponse]  # type: ignore[assignment]
     """Lists recent jobs, newest first. Fails with INVALID_ARGUMENT for a bad limit."""
     SpawnFunctionMany: _aio.UnaryUnaryMultiCallable[_function_service_pb2.SpawnFunctionManyRequest, _function_service_pb2.SpawnFunctionManyResponse]  # type: ignore[assignment]
-    """Creates one job per input and answers with their ids once all have committed. Fails as
+    """Creates one job per input and answers with their ids once all have committed; a retry
+    with the same `request_id` answers the same jobs and creates none. Fails as
     SpawnFunction does, and with RESOURCE_EXHAUSTED when the inputs would exceed the
     function's max_pending_tasks (then no job is created).
     """
@@ -165,7 +169,8 @@ class FunctionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _function_service_pb2.SpawnFunctionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_function_service_pb2.SpawnFunctionResponse, _abc.Awaitable[_function_service_pb2.SpawnFunctionResponse]]:
-        """Creates a job and answers with its id once the job has committed. Fails with NOT_FOUND,
+        """Creates a job and answers with its id once the job has committed; a retry with the same
+        `request_id` answers the same job and creates none. Fails with NOT_FOUND,
         INVALID_ARGUMENT or FAILED_PRECONDITION as InvokeFunction does.
         """
 
@@ -233,7 +238,8 @@ class FunctionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _function_service_pb2.SpawnFunctionManyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_function_service_pb2.SpawnFunctionManyResponse, _abc.Awaitable[_function_service_pb2.SpawnFunctionManyResponse]]:
-        """Creates one job per input and answers with their ids once all have committed. Fails as
+        """Creates one job per input and answers with their ids once all have committed; a retry
+        with the same `request_id` answers the same jobs and creates none. Fails as
         SpawnFunction does, and with RESOURCE_EXHAUSTED when the inputs would exceed the
         function's max_pending_tasks (then no job is created).
         """
