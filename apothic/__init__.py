@@ -30,6 +30,7 @@ from apothic.models import (
 from apothic.queue import Claim, Queue, QueueChange, QueueEvent, QueueItemState
 from apothic.retries import Retries
 from apothic.schedules import Cron, Period
+from apothic.secret import Secret, SecretInfo
 
 __version__ = "0.1.0"
 
@@ -67,6 +68,8 @@ __all__ = [
     "RemoteFunction",
     "Retries",
     "ScheduleInfo",
+    "Secret",
+    "SecretInfo",
     "__version__",
     "batched",
     "concurrent",

@@ -1,8 +1,8 @@
 """The client transport: functions, jobs and apps; one shared client per loop.
 
-One long-lived channel per (event loop, address, key). Dict and queue calls live in
-:mod:`apothic._client_dict` and :mod:`apothic._client_queue`; the channel and the error
-mapping in :mod:`apothic._transport`.
+One long-lived channel per (event loop, address, key). Dict, queue and secret calls live in
+:mod:`apothic._client_dict`, :mod:`apothic._client_queue` and :mod:`apothic._client_secret`;
+the channel and the error mapping in :mod:`apothic._transport`.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import grpc.aio
 from apothic import _serialization as ser
 from apothic._client_dict import DictCalls
 from apothic._client_queue import QueueCalls
+from apothic._client_secret import SecretCalls
 from apothic._proto.v1 import (
     app_service_pb2 as app_pb,
 )
@@ -215,7 +216,7 @@ def function_ref(app_name: str, function_name: str, deployment_id: str = "") -> 
     return pb.FunctionRef(app_name=app_name, function_name=function_name, deployment_id=deployment_id)
 
 
-class Client(DictCalls, QueueCalls):
+class Client(DictCalls, QueueCalls, SecretCalls):
     """A connection to one control plane, bound to the event loop that created it."""
 
     def __init__(self, config: ClientConfig) -> None:
@@ -387,6 +388,7 @@ class Client(DictCalls, QueueCalls):
                 is_generator=f.is_generator,
                 is_async=f.is_async,
                 schedule=schedule_to_pb(f.schedule),
+                secrets=[pb.FunctionSecret(name=s.name or "", values=s._inline_values() or {}) for s in f.secrets],
             )
             for f in functions
         ]

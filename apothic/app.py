@@ -138,7 +138,10 @@ class App:
         ``memory_mb``, ``disk_mb``, ``gpu``, ``region``, ``arch``, ``max_cost_per_hour``,
         ``verified``, ``labels``, ``offer_filters``, ``env``, ``serialized``, ``schedule``
         (:class:`~apothic.Cron` or :class:`~apothic.Period`: runs the function, with no
-        arguments, once per tick while the app is deployed).
+        arguments, once per tick while the app is deployed), ``secrets`` (a list of
+        :class:`~apothic.Secret`: their values become the containers' environment
+        variables, a later secret's key overriding an earlier one's; the deploy fails
+        when a named one does not exist).
 
         Returns:
             A :class:`Function` handle that keeps the function's signature.

@@ -18,6 +18,9 @@ Control plane (``apothic server`` / ``apothic up``; flags override):
                             dir), ``mem://``, or ``ws://host:port`` for a server/cluster
 ``APOTHIC_HOST``            address to listen on (default ``127.0.0.1``)
 ``APOTHIC_GRPC_PORT``       gRPC port (default ``50051``; 0 picks a free one)
+``APOTHIC_SECRET_KEY``      Fernet key secrets are encrypted with (default: the state
+                            dir's ``secret.key``, generated on first start, mode 0600);
+                            replicas sharing a database must share it
 ==========================  ===========================================================
 
 Worker (``apothic worker``):
@@ -28,14 +31,15 @@ Worker (``apothic worker``):
 ==========================  ===========================================================
 
 Inside a container the worker sets ``APOTHIC_BASE_URL``, ``APOTHIC_API_KEY`` and
-``APOTHIC_CONTAINER_ID`` so user code can call other functions.
+``APOTHIC_CONTAINER_ID`` so user code can call other functions, plus the variables of the
+function's secrets (``@app.function(secrets=[...])``).
 """
 
 from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from apothic.exceptions import InvalidConfigError
@@ -137,6 +141,7 @@ class ServerEnv:
     db_url: str | None
     host: str
     grpc_port: int
+    secret_key: str = field(default="", repr=False)
 
 
 def server_env() -> ServerEnv:
@@ -152,6 +157,7 @@ def server_env() -> ServerEnv:
         db_url=os.environ.get("APOTHIC_DB_URL") or None,
         host=os.environ.get("APOTHIC_HOST", "127.0.0.1"),
         grpc_port=grpc_port,
+        secret_key=os.environ.get("APOTHIC_SECRET_KEY", ""),
     )
 
 

@@ -13,6 +13,7 @@ from apothic.concurrency import BATCHED_ATTR, CONCURRENT_ATTR, BatchedConfig, Co
 from apothic.exceptions import InvalidConfigError
 from apothic.retries import Retries, as_retries
 from apothic.schedules import Cron, Period
+from apothic.secret import Secret
 
 OFFER_FILTER_OPS = ("eq", "neq", "gt", "lt", "gte", "lte", "in", "notin")
 
@@ -50,6 +51,7 @@ class FunctionOptions:
     env: dict[str, str] = field(default_factory=dict)
     serialized: bool = False
     schedule: Cron | Period | None = None
+    secrets: tuple[Secret, ...] = ()
 
 
 def _positive(name: str, value: Any, *, integer: bool = False, allow_zero: bool = False) -> None:
@@ -105,6 +107,19 @@ def validate_options(**kwargs: Any) -> FunctionOptions:
             raise InvalidConfigError(f"{what} must be a dict of strings to strings, got {mapping!r}")
     if opts.schedule is not None and not isinstance(opts.schedule, Cron | Period):
         raise InvalidConfigError(f"schedule must be apothic.Cron(...) or apothic.Period(...), got {opts.schedule!r}")
+    secrets = opts.secrets
+    if isinstance(secrets, Secret) or not isinstance(secrets, (list, tuple)):
+        raise InvalidConfigError(f"secrets must be a list of apothic.Secret, got {type(secrets).__name__}")
+    for secret in secrets:
+        if not isinstance(secret, Secret):
+            raise InvalidConfigError(
+                "secrets must be a list of apothic.Secret.from_name(...) or apothic.Secret.from_dict(...), "
+                f"got an item of type {type(secret).__name__}"
+            )
+        if secret.name is None and secret._inline_values() is None:
+            raise InvalidConfigError(
+                f"{secret!r} was unpickled and carries no values; build it with Secret.from_dict where you deploy"
+            )
     filters = []
     for item in opts.offer_filters:
         if not (isinstance(item, (tuple, list)) and len(item) == 3 and item[1] in OFFER_FILTER_OPS):
@@ -112,7 +127,7 @@ def validate_options(**kwargs: Any) -> FunctionOptions:
                 f"offer filter {item!r} must be (field, op, value) with op one of {', '.join(OFFER_FILTER_OPS)}"
             )
         filters.append(tuple(item))
-    return replace(opts, offer_filters=tuple(filters))
+    return replace(opts, offer_filters=tuple(filters), secrets=tuple(secrets))
 
 
 @dataclass(frozen=True)
@@ -138,10 +153,14 @@ class FunctionDefinition:
     is_generator: bool = False
     is_async: bool = False
     schedule: Cron | Period | None = None
+    #: In order: a later secret's key overrides an earlier one's.
+    secrets: tuple[Secret, ...] = ()
 
 
 def _options_doc(options: FunctionOptions) -> dict[str, Any]:
-    doc = asdict(options)
+    doc = asdict(replace(options, secrets=()))
+    # Names only: inline values never go into the options document.
+    doc["secrets"] = [s.name if s.name is not None else "<inline>" for s in options.secrets]
     if isinstance(options.retries, Retries):
         doc["retries"] = asdict(options.retries)
     doc["schedule"] = options.schedule.to_doc() if options.schedule is not None else None
@@ -197,6 +216,7 @@ def definition(
         is_generator=is_generator,
         is_async=inspect.iscoroutinefunction(raw) or inspect.isasyncgenfunction(raw),
         schedule=options.schedule,
+        secrets=options.secrets,
     )
 
 

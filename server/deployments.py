@@ -30,6 +30,7 @@ from apothic.server.watch import Change, WatchItem, WatchSettings, watch
 
 if TYPE_CHECKING:
     from apothic.server.scheduler import Scheduler
+    from apothic.server.secrets import SecretManager
     from apothic.server.store import Store
 
 log = logging.getLogger("apothic.server.deployments")
@@ -81,6 +82,8 @@ class DeploymentManager:
     def __init__(self, store: Store, *, watch: WatchSettings | None = None) -> None:
         self.store = store
         self.scheduler: Scheduler | None = None
+        #: Checks at deploy that the secrets functions name exist.
+        self.secrets: SecretManager | None = None
         self._by_id: dict[str, DeploymentRecord] = {}
         self._live: dict[tuple[str, str], str] = {}
         self._archives: dict[str, bytes] = {}
@@ -120,7 +123,12 @@ class DeploymentManager:
     async def deploy(
         self, account: str, app_name: str, functions: list[FunctionSpecRecord], archive: bytes, *, ephemeral: bool
     ) -> DeploymentRecord:
-        """Stores a new live deployment of ``app_name`` and supersedes the previous one."""
+        """Stores a new live deployment of ``app_name`` and supersedes the previous one.
+
+        Raises:
+            InvalidArgument: a bad name, spec or archive.
+            NotFound: a function names a secret that does not exist (the message names it).
+        """
         validate_name("app", app_name)
         if not functions:
             raise InvalidArgument(f"app {app_name!r} has no functions to deploy")
@@ -137,6 +145,8 @@ class DeploymentManager:
             if spec.max_containers < 0:
                 raise InvalidArgument(f"function {spec.name!r}: max_containers must be zero or more")
             _validate_execution(spec)
+            if self.secrets is not None:
+                await self.secrets.check_references(account, spec.name, spec.secrets)
         if len(archive) > MAX_ARCHIVE_BYTES:
             raise InvalidArgument(f"source archive is {len(archive):,} bytes; the limit is {MAX_ARCHIVE_BYTES:,}")
         if archive:

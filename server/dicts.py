@@ -63,7 +63,7 @@ from apothic.server.dict_records import (
     validate_value,
 )
 from apothic.server.dict_watch import DictEventRecord, DictFeeds
-from apothic.server.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
+from apothic.server.errors import AlreadyExists, DomainError, FailedPrecondition, InvalidArgument, NotFound
 from apothic.server.ids import new_id
 from apothic.server.request_ids import RecentRequests
 from apothic.server.watch import WatchItem, WatchSettings
@@ -86,12 +86,6 @@ _LOCK_RECHECK_S = 0.5
 EPHEMERAL_LEASE_S = 30.0
 
 log = logging.getLogger("apothic.server.dicts")
-
-
-class AlreadyExists(DomainError):
-    """The dict already exists."""
-
-    code = "ALREADY_EXISTS"
 
 
 @dataclass

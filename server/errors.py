@@ -21,6 +21,12 @@ class NotFound(DomainError):
     code = "NOT_FOUND"
 
 
+class AlreadyExists(DomainError):
+    """The object already exists."""
+
+    code = "ALREADY_EXISTS"
+
+
 class FailedPrecondition(DomainError):
     """The object is not in a state that allows the call."""
 

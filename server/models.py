@@ -57,6 +57,9 @@ class FunctionSpecRecord:
     schedule_timezone: str = ""
     #: Seconds between a Period-scheduled function's runs (0 when not period-scheduled).
     schedule_period_s: float = 0.0
+    #: Secrets the container's environment is built from, in order: a secret's name, or
+    #: ``inline:<token>`` for sealed values sent with the deploy (see apothic.server.secrets).
+    secrets: tuple[str, ...] = ()
 
     def schedule(self) -> Cron | Period | None:
         """The function's schedule, or None when it only runs when called.

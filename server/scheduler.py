@@ -35,6 +35,7 @@ REAP_INTERVAL_S = 1.0
 @dataclass(frozen=True)
 class StartContainer:
     container_id: str
+    account: str
     deployment_id: str
     app_name: str
     spec: FunctionSpecRecord
@@ -285,6 +286,7 @@ class Scheduler:
         worker.outbox.put_nowait(
             StartContainer(
                 container_id=container.container_id,
+                account=pool.deployment.account,
                 deployment_id=pool.deployment.deployment_id,
                 app_name=pool.deployment.app_name,
                 spec=pool.spec,

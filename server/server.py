@@ -11,6 +11,7 @@ from typing import IO
 
 import grpc
 import grpc.aio
+from cryptography.fernet import Fernet
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -20,6 +21,7 @@ from apothic._proto.v1 import (
     dict_service_pb2,
     function_service_pb2,
     queue_service_pb2,
+    secret_service_pb2,
     worker_service_pb2,
 )
 from apothic._proto.v1 import app_service_pb2_grpc as app_grpc
@@ -27,6 +29,7 @@ from apothic._proto.v1 import call_service_pb2_grpc as call_grpc
 from apothic._proto.v1 import dict_service_pb2_grpc as dict_grpc
 from apothic._proto.v1 import function_service_pb2_grpc as fn_grpc
 from apothic._proto.v1 import queue_service_pb2_grpc as queue_grpc
+from apothic._proto.v1 import secret_service_pb2_grpc as secret_grpc
 from apothic._proto.v1 import worker_service_pb2_grpc as w_grpc
 from apothic.server.auth import Accounts, AuthInterceptor
 from apothic.server.deployments import DeploymentManager
@@ -36,11 +39,13 @@ from apothic.server.models import JOB_FAILED
 from apothic.server.queues import QueueManager
 from apothic.server.scheduler import Scheduler
 from apothic.server.schedules import ScheduleRunner
+from apothic.server.secrets import SecretManager, load_key
 from apothic.server.servicers.apps import AppServicer
 from apothic.server.servicers.calls import CallServicer
 from apothic.server.servicers.dicts import DictServicer
 from apothic.server.servicers.functions import FunctionServicer
 from apothic.server.servicers.queues import QueueServicer
+from apothic.server.servicers.secrets import SecretServicer
 from apothic.server.servicers.workers import WorkerServicer
 from apothic.server.settings import ServerSettings
 from apothic.server.store import Store
@@ -55,6 +60,7 @@ SERVICE_NAMES = (
     dict_service_pb2.DESCRIPTOR.services_by_name["DictService"].full_name,
     queue_service_pb2.DESCRIPTOR.services_by_name["QueueService"].full_name,
     call_service_pb2.DESCRIPTOR.services_by_name["CallService"].full_name,
+    secret_service_pb2.DESCRIPTOR.services_by_name["SecretService"].full_name,
 )
 
 
@@ -76,10 +82,12 @@ class ControlPlane:
         self.deployments.scheduler = self.scheduler
         self.dicts = DictManager(self.store, watch=settings.watch)
         self.queues = QueueManager(self.store, watch=settings.watch)
+        self.secrets = SecretManager(self.store)
+        self.deployments.secrets = self.secrets
         self.scheduler.live_deployments = self.deployments.live
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         #: Also serves in-process worker sessions (see apothic.worker.transport).
-        self.worker_servicer = WorkerServicer(self.scheduler, self.deployments)
+        self.worker_servicer = WorkerServicer(self.scheduler, self.deployments, self.secrets)
         #: Fires scheduled functions (``@app.function(schedule=...)``).
         self.schedules = ScheduleRunner(self.deployments, self.jobs, self.store)
         self.server: grpc.aio.Server | None = None
@@ -111,9 +119,27 @@ class ControlPlane:
         handle.flush()
         self._lock_file = handle
 
+    def _secret_key(self) -> bytes:
+        """The key secrets are sealed with: the configured one, else the state directory's
+        (generated on first start); an in-memory database gets a fresh one per process."""
+        if self.settings.secret_key:
+            key = self.settings.secret_key.encode()
+            try:
+                Fernet(key)
+            except ValueError:
+                raise ValueError(
+                    "the configured secret key (APOTHIC_SECRET_KEY) is not a Fernet key: "
+                    "32 url-safe base64-encoded bytes, e.g. from Fernet.generate_key()"
+                ) from None
+            return key
+        if self.settings.resolved_db_url().startswith("mem://"):
+            return Fernet.generate_key()
+        return load_key(self.settings.state_dir)
+
     async def start(self) -> None:
         """Opens the store, recovers unfinished jobs and starts serving."""
         self._lock_state_dir()
+        self.secrets.set_key(self._secret_key())
         await self.store.open()
         await self.deployments.load()
         await self.queues.load()
@@ -134,7 +160,10 @@ class ControlPlane:
         )
         functions = FunctionServicer(self.deployments, self.jobs)
         fn_grpc.add_FunctionServiceServicer_to_server(functions, server)
-        app_grpc.add_AppServiceServicer_to_server(AppServicer(self.deployments, self.jobs, self.schedules), server)
+        app_grpc.add_AppServiceServicer_to_server(
+            AppServicer(self.deployments, self.jobs, self.schedules, self.secrets), server
+        )
+        secret_grpc.add_SecretServiceServicer_to_server(SecretServicer(self.secrets), server)
         w_grpc.add_WorkerServiceServicer_to_server(self.worker_servicer, server)
         dicts, queues = DictServicer(self.dicts), QueueServicer(self.queues)
         dict_grpc.add_DictServiceServicer_to_server(dicts, server)

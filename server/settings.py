@@ -21,6 +21,10 @@ class ServerSettings:
         shutdown_grace_s: seconds in-flight RPCs get on shutdown.
         watch: how watch streams (jobs, apps, deployments, queues, dicts) retain changes and
             report progress.
+        secret_key: the Fernet key secrets are encrypted with (urlsafe base64, 32 bytes).
+            Empty means ``secret.key`` in ``state_dir``, generated on first start with mode
+            0600 (an in-memory database gets a fresh key per process). Replicas sharing one
+            database must share the key.
     """
 
     db_url: str = ""
@@ -29,6 +33,7 @@ class ServerSettings:
     grpc_port: int = 50051
     shutdown_grace_s: float = 5.0
     watch: WatchSettings = field(default_factory=WatchSettings)
+    secret_key: str = field(default="", repr=False)
 
     def resolved_db_url(self) -> str:
         """The database URL, defaulting to an embedded store under the state directory."""

@@ -25,6 +25,7 @@ from apothic.server.models import (
 )
 from apothic.server.store_base import MAX_BATCH, Statement, StoreWriteError, _key, _rid
 from apothic.server.store_primitives import PrimitiveStore
+from apothic.server.store_secrets import SecretStore
 
 #: Error text of a schedule tick that already fired (see ``Store.schedule_fire_statements``).
 _TICK_TAKEN = "schedule tick already fired"
@@ -37,7 +38,10 @@ def _spec_to_doc(spec: FunctionSpecRecord) -> dict[str, Any]:
 
 def _spec_from_doc(doc: dict[str, Any]) -> FunctionSpecRecord:
     # Fields added later are absent from older deployments: their defaults apply.
-    return FunctionSpecRecord(**{k: doc[k] for k in FunctionSpecRecord.__dataclass_fields__ if k in doc})
+    fields = {k: doc[k] for k in FunctionSpecRecord.__dataclass_fields__ if k in doc}
+    if "secrets" in fields:
+        fields["secrets"] = tuple(fields["secrets"])
+    return FunctionSpecRecord(**fields)
 
 
 def _deployment_from_doc(doc: dict[str, Any]) -> DeploymentRecord:
@@ -99,7 +103,7 @@ def _job_from_doc(doc: dict[str, Any]) -> JobRecord:
     )
 
 
-class Store(PrimitiveStore):
+class Store(PrimitiveStore, SecretStore):
     """The control plane's state in SurrealDB.
 
     Args:

@@ -249,6 +249,9 @@ class Worker:
                         self._run(msg.run_input)
                     elif which == "start_container":
                         sc = msg.start_container
+                        execution = _execution(sc.function)
+                        # Secrets first: the runtime's own variables win over them.
+                        execution["env"] = (*sc.env.items(), *execution["env"])  # type: ignore[misc]
                         spec = ContainerSpec(
                             container_id=sc.container_id,
                             deployment_id=sc.deployment_id,
@@ -259,7 +262,7 @@ class Worker:
                             archive=sc.source_archive,
                             archive_sha256=sc.archive_sha256,
                             startup_timeout_s=sc.function.startup_timeout_s or 60.0,
-                            **_execution(sc.function),
+                            **execution,
                         )
                         task = asyncio.create_task(self.containers.start(spec))
                         tasks.add(task)

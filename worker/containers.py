@@ -16,7 +16,7 @@ import signal
 import zipfile
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +43,9 @@ class ContainerSpec:
     startup_timeout_s: float
     #: Inputs the container runs at once; the worker queues the rest.
     max_inputs: int = 1
-    #: Extra environment for the container process (how it runs inputs).
-    env: tuple[tuple[str, str], ...] = ()
+    #: Extra environment for the container process (its secrets, how it runs inputs).
+    #: Kept out of the repr: it holds secret values.
+    env: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     #: Inputs can be cancelled inside the container (async functions); otherwise a
     #: cancelled or timed-out input stops the whole container.
     cancel_in_place: bool = False

@@ -118,6 +118,7 @@ def register(app: typer.Typer) -> None:
             state_dir=folder,
             host=host or env.host,
             grpc_port=env.grpc_port if port is None else port,
+            secret_key=env.secret_key,
         )
         keys = key_file or folder / "api-key"
 

@@ -15,15 +15,21 @@ from apothic.server.errors import FailedPrecondition, NotFound
 from apothic.server.jobs import JobManager
 from apothic.server.models import utcnow
 from apothic.server.schedules import ScheduleRunner
+from apothic.server.secrets import SecretManager
 from apothic.server.servicers import convert
 from apothic.server.watch import Change, SnapshotChunk
 
 
 class AppServicer(app_grpc.AppServiceServicer):
     def __init__(
-        self, deployments: DeploymentManager, jobs: JobManager, schedules: ScheduleRunner | None = None
+        self,
+        deployments: DeploymentManager,
+        jobs: JobManager,
+        schedules: ScheduleRunner | None = None,
+        secrets: SecretManager | None = None,
     ) -> None:
         self.deployments = deployments
+        self.secrets = secrets
         self.jobs = jobs
         self.schedules = schedules
 
@@ -33,7 +39,7 @@ class AppServicer(app_grpc.AppServiceServicer):
         dep = await self.deployments.deploy(
             current_account.get(),
             request.app_name,
-            [convert.spec_from_pb(f) for f in request.functions],
+            [convert.spec_from_pb(f, self.secrets.seal_inline if self.secrets else None) for f in request.functions],
             request.source_archive,
             ephemeral=request.ephemeral,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -10,6 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from apothic._proto.v1 import types_pb2 as pb
 from apothic.exceptions import InvalidConfigError
 from apothic.schedules import Cron, Period
+from apothic.server.deployments import validate_name
 from apothic.server.errors import InvalidArgument
 from apothic.server.models import (
     DEPLOYMENT_LIVE,
@@ -27,6 +29,7 @@ from apothic.server.models import (
     FunctionSpecRecord,
     JobRecord,
 )
+from apothic.server.secrets import INLINE_PREFIX
 from apothic.server.watch import Progress, Reset, SnapshotEnd
 
 FORMAT_NAMES = {pb.PAYLOAD_FORMAT_CLOUDPICKLE: "cloudpickle", pb.PAYLOAD_FORMAT_JSON: "json"}
@@ -137,7 +140,11 @@ def job_event_to_pb(event: Event | None, job: JobRecord) -> pb.JobEvent:
     return msg
 
 
-def spec_from_pb(spec: pb.FunctionSpec) -> FunctionSpecRecord:
+def spec_from_pb(
+    spec: pb.FunctionSpec, seal: Callable[[str, Mapping[str, str]], str] | None = None
+) -> FunctionSpecRecord:
+    """A deployed function's spec; ``seal`` turns inline secret values into a sealed
+    reference (INVALID_ARGUMENT for inline values when there is none)."""
     retry = spec.retry_policy
     return FunctionSpecRecord(
         name=spec.name,
@@ -161,8 +168,24 @@ def spec_from_pb(spec: pb.FunctionSpec) -> FunctionSpecRecord:
         min_containers=spec.min_containers,
         is_generator=spec.is_generator,
         is_async=spec.is_async,
+        secrets=_secret_refs(spec, seal),
         **_schedule_fields(spec),
     )
+
+
+def _secret_refs(spec: pb.FunctionSpec, seal: Callable[[str, Mapping[str, str]], str] | None) -> tuple[str, ...]:
+    refs = []
+    for secret in spec.secrets:
+        if secret.name and secret.values:
+            raise InvalidArgument(f"function {spec.name!r}: a secret has both a name and inline values")
+        if secret.name:
+            validate_name("secret", secret.name)
+            refs.append(secret.name)
+            continue
+        if seal is None:
+            raise InvalidArgument(f"function {spec.name!r}: inline secrets are not accepted here")
+        refs.append(seal(spec.name, secret.values))
+    return tuple(refs)
 
 
 def _schedule_fields(spec: pb.FunctionSpec) -> dict[str, Any]:
@@ -218,6 +241,7 @@ def spec_to_pb(spec: FunctionSpecRecord) -> pb.FunctionSpec:
         min_containers=spec.min_containers,
         is_generator=spec.is_generator,
         is_async=spec.is_async,
+        secrets=[pb.FunctionSecret(name=ref) for ref in spec.secrets if not ref.startswith(INLINE_PREFIX)],
         schedule=schedule_to_pb(spec),
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
 
@@ -14,7 +15,7 @@ from apothic._proto.v1 import worker_service_pb2 as w_pb
 from apothic._proto.v1 import worker_service_pb2_grpc as w_grpc
 from apothic.server import ids
 from apothic.server.deployments import DeploymentManager
-from apothic.server.errors import InvalidArgument
+from apothic.server.errors import DomainError, InvalidArgument
 from apothic.server.scheduler import (
     CancelInput,
     Command,
@@ -24,6 +25,7 @@ from apothic.server.scheduler import (
     StopContainer,
     WorkerHandle,
 )
+from apothic.server.secrets import SecretManager
 from apothic.server.servicers import convert
 
 log = logging.getLogger("apothic.server.workers")
@@ -57,15 +59,37 @@ def _run_input(cmd: RunInput) -> w_pb.RunInput:
     )
 
 
+def _option_env(options_json: str) -> dict[str, str]:
+    """The ``env=`` option of a function, from the options it was deployed with."""
+    try:
+        env = json.loads(options_json or "{}").get("env") or {}
+    except (ValueError, AttributeError):
+        return {}
+    return {str(k): str(v) for k, v in env.items()} if isinstance(env, dict) else {}
+
+
 class WorkerServicer(w_grpc.WorkerServiceServicer):
-    def __init__(self, scheduler: Scheduler, deployments: DeploymentManager) -> None:
+    def __init__(
+        self, scheduler: Scheduler, deployments: DeploymentManager, secrets: SecretManager | None = None
+    ) -> None:
         self.scheduler = scheduler
         self.deployments = deployments
+        self.secrets = secrets
 
-    async def _message(self, cmd: Command) -> w_pb.SessionResponse:
+    async def _message(self, cmd: Command) -> w_pb.SessionResponse | None:
+        """The message for a command; None when a container cannot start (its secrets)."""
         if isinstance(cmd, RunInput):
             return w_pb.SessionResponse(run_input=_run_input(cmd))
         if isinstance(cmd, StartContainer):
+            # The function's plain ``env=`` option first; its secrets override it.
+            env: dict[str, str] = _option_env(cmd.spec.options_json)
+            if cmd.spec.secrets and self.secrets is not None:
+                try:
+                    env.update(await self.secrets.environment(cmd.account, cmd.spec.name, cmd.spec.secrets))
+                except DomainError as exc:
+                    # The message names the secret, never a value.
+                    self.scheduler.container_exited(cmd.container_id, str(exc), startup_failed=True)
+                    return None
             return w_pb.SessionResponse(
                 start_container=w_pb.StartContainer(
                     container_id=cmd.container_id,
@@ -74,6 +98,7 @@ class WorkerServicer(w_grpc.WorkerServiceServicer):
                     function=convert.spec_to_pb(cmd.spec),
                     source_archive=await self.deployments.archive(cmd.archive_sha256),
                     archive_sha256=cmd.archive_sha256,
+                    env=env,
                 )
             )
         if isinstance(cmd, StopContainer):
@@ -148,7 +173,9 @@ class WorkerServicer(w_grpc.WorkerServiceServicer):
                 if cmd is None:
                     break
                 if not isinstance(cmd, RunInput) or outbox.empty():
-                    yield await self._message(cmd)
+                    message = await self._message(cmd)
+                    if message is not None:
+                        yield message
                     continue
                 # Inputs that piled up travel in one message; order is kept.
                 batch = [cmd]
@@ -165,7 +192,9 @@ class WorkerServicer(w_grpc.WorkerServiceServicer):
                 if tail is None:
                     break
                 if tail is not False:
-                    yield await self._message(tail)  # type: ignore[arg-type]
+                    message = await self._message(tail)  # type: ignore[arg-type]
+                    if message is not None:
+                        yield message
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -48,6 +48,8 @@ EXPECTED_ALL = [
     "RemoteFunction",
     "Retries",
     "ScheduleInfo",
+    "Secret",
+    "SecretInfo",
     "batched",
     "concurrent",
     "config",

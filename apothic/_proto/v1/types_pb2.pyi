@@ -466,6 +466,7 @@ class FunctionSpec(_message.Message):
     MIN_CONTAINERS_FIELD_NUMBER: _builtins.int
     IS_GENERATOR_FIELD_NUMBER: _builtins.int
     IS_ASYNC_FIELD_NUMBER: _builtins.int
+    SECRETS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     module: _builtins.str
     """Module to import from the source archive; empty when the function ships by value."""
@@ -509,6 +510,12 @@ class FunctionSpec(_message.Message):
     def schedule(self) -> Global___Schedule:
         """When the function runs on its own while its app is deployed; unset means never."""
 
+    @_builtins.property
+    def secrets(self) -> _containers.RepeatedCompositeFieldContainer[Global___FunctionSecret]:
+        """Secrets whose values become the container's environment variables, in order: a later
+        secret's key overrides an earlier one's.
+        """
+
     def __init__(
         self,
         *,
@@ -531,14 +538,66 @@ class FunctionSpec(_message.Message):
         min_containers: _builtins.int = ...,
         is_generator: _builtins.bool = ...,
         is_async: _builtins.bool = ...,
+        secrets: _abc.Iterable[Global___FunctionSecret] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["retry_policy", b"retry_policy", "schedule", b"schedule"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_max_size", b"batch_max_size", "batch_wait_ms", b"batch_wait_ms", "is_async", b"is_async", "is_generator", b"is_generator", "max_concurrent_inputs", b"max_concurrent_inputs", "max_containers", b"max_containers", "max_pending_tasks", b"max_pending_tasks", "min_containers", b"min_containers", "module", b"module", "name", b"name", "options_json", b"options_json", "pickled_function", b"pickled_function", "qualname", b"qualname", "retry_policy", b"retry_policy", "scaledown_window_s", b"scaledown_window_s", "schedule", b"schedule", "startup_timeout_s", b"startup_timeout_s", "target_concurrent_inputs", b"target_concurrent_inputs", "timeout_s", b"timeout_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_max_size", b"batch_max_size", "batch_wait_ms", b"batch_wait_ms", "is_async", b"is_async", "is_generator", b"is_generator", "max_concurrent_inputs", b"max_concurrent_inputs", "max_containers", b"max_containers", "max_pending_tasks", b"max_pending_tasks", "min_containers", b"min_containers", "module", b"module", "name", b"name", "options_json", b"options_json", "pickled_function", b"pickled_function", "qualname", b"qualname", "retry_policy", b"retry_policy", "scaledown_window_s", b"scaledown_window_s", "schedule", b"schedule", "secrets", b"secrets", "startup_timeout_s", b"startup_timeout_s", "target_concurrent_inputs", b"target_concurrent_inputs", "timeout_s", b"timeout_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FunctionSpec: _TypeAlias = FunctionSpec  # noqa: Y015
+
+@_typing.final
+class FunctionSecret(_message.Message):
+    """One secret a function uses: a named secret of the account (resolved at deploy, read at
+    container start) or inline values sent with the deploy (Secret.from_dict). Inline values
+    are only ever sent to the control plane: specs it returns list named secrets only.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ValuesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The named secret; empty for inline values."""
+    @_builtins.property
+    def values(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Inline values (environment variable name -> value); empty for a named secret."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        values: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FunctionSecret: _TypeAlias = FunctionSecret  # noqa: Y015
 
 @_typing.final
 class RetryPolicy(_message.Message):

@@ -413,6 +413,26 @@ class StartContainer(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class EnvEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     CONTAINER_ID_FIELD_NUMBER: _builtins.int
     DEPLOYMENT_ID_FIELD_NUMBER: _builtins.int
     APP_NAME_FIELD_NUMBER: _builtins.int
@@ -420,6 +440,7 @@ class StartContainer(_message.Message):
     SOURCE_ARCHIVE_FIELD_NUMBER: _builtins.int
     ARCHIVE_SHA256_FIELD_NUMBER: _builtins.int
     BASE_URL_FIELD_NUMBER: _builtins.int
+    ENV_FIELD_NUMBER: _builtins.int
     container_id: _builtins.str
     deployment_id: _builtins.str
     app_name: _builtins.str
@@ -430,6 +451,12 @@ class StartContainer(_message.Message):
     """Control-plane address and credential handed to the container's environment."""
     @_builtins.property
     def function(self) -> _types_pb2.FunctionSpec: ...
+    @_builtins.property
+    def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The function's secrets, decrypted: environment variables for the container process.
+        Never logged by either side.
+        """
+
     def __init__(
         self,
         *,
@@ -440,10 +467,11 @@ class StartContainer(_message.Message):
         source_archive: _builtins.bytes = ...,
         archive_sha256: _builtins.str = ...,
         base_url: _builtins.str = ...,
+        env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["function", b"function"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_name", b"app_name", "archive_sha256", b"archive_sha256", "base_url", b"base_url", "container_id", b"container_id", "deployment_id", b"deployment_id", "function", b"function", "source_archive", b"source_archive"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_name", b"app_name", "archive_sha256", b"archive_sha256", "base_url", b"base_url", "container_id", b"container_id", "deployment_id", b"deployment_id", "env", b"env", "function", b"function", "source_archive", b"source_archive"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
