@@ -31,6 +31,7 @@ from apothic.queue import Claim, Queue, QueueChange, QueueEvent, QueueItemState
 from apothic.retries import Retries
 from apothic.schedules import Cron, Period
 from apothic.secret import Secret, SecretInfo
+from apothic.volume import Volume, VolumeInfo
 
 __version__ = "0.1.0"
 
@@ -70,6 +71,8 @@ __all__ = [
     "ScheduleInfo",
     "Secret",
     "SecretInfo",
+    "Volume",
+    "VolumeInfo",
     "__version__",
     "batched",
     "concurrent",

@@ -1,7 +1,8 @@
 """The client transport: functions, jobs and apps; one shared client per loop.
 
-One long-lived channel per (event loop, address, key). Dict, queue and secret calls live in
-:mod:`apothic._client_dict`, :mod:`apothic._client_queue` and :mod:`apothic._client_secret`;
+One long-lived channel per (event loop, address, key). Dict, queue, secret and volume calls
+live in :mod:`apothic._client_dict`, :mod:`apothic._client_queue`,
+:mod:`apothic._client_secret` and :mod:`apothic._client_volume`;
 the channel and the error mapping in :mod:`apothic._transport`.
 """
 
@@ -20,6 +21,7 @@ from apothic import _serialization as ser
 from apothic._client_dict import DictCalls
 from apothic._client_queue import QueueCalls
 from apothic._client_secret import SecretCalls
+from apothic._client_volume import VolumeCalls
 from apothic._proto.v1 import (
     app_service_pb2 as app_pb,
 )
@@ -216,7 +218,7 @@ def function_ref(app_name: str, function_name: str, deployment_id: str = "") -> 
     return pb.FunctionRef(app_name=app_name, function_name=function_name, deployment_id=deployment_id)
 
 
-class Client(DictCalls, QueueCalls, SecretCalls):
+class Client(DictCalls, QueueCalls, SecretCalls, VolumeCalls):
     """A connection to one control plane, bound to the event loop that created it."""
 
     def __init__(self, config: ClientConfig) -> None:
@@ -367,6 +369,8 @@ class Client(DictCalls, QueueCalls, SecretCalls):
         self, app_name: str, functions: list[FunctionDefinition], archive: bytes, *, ephemeral: bool
     ) -> DeploymentInfo:
         """Deploys an app and returns the committed deployment."""
+        for vol in {v.name: v for f in functions for _, v in f.volumes if v._create_if_missing}.values():
+            await self.create_volume(vol.name, exist_ok=True)
         specs = [
             pb.FunctionSpec(
                 name=f.name,
@@ -389,6 +393,7 @@ class Client(DictCalls, QueueCalls, SecretCalls):
                 is_async=f.is_async,
                 schedule=schedule_to_pb(f.schedule),
                 secrets=[pb.FunctionSecret(name=s.name or "", values=s._inline_values() or {}) for s in f.secrets],
+                volumes=[pb.FunctionVolume(mount_path=path, name=v.name) for path, v in f.volumes],
             )
             for f in functions
         ]

@@ -141,7 +141,9 @@ class App:
         arguments, once per tick while the app is deployed), ``secrets`` (a list of
         :class:`~apothic.Secret`: their values become the containers' environment
         variables, a later secret's key overriding an earlier one's; the deploy fails
-        when a named one does not exist).
+        when a named one does not exist), ``volumes`` (``{"/abs/path": Volume}``: the
+        volume's files appear in that directory in the containers; see
+        :meth:`~apothic.Volume.commit`).
 
         Returns:
             A :class:`Function` handle that keeps the function's signature.

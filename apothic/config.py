@@ -32,7 +32,9 @@ Worker (``apothic worker``):
 
 Inside a container the worker sets ``APOTHIC_BASE_URL``, ``APOTHIC_API_KEY`` and
 ``APOTHIC_CONTAINER_ID`` so user code can call other functions, plus the variables of the
-function's secrets (``@app.function(secrets=[...])``).
+function's secrets (``@app.function(secrets=[...])``) and, for a function that mounts
+volumes, ``APOTHIC_VOLUMES`` (JSON: mount path -> volume name; read by the container's
+entry point, see :mod:`apothic.volume`).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from apothic.exceptions import InvalidConfigError
 from apothic.retries import Retries, as_retries
 from apothic.schedules import Cron, Period
 from apothic.secret import Secret
+from apothic.volume import Volume
 
 OFFER_FILTER_OPS = ("eq", "neq", "gt", "lt", "gte", "lte", "in", "notin")
 
@@ -52,6 +53,39 @@ class FunctionOptions:
     serialized: bool = False
     schedule: Cron | Period | None = None
     secrets: tuple[Secret, ...] = ()
+    #: ``{mount path: Volume}``, or a list of volumes with a mount path each (``mounted_at``
+    #: or ``mount_path_default``); validated into ``((path, volume), ...)`` sorted by path.
+    volumes: Any = ()
+
+
+def _volumes(value: Any) -> tuple[tuple[str, Volume], ...]:
+    from apothic.volume import _check_mount_path
+
+    if isinstance(value, dict):
+        pairs = list(value.items())
+    elif isinstance(value, (list, tuple)):
+        pairs = []
+        for vol in value:
+            if not isinstance(vol, Volume) or vol.mount_path_default is None:
+                raise InvalidConfigError(
+                    "volumes in a list need a mount path: use {'/data': vol}, vol.mounted_at('/data') "
+                    "or Volume.from_name(..., mount_path_default='/data')"
+                )
+            pairs.append((vol.mount_path_default, vol))
+    else:
+        raise InvalidConfigError(f"volumes must be a dict of mount paths to apothic.Volume, got {type(value).__name__}")
+    out: dict[str, Volume] = {}
+    for path, vol in pairs:
+        if not isinstance(vol, Volume):
+            raise InvalidConfigError(f"volumes: {path!r} maps to {type(vol).__name__}, not an apothic.Volume")
+        checked = _check_mount_path(path)
+        assert checked is not None
+        if checked in out:
+            raise InvalidConfigError(f"volumes: two volumes are mounted at {checked!r}")
+        if any(other.name == vol.name for other in out.values()):
+            raise InvalidConfigError(f"volumes: volume {vol.name!r} is mounted twice; mount it at one path")
+        out[checked] = vol
+    return tuple(sorted(out.items()))
 
 
 def _positive(name: str, value: Any, *, integer: bool = False, allow_zero: bool = False) -> None:
@@ -127,7 +161,7 @@ def validate_options(**kwargs: Any) -> FunctionOptions:
                 f"offer filter {item!r} must be (field, op, value) with op one of {', '.join(OFFER_FILTER_OPS)}"
             )
         filters.append(tuple(item))
-    return replace(opts, offer_filters=tuple(filters), secrets=tuple(secrets))
+    return replace(opts, offer_filters=tuple(filters), secrets=tuple(secrets), volumes=_volumes(opts.volumes))
 
 
 @dataclass(frozen=True)
@@ -155,10 +189,13 @@ class FunctionDefinition:
     schedule: Cron | Period | None = None
     #: In order: a later secret's key overrides an earlier one's.
     secrets: tuple[Secret, ...] = ()
+    #: ``((mount path, volume), ...)``.
+    volumes: tuple[tuple[str, Volume], ...] = ()
 
 
 def _options_doc(options: FunctionOptions) -> dict[str, Any]:
-    doc = asdict(replace(options, secrets=()))
+    doc = asdict(replace(options, secrets=(), volumes=()))
+    doc["volumes"] = {path: vol.name for path, vol in options.volumes}
     # Names only: inline values never go into the options document.
     doc["secrets"] = [s.name if s.name is not None else "<inline>" for s in options.secrets]
     if isinstance(options.retries, Retries):
@@ -217,6 +254,7 @@ def definition(
         is_async=inspect.iscoroutinefunction(raw) or inspect.isasyncgenfunction(raw),
         schedule=options.schedule,
         secrets=options.secrets,
+        volumes=options.volumes,
     )
 
 

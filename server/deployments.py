@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from apothic.server.scheduler import Scheduler
     from apothic.server.secrets import SecretManager
     from apothic.server.store import Store
+    from apothic.server.volumes import VolumeManager
 
 log = logging.getLogger("apothic.server.deployments")
 
@@ -84,6 +85,8 @@ class DeploymentManager:
         self.scheduler: Scheduler | None = None
         #: Checks at deploy that the secrets functions name exist.
         self.secrets: SecretManager | None = None
+        #: Checks at deploy that the volumes functions mount exist.
+        self.volumes: VolumeManager | None = None
         self._by_id: dict[str, DeploymentRecord] = {}
         self._live: dict[tuple[str, str], str] = {}
         self._archives: dict[str, bytes] = {}
@@ -127,7 +130,8 @@ class DeploymentManager:
 
         Raises:
             InvalidArgument: a bad name, spec or archive.
-            NotFound: a function names a secret that does not exist (the message names it).
+            NotFound: a function names a secret or volume that does not exist (the message
+                names it).
         """
         validate_name("app", app_name)
         if not functions:
@@ -147,6 +151,8 @@ class DeploymentManager:
             _validate_execution(spec)
             if self.secrets is not None:
                 await self.secrets.check_references(account, spec.name, spec.secrets)
+            if self.volumes is not None:
+                await self.volumes.check_mounts(account, spec.name, spec.volumes)
         if len(archive) > MAX_ARCHIVE_BYTES:
             raise InvalidArgument(f"source archive is {len(archive):,} bytes; the limit is {MAX_ARCHIVE_BYTES:,}")
         if archive:

@@ -60,6 +60,9 @@ class FunctionSpecRecord:
     #: Secrets the container's environment is built from, in order: a secret's name, or
     #: ``inline:<token>`` for sealed values sent with the deploy (see apothic.server.secrets).
     secrets: tuple[str, ...] = ()
+    #: Volumes the container mounts, each ``"<name>:<mount path>"`` (see
+    #: :func:`apothic.server.volumes.mount_ref`).
+    volumes: tuple[str, ...] = ()
 
     def schedule(self) -> Cron | Period | None:
         """The function's schedule, or None when it only runs when called.

@@ -22,6 +22,7 @@ from apothic._proto.v1 import (
     function_service_pb2,
     queue_service_pb2,
     secret_service_pb2,
+    volume_service_pb2,
     worker_service_pb2,
 )
 from apothic._proto.v1 import app_service_pb2_grpc as app_grpc
@@ -30,6 +31,7 @@ from apothic._proto.v1 import dict_service_pb2_grpc as dict_grpc
 from apothic._proto.v1 import function_service_pb2_grpc as fn_grpc
 from apothic._proto.v1 import queue_service_pb2_grpc as queue_grpc
 from apothic._proto.v1 import secret_service_pb2_grpc as secret_grpc
+from apothic._proto.v1 import volume_service_pb2_grpc as volume_grpc
 from apothic._proto.v1 import worker_service_pb2_grpc as w_grpc
 from apothic.server.auth import Accounts, AuthInterceptor
 from apothic.server.deployments import DeploymentManager
@@ -46,9 +48,11 @@ from apothic.server.servicers.dicts import DictServicer
 from apothic.server.servicers.functions import FunctionServicer
 from apothic.server.servicers.queues import QueueServicer
 from apothic.server.servicers.secrets import SecretServicer
+from apothic.server.servicers.volumes import VolumeServicer
 from apothic.server.servicers.workers import WorkerServicer
 from apothic.server.settings import ServerSettings
 from apothic.server.store import Store
+from apothic.server.volumes import VolumeManager
 
 log = logging.getLogger("apothic.server")
 
@@ -61,6 +65,7 @@ SERVICE_NAMES = (
     queue_service_pb2.DESCRIPTOR.services_by_name["QueueService"].full_name,
     call_service_pb2.DESCRIPTOR.services_by_name["CallService"].full_name,
     secret_service_pb2.DESCRIPTOR.services_by_name["SecretService"].full_name,
+    volume_service_pb2.DESCRIPTOR.services_by_name["VolumeService"].full_name,
 )
 
 
@@ -84,6 +89,9 @@ class ControlPlane:
         self.queues = QueueManager(self.store, watch=settings.watch)
         self.secrets = SecretManager(self.store)
         self.deployments.secrets = self.secrets
+        #: Volume contents live under the state directory, whatever the database.
+        self.volumes = VolumeManager(self.store, settings.state_dir / "volumes")
+        self.deployments.volumes = self.volumes
         self.scheduler.live_deployments = self.deployments.live
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         #: Also serves in-process worker sessions (see apothic.worker.transport).
@@ -164,6 +172,7 @@ class ControlPlane:
             AppServicer(self.deployments, self.jobs, self.schedules, self.secrets), server
         )
         secret_grpc.add_SecretServiceServicer_to_server(SecretServicer(self.secrets), server)
+        volume_grpc.add_VolumeServiceServicer_to_server(VolumeServicer(self.volumes), server)
         w_grpc.add_WorkerServiceServicer_to_server(self.worker_servicer, server)
         dicts, queues = DictServicer(self.dicts), QueueServicer(self.queues)
         dict_grpc.add_DictServiceServicer_to_server(dicts, server)

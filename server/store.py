@@ -26,6 +26,7 @@ from apothic.server.models import (
 from apothic.server.store_base import MAX_BATCH, Statement, StoreWriteError, _key, _rid
 from apothic.server.store_primitives import PrimitiveStore
 from apothic.server.store_secrets import SecretStore
+from apothic.server.store_volumes import VolumeStore
 
 #: Error text of a schedule tick that already fired (see ``Store.schedule_fire_statements``).
 _TICK_TAKEN = "schedule tick already fired"
@@ -39,8 +40,9 @@ def _spec_to_doc(spec: FunctionSpecRecord) -> dict[str, Any]:
 def _spec_from_doc(doc: dict[str, Any]) -> FunctionSpecRecord:
     # Fields added later are absent from older deployments: their defaults apply.
     fields = {k: doc[k] for k in FunctionSpecRecord.__dataclass_fields__ if k in doc}
-    if "secrets" in fields:
-        fields["secrets"] = tuple(fields["secrets"])
+    for name in ("secrets", "volumes"):
+        if name in fields:
+            fields[name] = tuple(fields[name])
     return FunctionSpecRecord(**fields)
 
 
@@ -103,7 +105,7 @@ def _job_from_doc(doc: dict[str, Any]) -> JobRecord:
     )
 
 
-class Store(PrimitiveStore, SecretStore):
+class Store(PrimitiveStore, SecretStore, VolumeStore):
     """The control plane's state in SurrealDB.
 
     Args:

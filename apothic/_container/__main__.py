@@ -3,12 +3,14 @@
 Environment (set by the worker): ``APOTHIC_CONTAINER_FD`` (the socket to the worker),
 ``APOTHIC_SOURCE_DIR``, ``APOTHIC_MODULE`` + ``APOTHIC_QUALNAME`` or
 ``APOTHIC_PICKLED_FUNCTION`` (a file), and how inputs run: ``APOTHIC_MAX_INPUTS``,
-``APOTHIC_BATCH_MAX_SIZE``, ``APOTHIC_BATCH_WAIT_MS``.
+``APOTHIC_BATCH_MAX_SIZE``, ``APOTHIC_BATCH_WAIT_MS``; ``APOTHIC_VOLUMES`` (JSON, mount
+path -> volume name: mounted before the function is imported, committed on exit).
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import socket
 import sys
@@ -53,6 +55,10 @@ def main() -> None:
     sock = socket.socket(fileno=int(os.environ["APOTHIC_CONTAINER_FD"]))
     channel = protocol.BlockingChannel(sock)
     try:
+        if os.environ.get("APOTHIC_VOLUMES"):
+            from apothic.volume import _mount_all
+
+            _mount_all(json.loads(os.environ["APOTHIC_VOLUMES"]))
         func = _load_function()
     except BaseException:  # noqa: BLE001 - an import failure of any kind is reported
         channel.send((protocol.INIT_FAILED, traceback.format_exc()))
@@ -76,6 +82,11 @@ def main() -> None:
     while (frames := channel.recv_batch()) is not None:
         if not runner.handle(frames):
             break
+    if os.environ.get("APOTHIC_VOLUMES"):
+        from apothic.volume import _commit_mounts
+
+        for error in _commit_mounts():
+            sys.stderr.write(error + "\n")
     for out in outputs:
         out.flush()
     os._exit(0)

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import typer
 
-from apothic.cli import dict_cmds, queue_cmds, runtime_cmds, secret_cmds
+from apothic.cli import dict_cmds, queue_cmds, runtime_cmds, secret_cmds, volume_cmds
 from apothic.cli._common import JSON_OPT, handle_errors
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -35,6 +35,7 @@ runtime_cmds.register(app)
 dict_cmds.register(app)
 queue_cmds.register(app)
 secret_cmds.register(app)
+volume_cmds.register(app)
 
 
 def _client_call(coro_factory: Callable[[Any], Any]) -> Any:

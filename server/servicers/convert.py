@@ -30,6 +30,7 @@ from apothic.server.models import (
     JobRecord,
 )
 from apothic.server.secrets import INLINE_PREFIX
+from apothic.server.volumes import mount_ref, split_mount_ref
 from apothic.server.watch import Progress, Reset, SnapshotEnd
 
 FORMAT_NAMES = {pb.PAYLOAD_FORMAT_CLOUDPICKLE: "cloudpickle", pb.PAYLOAD_FORMAT_JSON: "json"}
@@ -169,6 +170,7 @@ def spec_from_pb(
         is_generator=spec.is_generator,
         is_async=spec.is_async,
         secrets=_secret_refs(spec, seal),
+        volumes=tuple(mount_ref(spec.name, v.name, v.mount_path) for v in spec.volumes),
         **_schedule_fields(spec),
     )
 
@@ -242,6 +244,7 @@ def spec_to_pb(spec: FunctionSpecRecord) -> pb.FunctionSpec:
         is_generator=spec.is_generator,
         is_async=spec.is_async,
         secrets=[pb.FunctionSecret(name=ref) for ref in spec.secrets if not ref.startswith(INLINE_PREFIX)],
+        volumes=[pb.FunctionVolume(name=n, mount_path=p) for n, p in map(split_mount_ref, spec.volumes)],
         schedule=schedule_to_pb(spec),
     )
 

@@ -27,6 +27,7 @@ from apothic.server.scheduler import (
 )
 from apothic.server.secrets import SecretManager
 from apothic.server.servicers import convert
+from apothic.server.volumes import split_mount_ref
 
 log = logging.getLogger("apothic.server.workers")
 
@@ -90,6 +91,9 @@ class WorkerServicer(w_grpc.WorkerServiceServicer):
                     # The message names the secret, never a value.
                     self.scheduler.container_exited(cmd.container_id, str(exc), startup_failed=True)
                     return None
+            if cmd.spec.volumes:
+                # Where the container mounts its volumes: {mount path: volume name}.
+                env["APOTHIC_VOLUMES"] = json.dumps({p: n for n, p in map(split_mount_ref, cmd.spec.volumes)})
             return w_pb.SessionResponse(
                 start_container=w_pb.StartContainer(
                     container_id=cmd.container_id,

@@ -50,6 +50,8 @@ EXPECTED_ALL = [
     "ScheduleInfo",
     "Secret",
     "SecretInfo",
+    "Volume",
+    "VolumeInfo",
     "batched",
     "concurrent",
     "config",

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61pothic/v1/types.proto\x12\napothic.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"B\n\x07Payload\x12)\n\x06\x66ormat\x18\x01 \x01(\x0e\x32\x19.apothic.v1.PayloadFormat\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"P\n\x0bRemoteError\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\ttraceback\x18\x03 \x01(\t\x12\x0f\n\x07pickled\x18\x04 \x01(\x0c\"f\n\tJobResult\x12$\n\x05value\x18\x01 \x01(\x0b\x32\x13.apothic.v1.PayloadH\x00\x12(\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x17.apothic.v1.RemoteErrorH\x00\x42\t\n\x07outcome\"\xd2\x02\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08\x61pp_name\x18\x02 \x01(\t\x12\x15\n\rfunction_name\x18\x03 \x01(\t\x12\x15\n\rdeployment_id\x18\x04 \x01(\t\x12%\n\x06status\x18\x05 \x01(\x0e\x32\x15.apothic.v1.JobStatus\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\x05\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x06result\x18\x0b \x01(\x0b\x32\x15.apothic.v1.JobResult\"+\n\x0bJobSnapshot\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.apothic.v1.Job\"\x0b\n\tJobQueued\"F\n\nJobRunning\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\x05\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontainer_id\x18\x03 \x01(\t\"=\n\x06JobLog\x12%\n\x06stream\x18\x01 \x01(\x0e\x32\x15.apothic.v1.LogStream\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\t\"?\n\x06JobEnd\x12%\n\x06status\x18\x01 \x01(\x0e\x32\x15.apothic.v1.JobStatus\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xf3\x02\n\x08JobEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61pp_name\x18\x04 \x01(\t\x12\x15\n\rfunction_name\x18\x05 \x01(\t\x12+\n\x08snapshot\x18\n \x01(\x0b\x32\x17.apothic.v1.JobSnapshotH\x00\x12\'\n\x06queued\x18\x0b \x01(\x0b\x32\x15.apothic.v1.JobQueuedH\x00\x12)\n\x07running\x18\x0c \x01(\x0b\x32\x16.apothic.v1.JobRunningH\x00\x12!\n\x03log\x18\r \x01(\x0b\x32\x12.apothic.v1.JobLogH\x00\x12\'\n\x06result\x18\x0e \x01(\x0b\x32\x15.apothic.v1.JobResultH\x00\x12!\n\x03\x65nd\x18\x0f \x01(\x0b\x32\x12.apothic.v1.JobEndH\x00\x42\x07\n\x05\x65vent\"\x9f\x04\n\x0c\x46unctionSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06module\x18\x02 \x01(\t\x12\x10\n\x08qualname\x18\x03 \x01(\t\x12\x18\n\x10pickled_function\x18\x04 \x01(\x0c\x12\x11\n\ttimeout_s\x18\x05 \x01(\x01\x12\x16\n\x0emax_containers\x18\x06 \x01(\x05\x12\x1a\n\x12scaledown_window_s\x18\x07 \x01(\x01\x12\x14\n\x0coptions_json\x18\x08 \x01(\t\x12\x19\n\x11startup_timeout_s\x18\t \x01(\x01\x12-\n\x0cretry_policy\x18\n \x01(\x0b\x32\x17.apothic.v1.RetryPolicy\x12&\n\x08schedule\x18\x0b \x01(\x0b\x32\x14.apothic.v1.Schedule\x12\x1d\n\x15max_concurrent_inputs\x18\x0c \x01(\x05\x12 \n\x18target_concurrent_inputs\x18\r \x01(\x05\x12\x16\n\x0e\x62\x61tch_max_size\x18\x0e \x01(\x05\x12\x15\n\rbatch_wait_ms\x18\x0f \x01(\x01\x12\x19\n\x11max_pending_tasks\x18\x10 \x01(\x05\x12\x16\n\x0emin_containers\x18\x11 \x01(\x05\x12\x14\n\x0cis_generator\x18\x12 \x01(\x08\x12\x10\n\x08is_async\x18\x13 \x01(\x08\x12+\n\x07secrets\x18\x14 \x03(\x0b\x32\x1a.apothic.v1.FunctionSecret\"\x85\x01\n\x0e\x46unctionSecret\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x36\n\x06values\x18\x02 \x03(\x0b\x32&.apothic.v1.FunctionSecret.ValuesEntry\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"m\n\x0bRetryPolicy\x12\x13\n\x0bmax_retries\x18\x01 \x01(\x05\x12\x17\n\x0finitial_delay_s\x18\x02 \x01(\x01\x12\x1b\n\x13\x62\x61\x63koff_coefficient\x18\x03 \x01(\x01\x12\x13\n\x0bmax_delay_s\x18\x04 \x01(\x01\"j\n\x08Schedule\x12(\n\x04\x63ron\x18\x01 \x01(\x0b\x32\x18.apothic.v1.CronScheduleH\x00\x12,\n\x06period\x18\x02 \x01(\x0b\x32\x1a.apothic.v1.PeriodScheduleH\x00\x42\x06\n\x04kind\"4\n\x0c\x43ronSchedule\x12\x12\n\nexpression\x18\x01 \x01(\t\x12\x10\n\x08timezone\x18\x02 \x01(\t\"!\n\x0ePeriodSchedule\x12\x0f\n\x07seconds\x18\x01 \x01(\x01\"\xac\x02\n\nDeployment\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x10\n\x08\x61pp_name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12,\n\x06status\x18\x04 \x01(\x0e\x32\x1c.apothic.v1.DeploymentStatus\x12\x11\n\tephemeral\x18\x05 \x01(\x08\x12+\n\tfunctions\x18\x06 \x03(\x0b\x32\x18.apothic.v1.FunctionSpec\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x61rchive_sha256\x18\t \x01(\t\"\xb6\x01\n\x03\x41pp\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1a\n\x12live_deployment_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12,\n\x06status\x18\x04 \x01(\x0e\x32\x1c.apothic.v1.DeploymentStatus\x12\x16\n\x0e\x66unction_names\x18\x05 \x03(\t\x12.\n\nupdated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x99\x01\n\x0f\x44\x65ploymentEvent\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12*\n\ndeployment\x18\x05 \x01(\x0b\x32\x16.apothic.v1.Deployment\"3\n\x03Gpu\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12\x0f\n\x07vram_mb\x18\x03 \x01(\x03\"\x94\x02\n\x05Offer\x12\x11\n\tcpu_cores\x18\x01 \x01(\x01\x12\x11\n\tmemory_mb\x18\x02 \x01(\x03\x12\x0f\n\x07\x64isk_mb\x18\x03 \x01(\x03\x12\x1d\n\x04gpus\x18\x04 \x03(\x0b\x32\x0f.apothic.v1.Gpu\x12\x0c\n\x04\x61rch\x18\x05 \x01(\t\x12\x0e\n\x06region\x18\x06 \x01(\t\x12\x15\n\rcost_per_hour\x18\x07 \x01(\x01\x12\x10\n\x08verified\x18\x08 \x01(\x08\x12-\n\x06labels\x18\t \x03(\x0b\x32\x1d.apothic.v1.Offer.LabelsEntry\x12\x10\n\x08hostname\x18\n \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"M\n\x0b\x46unctionRef\x12\x10\n\x08\x61pp_name\x18\x01 \x01(\t\x12\x15\n\rfunction_name\x18\x02 \x01(\t\x12\x15\n\rdeployment_id\x18\x03 \x01(\t\"\x1f\n\x10WatchSnapshotEnd\x12\x0b\n\x03rev\x18\x01 \x01(\x03\"\x1c\n\rWatchProgress\x12\x0b\n\x03rev\x18\x01 \x01(\x03\"P\n\nWatchReset\x12\x11\n\tafter_rev\x18\x01 \x01(\x03\x12\x12\n\noldest_rev\x18\x02 \x01(\x03\x12\x0b\n\x03rev\x18\x03 \x01(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t*h\n\rPayloadFormat\x12\x1e\n\x1aPAYLOAD_FORMAT_UNSPECIFIED\x10\x00\x12\x1e\n\x1aPAYLOAD_FORMAT_CLOUDPICKLE\x10\x01\x12\x17\n\x13PAYLOAD_FORMAT_JSON\x10\x02*\xbb\x01\n\tJobStatus\x12\x1a\n\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATUS_QUEUED\x10\x01\x12\x16\n\x12JOB_STATUS_RUNNING\x10\x02\x12\x18\n\x14JOB_STATUS_SUCCEEDED\x10\x03\x12\x15\n\x11JOB_STATUS_FAILED\x10\x04\x12\x18\n\x14JOB_STATUS_CANCELLED\x10\x05\x12\x18\n\x14JOB_STATUS_TIMED_OUT\x10\x06*l\n\tLogStream\x12\x1a\n\x16LOG_STREAM_UNSPECIFIED\x10\x00\x12\x15\n\x11LOG_STREAM_STDOUT\x10\x01\x12\x15\n\x11LOG_STREAM_STDERR\x10\x02\x12\x15\n\x11LOG_STREAM_SYSTEM\x10\x03*\x92\x01\n\x10\x44\x65ploymentStatus\x12!\n\x1d\x44\x45PLOYMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x44\x45PLOYMENT_STATUS_LIVE\x10\x01\x12 \n\x1c\x44\x45PLOYMENT_STATUS_SUPERSEDED\x10\x02\x12\x1d\n\x19\x44\x45PLOYMENT_STATUS_STOPPED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61pothic/v1/types.proto\x12\napothic.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"B\n\x07Payload\x12)\n\x06\x66ormat\x18\x01 \x01(\x0e\x32\x19.apothic.v1.PayloadFormat\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"P\n\x0bRemoteError\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\ttraceback\x18\x03 \x01(\t\x12\x0f\n\x07pickled\x18\x04 \x01(\x0c\"f\n\tJobResult\x12$\n\x05value\x18\x01 \x01(\x0b\x32\x13.apothic.v1.PayloadH\x00\x12(\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x17.apothic.v1.RemoteErrorH\x00\x42\t\n\x07outcome\"\xd2\x02\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08\x61pp_name\x18\x02 \x01(\t\x12\x15\n\rfunction_name\x18\x03 \x01(\t\x12\x15\n\rdeployment_id\x18\x04 \x01(\t\x12%\n\x06status\x18\x05 \x01(\x0e\x32\x15.apothic.v1.JobStatus\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\x05\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x06result\x18\x0b \x01(\x0b\x32\x15.apothic.v1.JobResult\"+\n\x0bJobSnapshot\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.apothic.v1.Job\"\x0b\n\tJobQueued\"F\n\nJobRunning\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\x05\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontainer_id\x18\x03 \x01(\t\"=\n\x06JobLog\x12%\n\x06stream\x18\x01 \x01(\x0e\x32\x15.apothic.v1.LogStream\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\t\"?\n\x06JobEnd\x12%\n\x06status\x18\x01 \x01(\x0e\x32\x15.apothic.v1.JobStatus\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xf3\x02\n\x08JobEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61pp_name\x18\x04 \x01(\t\x12\x15\n\rfunction_name\x18\x05 \x01(\t\x12+\n\x08snapshot\x18\n \x01(\x0b\x32\x17.apothic.v1.JobSnapshotH\x00\x12\'\n\x06queued\x18\x0b \x01(\x0b\x32\x15.apothic.v1.JobQueuedH\x00\x12)\n\x07running\x18\x0c \x01(\x0b\x32\x16.apothic.v1.JobRunningH\x00\x12!\n\x03log\x18\r \x01(\x0b\x32\x12.apothic.v1.JobLogH\x00\x12\'\n\x06result\x18\x0e \x01(\x0b\x32\x15.apothic.v1.JobResultH\x00\x12!\n\x03\x65nd\x18\x0f \x01(\x0b\x32\x12.apothic.v1.JobEndH\x00\x42\x07\n\x05\x65vent\"\xcc\x04\n\x0c\x46unctionSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06module\x18\x02 \x01(\t\x12\x10\n\x08qualname\x18\x03 \x01(\t\x12\x18\n\x10pickled_function\x18\x04 \x01(\x0c\x12\x11\n\ttimeout_s\x18\x05 \x01(\x01\x12\x16\n\x0emax_containers\x18\x06 \x01(\x05\x12\x1a\n\x12scaledown_window_s\x18\x07 \x01(\x01\x12\x14\n\x0coptions_json\x18\x08 \x01(\t\x12\x19\n\x11startup_timeout_s\x18\t \x01(\x01\x12-\n\x0cretry_policy\x18\n \x01(\x0b\x32\x17.apothic.v1.RetryPolicy\x12&\n\x08schedule\x18\x0b \x01(\x0b\x32\x14.apothic.v1.Schedule\x12\x1d\n\x15max_concurrent_inputs\x18\x0c \x01(\x05\x12 \n\x18target_concurrent_inputs\x18\r \x01(\x05\x12\x16\n\x0e\x62\x61tch_max_size\x18\x0e \x01(\x05\x12\x15\n\rbatch_wait_ms\x18\x0f \x01(\x01\x12\x19\n\x11max_pending_tasks\x18\x10 \x01(\x05\x12\x16\n\x0emin_containers\x18\x11 \x01(\x05\x12\x14\n\x0cis_generator\x18\x12 \x01(\x08\x12\x10\n\x08is_async\x18\x13 \x01(\x08\x12+\n\x07secrets\x18\x14 \x03(\x0b\x32\x1a.apothic.v1.FunctionSecret\x12+\n\x07volumes\x18\x15 \x03(\x0b\x32\x1a.apothic.v1.FunctionVolume\"2\n\x0e\x46unctionVolume\x12\x12\n\nmount_path\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"\x85\x01\n\x0e\x46unctionSecret\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x36\n\x06values\x18\x02 \x03(\x0b\x32&.apothic.v1.FunctionSecret.ValuesEntry\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"m\n\x0bRetryPolicy\x12\x13\n\x0bmax_retries\x18\x01 \x01(\x05\x12\x17\n\x0finitial_delay_s\x18\x02 \x01(\x01\x12\x1b\n\x13\x62\x61\x63koff_coefficient\x18\x03 \x01(\x01\x12\x13\n\x0bmax_delay_s\x18\x04 \x01(\x01\"j\n\x08Schedule\x12(\n\x04\x63ron\x18\x01 \x01(\x0b\x32\x18.apothic.v1.CronScheduleH\x00\x12,\n\x06period\x18\x02 \x01(\x0b\x32\x1a.apothic.v1.PeriodScheduleH\x00\x42\x06\n\x04kind\"4\n\x0c\x43ronSchedule\x12\x12\n\nexpression\x18\x01 \x01(\t\x12\x10\n\x08timezone\x18\x02 \x01(\t\"!\n\x0ePeriodSchedule\x12\x0f\n\x07seconds\x18\x01 \x01(\x01\"\xac\x02\n\nDeployment\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x10\n\x08\x61pp_name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12,\n\x06status\x18\x04 \x01(\x0e\x32\x1c.apothic.v1.DeploymentStatus\x12\x11\n\tephemeral\x18\x05 \x01(\x08\x12+\n\tfunctions\x18\x06 \x03(\x0b\x32\x18.apothic.v1.FunctionSpec\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x61rchive_sha256\x18\t \x01(\t\"\xb6\x01\n\x03\x41pp\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1a\n\x12live_deployment_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12,\n\x06status\x18\x04 \x01(\x0e\x32\x1c.apothic.v1.DeploymentStatus\x12\x16\n\x0e\x66unction_names\x18\x05 \x03(\t\x12.\n\nupdated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x99\x01\n\x0f\x44\x65ploymentEvent\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12*\n\ndeployment\x18\x05 \x01(\x0b\x32\x16.apothic.v1.Deployment\"3\n\x03Gpu\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12\x0f\n\x07vram_mb\x18\x03 \x01(\x03\"\x94\x02\n\x05Offer\x12\x11\n\tcpu_cores\x18\x01 \x01(\x01\x12\x11\n\tmemory_mb\x18\x02 \x01(\x03\x12\x0f\n\x07\x64isk_mb\x18\x03 \x01(\x03\x12\x1d\n\x04gpus\x18\x04 \x03(\x0b\x32\x0f.apothic.v1.Gpu\x12\x0c\n\x04\x61rch\x18\x05 \x01(\t\x12\x0e\n\x06region\x18\x06 \x01(\t\x12\x15\n\rcost_per_hour\x18\x07 \x01(\x01\x12\x10\n\x08verified\x18\x08 \x01(\x08\x12-\n\x06labels\x18\t \x03(\x0b\x32\x1d.apothic.v1.Offer.LabelsEntry\x12\x10\n\x08hostname\x18\n \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"M\n\x0b\x46unctionRef\x12\x10\n\x08\x61pp_name\x18\x01 \x01(\t\x12\x15\n\rfunction_name\x18\x02 \x01(\t\x12\x15\n\rdeployment_id\x18\x03 \x01(\t\"\x1f\n\x10WatchSnapshotEnd\x12\x0b\n\x03rev\x18\x01 \x01(\x03\"\x1c\n\rWatchProgress\x12\x0b\n\x03rev\x18\x01 \x01(\x03\"P\n\nWatchReset\x12\x11\n\tafter_rev\x18\x01 \x01(\x03\x12\x12\n\noldest_rev\x18\x02 \x01(\x03\x12\x0b\n\x03rev\x18\x03 \x01(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t*h\n\rPayloadFormat\x12\x1e\n\x1aPAYLOAD_FORMAT_UNSPECIFIED\x10\x00\x12\x1e\n\x1aPAYLOAD_FORMAT_CLOUDPICKLE\x10\x01\x12\x17\n\x13PAYLOAD_FORMAT_JSON\x10\x02*\xbb\x01\n\tJobStatus\x12\x1a\n\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATUS_QUEUED\x10\x01\x12\x16\n\x12JOB_STATUS_RUNNING\x10\x02\x12\x18\n\x14JOB_STATUS_SUCCEEDED\x10\x03\x12\x15\n\x11JOB_STATUS_FAILED\x10\x04\x12\x18\n\x14JOB_STATUS_CANCELLED\x10\x05\x12\x18\n\x14JOB_STATUS_TIMED_OUT\x10\x06*l\n\tLogStream\x12\x1a\n\x16LOG_STREAM_UNSPECIFIED\x10\x00\x12\x15\n\x11LOG_STREAM_STDOUT\x10\x01\x12\x15\n\x11LOG_STREAM_STDERR\x10\x02\x12\x15\n\x11LOG_STREAM_SYSTEM\x10\x03*\x92\x01\n\x10\x44\x65ploymentStatus\x12!\n\x1d\x44\x45PLOYMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x44\x45PLOYMENT_STATUS_LIVE\x10\x01\x12 \n\x1c\x44\x45PLOYMENT_STATUS_SUPERSEDED\x10\x02\x12\x1d\n\x19\x44\x45PLOYMENT_STATUS_STOPPED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,14 +36,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FUNCTIONSECRET_VALUESENTRY']._serialized_options = b'8\001'
   _globals['_OFFER_LABELSENTRY']._loaded_options = None
   _globals['_OFFER_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_PAYLOADFORMAT']._serialized_start=3488
-  _globals['_PAYLOADFORMAT']._serialized_end=3592
-  _globals['_JOBSTATUS']._serialized_start=3595
-  _globals['_JOBSTATUS']._serialized_end=3782
-  _globals['_LOGSTREAM']._serialized_start=3784
-  _globals['_LOGSTREAM']._serialized_end=3892
-  _globals['_DEPLOYMENTSTATUS']._serialized_start=3895
-  _globals['_DEPLOYMENTSTATUS']._serialized_end=4041
+  _globals['_PAYLOADFORMAT']._serialized_start=3585
+  _globals['_PAYLOADFORMAT']._serialized_end=3689
+  _globals['_JOBSTATUS']._serialized_start=3692
+  _globals['_JOBSTATUS']._serialized_end=3879
+  _globals['_LOGSTREAM']._serialized_start=3881
+  _globals['_LOGSTREAM']._serialized_end=3989
+  _globals['_DEPLOYMENTSTATUS']._serialized_start=3992
+  _globals['_DEPLOYMENTSTATUS']._serialized_end=4138
   _globals['_PAYLOAD']._serialized_start=71
   _globals['_PAYLOAD']._serialized_end=137
   _globals['_REMOTEERROR']._serialized_start=139
@@ -65,37 +65,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBEVENT']._serialized_start=925
   _globals['_JOBEVENT']._serialized_end=1296
   _globals['_FUNCTIONSPEC']._serialized_start=1299
-  _globals['_FUNCTIONSPEC']._serialized_end=1842
-  _globals['_FUNCTIONSECRET']._serialized_start=1845
-  _globals['_FUNCTIONSECRET']._serialized_end=1978
-  _globals['_FUNCTIONSECRET_VALUESENTRY']._serialized_start=1933
-  _globals['_FUNCTIONSECRET_VALUESENTRY']._serialized_end=1978
-  _globals['_RETRYPOLICY']._serialized_start=1980
-  _globals['_RETRYPOLICY']._serialized_end=2089
-  _globals['_SCHEDULE']._serialized_start=2091
-  _globals['_SCHEDULE']._serialized_end=2197
-  _globals['_CRONSCHEDULE']._serialized_start=2199
-  _globals['_CRONSCHEDULE']._serialized_end=2251
-  _globals['_PERIODSCHEDULE']._serialized_start=2253
-  _globals['_PERIODSCHEDULE']._serialized_end=2286
-  _globals['_DEPLOYMENT']._serialized_start=2289
-  _globals['_DEPLOYMENT']._serialized_end=2589
-  _globals['_APP']._serialized_start=2592
-  _globals['_APP']._serialized_end=2774
-  _globals['_DEPLOYMENTEVENT']._serialized_start=2777
-  _globals['_DEPLOYMENTEVENT']._serialized_end=2930
-  _globals['_GPU']._serialized_start=2932
-  _globals['_GPU']._serialized_end=2983
-  _globals['_OFFER']._serialized_start=2986
-  _globals['_OFFER']._serialized_end=3262
-  _globals['_OFFER_LABELSENTRY']._serialized_start=3217
-  _globals['_OFFER_LABELSENTRY']._serialized_end=3262
-  _globals['_FUNCTIONREF']._serialized_start=3264
-  _globals['_FUNCTIONREF']._serialized_end=3341
-  _globals['_WATCHSNAPSHOTEND']._serialized_start=3343
-  _globals['_WATCHSNAPSHOTEND']._serialized_end=3374
-  _globals['_WATCHPROGRESS']._serialized_start=3376
-  _globals['_WATCHPROGRESS']._serialized_end=3404
-  _globals['_WATCHRESET']._serialized_start=3406
-  _globals['_WATCHRESET']._serialized_end=3486
+  _globals['_FUNCTIONSPEC']._serialized_end=1887
+  _globals['_FUNCTIONVOLUME']._serialized_start=1889
+  _globals['_FUNCTIONVOLUME']._serialized_end=1939
+  _globals['_FUNCTIONSECRET']._serialized_start=1942
+  _globals['_FUNCTIONSECRET']._serialized_end=2075
+  _globals['_FUNCTIONSECRET_VALUESENTRY']._serialized_start=2030
+  _globals['_FUNCTIONSECRET_VALUESENTRY']._serialized_end=2075
+  _globals['_RETRYPOLICY']._serialized_start=2077
+  _globals['_RETRYPOLICY']._serialized_end=2186
+  _globals['_SCHEDULE']._serialized_start=2188
+  _globals['_SCHEDULE']._serialized_end=2294
+  _globals['_CRONSCHEDULE']._serialized_start=2296
+  _globals['_CRONSCHEDULE']._serialized_end=2348
+  _globals['_PERIODSCHEDULE']._serialized_start=2350
+  _globals['_PERIODSCHEDULE']._serialized_end=2383
+  _globals['_DEPLOYMENT']._serialized_start=2386
+  _globals['_DEPLOYMENT']._serialized_end=2686
+  _globals['_APP']._serialized_start=2689
+  _globals['_APP']._serialized_end=2871
+  _globals['_DEPLOYMENTEVENT']._serialized_start=2874
+  _globals['_DEPLOYMENTEVENT']._serialized_end=3027
+  _globals['_GPU']._serialized_start=3029
+  _globals['_GPU']._serialized_end=3080
+  _globals['_OFFER']._serialized_start=3083
+  _globals['_OFFER']._serialized_end=3359
+  _globals['_OFFER_LABELSENTRY']._serialized_start=3314
+  _globals['_OFFER_LABELSENTRY']._serialized_end=3359
+  _globals['_FUNCTIONREF']._serialized_start=3361
+  _globals['_FUNCTIONREF']._serialized_end=3438
+  _globals['_WATCHSNAPSHOTEND']._serialized_start=3440
+  _globals['_WATCHSNAPSHOTEND']._serialized_end=3471
+  _globals['_WATCHPROGRESS']._serialized_start=3473
+  _globals['_WATCHPROGRESS']._serialized_end=3501
+  _globals['_WATCHRESET']._serialized_start=3503
+  _globals['_WATCHRESET']._serialized_end=3583
 # @@protoc_insertion_point(module_scope)

@@ -467,6 +467,7 @@ class FunctionSpec(_message.Message):
     IS_GENERATOR_FIELD_NUMBER: _builtins.int
     IS_ASYNC_FIELD_NUMBER: _builtins.int
     SECRETS_FIELD_NUMBER: _builtins.int
+    VOLUMES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     module: _builtins.str
     """Module to import from the source archive; empty when the function ships by value."""
@@ -516,6 +517,12 @@ class FunctionSpec(_message.Message):
         secret's key overrides an earlier one's.
         """
 
+    @_builtins.property
+    def volumes(self) -> _containers.RepeatedCompositeFieldContainer[Global___FunctionVolume]:
+        """Volumes the container sees as directories: their files are downloaded into
+        `mount_path` when it starts, and changes go back on `Volume.commit()` and on exit.
+        """
+
     def __init__(
         self,
         *,
@@ -539,14 +546,41 @@ class FunctionSpec(_message.Message):
         is_generator: _builtins.bool = ...,
         is_async: _builtins.bool = ...,
         secrets: _abc.Iterable[Global___FunctionSecret] | None = ...,
+        volumes: _abc.Iterable[Global___FunctionVolume] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["retry_policy", b"retry_policy", "schedule", b"schedule"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_max_size", b"batch_max_size", "batch_wait_ms", b"batch_wait_ms", "is_async", b"is_async", "is_generator", b"is_generator", "max_concurrent_inputs", b"max_concurrent_inputs", "max_containers", b"max_containers", "max_pending_tasks", b"max_pending_tasks", "min_containers", b"min_containers", "module", b"module", "name", b"name", "options_json", b"options_json", "pickled_function", b"pickled_function", "qualname", b"qualname", "retry_policy", b"retry_policy", "scaledown_window_s", b"scaledown_window_s", "schedule", b"schedule", "secrets", b"secrets", "startup_timeout_s", b"startup_timeout_s", "target_concurrent_inputs", b"target_concurrent_inputs", "timeout_s", b"timeout_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_max_size", b"batch_max_size", "batch_wait_ms", b"batch_wait_ms", "is_async", b"is_async", "is_generator", b"is_generator", "max_concurrent_inputs", b"max_concurrent_inputs", "max_containers", b"max_containers", "max_pending_tasks", b"max_pending_tasks", "min_containers", b"min_containers", "module", b"module", "name", b"name", "options_json", b"options_json", "pickled_function", b"pickled_function", "qualname", b"qualname", "retry_policy", b"retry_policy", "scaledown_window_s", b"scaledown_window_s", "schedule", b"schedule", "secrets", b"secrets", "startup_timeout_s", b"startup_timeout_s", "target_concurrent_inputs", b"target_concurrent_inputs", "timeout_s", b"timeout_s", "volumes", b"volumes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FunctionSpec: _TypeAlias = FunctionSpec  # noqa: Y015
+
+@_typing.final
+class FunctionVolume(_message.Message):
+    """One volume a function mounts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MOUNT_PATH_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    mount_path: _builtins.str
+    """An absolute, normalized directory path inside the container."""
+    name: _builtins.str
+    """The account's volume; the deploy fails with NOT_FOUND when it does not exist."""
+    def __init__(
+        self,
+        *,
+        mount_path: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mount_path", b"mount_path", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FunctionVolume: _TypeAlias = FunctionVolume  # noqa: Y015
 
 @_typing.final
 class FunctionSecret(_message.Message):
