@@ -46,10 +46,11 @@ from datetime import datetime
 from typing import Any, Literal
 
 from apothic import _serialization as ser
+from apothic._ephemeral import blocking, kept_alive
 from apothic._lazy import get_client
 from apothic._sync import iter_sync, run_sync
 from apothic.config import ClientConfig
-from apothic.exceptions import InvalidConfigError, NotFoundError, QueueFullError, SerializationError, ServiceError
+from apothic.exceptions import InvalidConfigError, QueueFullError, SerializationError
 from apothic.watch import Progress, Reset, SnapshotEnd
 
 __all__ = [
@@ -417,9 +418,6 @@ class _DeleteQueue:
         run_sync(self.aio(name, client=client), "Queue.delete()", async_form="await Queue.delete.aio(...)")
 
 
-_EPHEMERAL_AIO = "async with Queue.ephemeral.aio() as q"
-
-
 class _EphemeralQueue:
     """``with Queue.ephemeral() as q``; ``async with Queue.ephemeral.aio() as q`` is the async
     form."""
@@ -443,49 +441,21 @@ class _EphemeralQueue:
         transport = get_client(client)
         info = await transport.create_queue("", max_attempts, maxsize=maxsize, ephemeral=True)
         q = Queue(info.name, create_if_missing=False, client=client)
-
-        async def heartbeat() -> None:
-            try:
-                while True:
-                    await asyncio.sleep(EPHEMERAL_HEARTBEAT_S)
-                    try:
-                        await transport.heartbeat_queue(q.name)
-                    except NotFoundError:
-                        log.warning("ephemeral queue %r is gone: deleted, or expired without heartbeats", q.name)
-                        return
-                    except ServiceError as exc:  # one missed beat; the lease outlasts a few
-                        log.warning("heartbeat of ephemeral queue %r failed: %s", q.name, exc)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("heartbeats of ephemeral queue %r stopped", q.name)
-
-        beating = asyncio.create_task(heartbeat(), name=f"apothic-heartbeat-{q.name}")
-        try:
+        async with kept_alive(
+            f"ephemeral queue {q.name!r}",
+            every_s=EPHEMERAL_HEARTBEAT_S,
+            beat=lambda: transport.heartbeat_queue(q.name),
+            delete=lambda: transport.delete_queue(q.name),
+        ):
             yield q
-        finally:
-            beating.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beating
-            # The server deletes it anyway once the heartbeats stop.
-            with contextlib.suppress(ServiceError):
-                await transport.delete_queue(q.name)
 
-    @contextlib.contextmanager
     def __call__(
         self, *, max_attempts: int | None = None, maxsize: int | None = None, client: ClientConfig | None = None
-    ) -> Iterator[Queue]:
+    ) -> contextlib.AbstractContextManager[Queue]:
         """A new, uniquely named queue for the ``with`` block, deleted when it exits (see
         :meth:`aio`)."""
         cm = self.aio(max_attempts=max_attempts, maxsize=maxsize, client=client)
-        q = run_sync(cm.__aenter__(), "Queue.ephemeral()", async_form=_EPHEMERAL_AIO)
-        try:
-            yield q
-        except BaseException as exc:
-            run_sync(cm.__aexit__(type(exc), exc, exc.__traceback__), "Queue.ephemeral()", async_form=_EPHEMERAL_AIO)
-            raise
-        else:
-            run_sync(cm.__aexit__(None, None, None), "Queue.ephemeral()", async_form=_EPHEMERAL_AIO)
+        return blocking(cm, "Queue.ephemeral()", async_form="async with Queue.ephemeral.aio() as q")
 
 
 class Queue:
