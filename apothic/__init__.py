@@ -11,11 +11,14 @@ from apothic.config import ClientConfig
 from apothic.dict import Dict, DictChange, DictEntry, DictEvent
 from apothic.election import Election, ElectionLeader, Leadership
 from apothic.functions import Function, RemoteFunction
+from apothic.image import Image
 from apothic.job import Job, gather
 from apothic.models import (
     AppInfo,
     DeploymentInfo,
     DeploymentStatus,
+    ImageBuildLine,
+    ImageBuildResult,
     JobEndEvent,
     JobEvent,
     JobInfo,
@@ -50,6 +53,9 @@ __all__ = [
     "Election",
     "ElectionLeader",
     "Function",
+    "Image",
+    "ImageBuildLine",
+    "ImageBuildResult",
     "Job",
     "JobEndEvent",
     "JobEvent",

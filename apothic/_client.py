@@ -19,6 +19,7 @@ import grpc.aio
 
 from apothic import _serialization as ser
 from apothic._client_dict import DictCalls
+from apothic._client_image import BuildProgress, ImageCalls, image_to_pb
 from apothic._client_queue import QueueCalls
 from apothic._client_secret import SecretCalls
 from apothic._client_volume import VolumeCalls
@@ -37,7 +38,7 @@ from apothic._proto.v1 import (
 from apothic._proto.v1 import types_pb2 as pb
 from apothic._transport import FORMAT_FROM_PB, FORMAT_TO_PB, _time, watch_marker_from_pb
 from apothic.config import ClientConfig, load_client_config
-from apothic.exceptions import InvalidConfigError, from_grpc_error
+from apothic.exceptions import ImageBuildError, InvalidConfigError, from_grpc_error
 from apothic.models import (
     AppInfo,
     DeploymentEvent,
@@ -218,7 +219,7 @@ def function_ref(app_name: str, function_name: str, deployment_id: str = "") -> 
     return pb.FunctionRef(app_name=app_name, function_name=function_name, deployment_id=deployment_id)
 
 
-class Client(DictCalls, QueueCalls, SecretCalls, VolumeCalls):
+class Client(DictCalls, ImageCalls, QueueCalls, SecretCalls, VolumeCalls):
     """A connection to one control plane, bound to the event loop that created it."""
 
     def __init__(self, config: ClientConfig) -> None:
@@ -365,10 +366,54 @@ class Client(DictCalls, QueueCalls, SecretCalls, VolumeCalls):
 
     # -- apps and deployments -----------------------------------------------------------
 
+    async def _build_images(
+        self, functions: list[FunctionDefinition], progress: BuildProgress | None
+    ) -> tuple[dict[str, Any], list[Any]]:
+        """Builds every image the functions name, once each: their specs by function name and
+        every archive they need.
+
+        Raises:
+            ImageBuildError: an image failed to build on some executor.
+        """
+        specs: dict[str, Any] = {}
+        contexts: dict[str, Any] = {}
+        built: dict[Any, Any] = {}
+        for f in functions:
+            if f.image is None:
+                continue
+            if f.image not in built:
+                spec, needed = image_to_pb(f.image)
+                image_id, results = await self.build_image(spec, needed, progress=progress)
+                for r in results:
+                    if not r.ok:
+                        where = "its base" if r.failed_step < 0 else f"step {r.failed_step}"
+                        raise ImageBuildError(
+                            f"function {f.name!r}: image {image_id} ({f.image.describe()}) failed to build on a "
+                            f"{r.executor} worker at {where}: {r.error}"
+                            + (f"\n--- build output (last lines) ---\n{r.log_tail}" if r.log_tail else ""),
+                            image_id=image_id,
+                            executor=r.executor,
+                            step=r.failed_step,
+                            log_tail=r.log_tail,
+                        )
+                built[f.image] = spec
+                for c in needed:
+                    contexts[c.sha256] = pb.ImageContext(sha256=c.sha256, data=c.data)
+            specs[f.name] = built[f.image]
+        return specs, list(contexts.values())
+
     async def deploy(
-        self, app_name: str, functions: list[FunctionDefinition], archive: bytes, *, ephemeral: bool
+        self,
+        app_name: str,
+        functions: list[FunctionDefinition],
+        archive: bytes,
+        *,
+        ephemeral: bool,
+        progress: BuildProgress | None = None,
     ) -> DeploymentInfo:
-        """Deploys an app and returns the committed deployment."""
+        """Builds the functions' images (see :meth:`_build_images`), then deploys the app and
+        returns the committed deployment."""
+        images, contexts = await self._build_images(functions, progress)
         for vol in {v.name: v for f in functions for _, v in f.volumes if v._create_if_missing}.values():
             await self.create_volume(vol.name, exist_ok=True)
         specs = [
@@ -394,10 +439,13 @@ class Client(DictCalls, QueueCalls, SecretCalls, VolumeCalls):
                 schedule=schedule_to_pb(f.schedule),
                 secrets=[pb.FunctionSecret(name=s.name or "", values=s._inline_values() or {}) for s in f.secrets],
                 volumes=[pb.FunctionVolume(mount_path=path, name=v.name) for path, v in f.volumes],
+                image=images.get(f.name),
             )
             for f in functions
         ]
-        req = app_pb.DeployAppRequest(app_name=app_name, functions=specs, source_archive=archive, ephemeral=ephemeral)
+        req = app_pb.DeployAppRequest(
+            app_name=app_name, functions=specs, source_archive=archive, ephemeral=ephemeral, image_contexts=contexts
+        )
         resp = await self._unary(self._app.DeployApp, req)
         return deployment_from_pb(resp.deployment)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from apothic import _source
 from apothic._lazy import get_client
@@ -15,6 +15,9 @@ from apothic.exceptions import InvalidConfigError, UsageError
 from apothic.functions import Function
 from apothic.models import DeploymentInfo, ScheduleInfo
 from apothic.options import FunctionDefinition, check_schedule_target, definition, validate_options
+
+if TYPE_CHECKING:
+    from apothic._client_image import BuildProgress
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -35,12 +38,19 @@ class _AppAio:
     def __init__(self, app: App) -> None:
         self._app = app
 
-    async def deploy(self, *, ephemeral: bool = False) -> str:
-        """Deploys the app and returns the deployment id once it has committed.
+    async def deploy(self, *, ephemeral: bool = False, progress: BuildProgress | None = None) -> str:
+        """Builds the functions' images, deploys the app and returns the deployment id once
+        it has committed.
 
         Args:
             ephemeral: an ephemeral deployment stops when this client stops heartbeating;
                 :meth:`App.run` uses it.
+            progress: receives image build output (:class:`~apothic.models.ImageBuildLine`)
+                and results (:class:`~apothic.models.ImageBuildResult`) as they arrive.
+
+        Raises:
+            ImageBuildError: an image failed to build; the message names the step and
+                quotes the end of its output.
         """
         app = self._app
         if not app.functions:
@@ -48,7 +58,7 @@ class _AppAio:
         defs = app._definitions()
         modules = {f.raw_function.__module__ for f in app.functions.values()} - {"__main__"}
         archive = _source.build_archive(modules)
-        info = await get_client(app._client).deploy(app.name, defs, archive, ephemeral=ephemeral)
+        info = await get_client(app._client).deploy(app.name, defs, archive, ephemeral=ephemeral, progress=progress)
         app.deployment_id = info.deployment_id
         app.deployment = info
         return info.deployment_id
@@ -64,9 +74,10 @@ class _AppAio:
         return await get_client(self._app._client).list_schedules(self._app.name)
 
     @contextlib.asynccontextmanager
-    async def run(self) -> AsyncIterator[App]:
-        """Deploys the app ephemerally for the block, heartbeating, and stops it after."""
-        await self.deploy(ephemeral=True)
+    async def run(self, *, progress: BuildProgress | None = None) -> AsyncIterator[App]:
+        """Deploys the app ephemerally for the block, heartbeating, and stops it after
+        (``progress``: see :meth:`deploy`)."""
+        await self.deploy(ephemeral=True, progress=progress)
         client = get_client(self._app._client)
         deployment_id = self._app.deployment_id or ""
 
@@ -204,9 +215,10 @@ class App:
             )
         return defs
 
-    def deploy(self) -> str:
-        """Deploys the app and returns the deployment id once it has committed."""
-        return run_sync(self.aio.deploy(), "app.deploy()")
+    def deploy(self, *, progress: BuildProgress | None = None) -> str:
+        """Builds the functions' images, deploys the app and returns the deployment id once
+        it has committed (see :meth:`_AppAio.deploy`)."""
+        return run_sync(self.aio.deploy(progress=progress), "app.deploy()")
 
     def stop(self) -> None:
         """Stops this process's deployment of the app."""
@@ -218,9 +230,10 @@ class App:
         return run_sync(self.aio.schedules(), "app.schedules()")
 
     @contextlib.contextmanager
-    def run(self) -> Iterator[App]:
-        """Deploys the app ephemerally for the ``with`` block and stops it afterwards."""
-        cm = self.aio.run()
+    def run(self, *, progress: BuildProgress | None = None) -> Iterator[App]:
+        """Deploys the app ephemerally for the ``with`` block and stops it afterwards
+        (``progress`` receives image build output; see :meth:`_AppAio.deploy`)."""
+        cm = self.aio.run(progress=progress)
         run_sync(cm.__aenter__(), "App.run()")
         try:
             yield self

@@ -13,6 +13,7 @@
     │   ├── AlreadyExistsError      ALREADY_EXISTS
     │   ├── AuthError               UNAUTHENTICATED / PERMISSION_DENIED
     │   ├── FailedPreconditionError FAILED_PRECONDITION / ABORTED
+    │   │   └── ImageBuildError     an image failed to build (names the step; has the log tail)
     │   ├── ResourceExhaustedError  RESOURCE_EXHAUSTED
     │   │   └── QueueFullError      a put found the queue's partition full (also a ``queue.Full``)
     │   ├── UnavailableError        UNAVAILABLE / DEADLINE_EXCEEDED (transport)
@@ -43,6 +44,7 @@ __all__ = [
     "BlockingInAsyncContextError",
     "FailedPreconditionError",
     "FunctionTimeoutError",
+    "ImageBuildError",
     "InternalError",
     "InvalidArgumentError",
     "InvalidConfigError",
@@ -114,6 +116,24 @@ class AuthError(ServiceError, PermissionError):
 
 class FailedPreconditionError(ServiceError):
     """The object is not in a state that allows the call (FAILED_PRECONDITION, ABORTED)."""
+
+
+class ImageBuildError(FailedPreconditionError):
+    """An image a deploy needs failed to build.
+
+    Attributes:
+        image_id: the image's content id.
+        executor: the executor kind whose build failed (``process`` or ``docker``).
+        step: the failing step's index (``-1``: the base).
+        log_tail: the last lines of the build's output.
+    """
+
+    def __init__(self, message: str, *, image_id: str, executor: str, step: int, log_tail: str) -> None:
+        super().__init__(message, code="FAILED_PRECONDITION")
+        self.image_id = image_id
+        self.executor = executor
+        self.step = step
+        self.log_tail = log_tail
 
 
 class ResourceExhaustedError(ServiceError):

@@ -238,3 +238,47 @@ class ScheduleInfo:
     next_run_at: datetime | None
     last_run_at: datetime | None
     last_job_id: str
+
+
+@dataclass(frozen=True)
+class ImageBuildLine:
+    """A line of an image build's output.
+
+    Attributes:
+        image_id: the image's content id (``im-…``).
+        executor: the executor kind building it (``process`` or ``docker``).
+        step: the step it belongs to (``-1``: the base).
+        line: the text, without its newline.
+    """
+
+    image_id: str
+    executor: str
+    step: int
+    line: str
+
+
+@dataclass(frozen=True)
+class ImageBuildResult:
+    """How building an image for one executor kind ended.
+
+    Attributes:
+        image_id: the image's content id.
+        executor: ``process`` or ``docker``.
+        ok: the image is built (or was already).
+        cached: nothing ran: it was built before.
+        deferred: no worker was connected; it is built when a container first needs it.
+        failed_step: the failing step's index (``-1``: the base) when not ``ok``.
+        error: what failed and how to fix it.
+        log_tail: the last lines of the build's output.
+        seconds: how long the build took.
+    """
+
+    image_id: str
+    executor: str
+    ok: bool
+    cached: bool = False
+    deferred: bool = False
+    failed_step: int = -1
+    error: str = ""
+    log_tail: str = ""
+    seconds: float = 0.0

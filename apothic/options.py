@@ -11,6 +11,7 @@ from typing import Any
 
 from apothic.concurrency import BATCHED_ATTR, CONCURRENT_ATTR, BatchedConfig, ConcurrentConfig
 from apothic.exceptions import InvalidConfigError
+from apothic.image import Image
 from apothic.retries import Retries, as_retries
 from apothic.schedules import Cron, Period
 from apothic.secret import Secret
@@ -56,6 +57,8 @@ class FunctionOptions:
     #: ``{mount path: Volume}``, or a list of volumes with a mount path each (``mounted_at``
     #: or ``mount_path_default``); validated into ``((path, volume), ...)`` sorted by path.
     volumes: Any = ()
+    #: The environment the function runs in; None means the worker's own Python environment.
+    image: Image | None = None
 
 
 def _volumes(value: Any) -> tuple[tuple[str, Volume], ...]:
@@ -141,6 +144,10 @@ def validate_options(**kwargs: Any) -> FunctionOptions:
             raise InvalidConfigError(f"{what} must be a dict of strings to strings, got {mapping!r}")
     if opts.schedule is not None and not isinstance(opts.schedule, Cron | Period):
         raise InvalidConfigError(f"schedule must be apothic.Cron(...) or apothic.Period(...), got {opts.schedule!r}")
+    if opts.image is not None and not isinstance(opts.image, Image):
+        raise InvalidConfigError(
+            f"image must be an apothic.Image (e.g. apothic.Image.debian_slim().pip_install(...)), got {opts.image!r}"
+        )
     secrets = opts.secrets
     if isinstance(secrets, Secret) or not isinstance(secrets, (list, tuple)):
         raise InvalidConfigError(f"secrets must be a list of apothic.Secret, got {type(secrets).__name__}")
@@ -191,11 +198,13 @@ class FunctionDefinition:
     secrets: tuple[Secret, ...] = ()
     #: ``((mount path, volume), ...)``.
     volumes: tuple[tuple[str, Volume], ...] = ()
+    image: Image | None = None
 
 
 def _options_doc(options: FunctionOptions) -> dict[str, Any]:
-    doc = asdict(replace(options, secrets=(), volumes=()))
+    doc = asdict(replace(options, secrets=(), volumes=(), image=None))
     doc["volumes"] = {path: vol.name for path, vol in options.volumes}
+    doc["image"] = options.image.describe() if options.image is not None else None
     # Names only: inline values never go into the options document.
     doc["secrets"] = [s.name if s.name is not None else "<inline>" for s in options.secrets]
     if isinstance(options.retries, Retries):
@@ -255,6 +264,7 @@ def definition(
         schedule=options.schedule,
         secrets=options.secrets,
         volumes=options.volumes,
+        image=options.image,
     )
 
 

@@ -54,6 +54,7 @@ class LocalRuntime:
         api_key: reuse this key when it is still valid (``apothic up`` across restarts).
         watch: how watches of queues and dicts retain changes and report progress (tests
             make both small); the server's defaults when None.
+        executor: how the local workers run containers: ``process`` or ``docker``.
     """
 
     def __init__(
@@ -66,7 +67,9 @@ class LocalRuntime:
         workers: int = 1,
         api_key: str | None = None,
         watch: WatchSettings | None = None,
+        executor: str = "process",
     ) -> None:
+        self.executor = executor
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if state_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="apothic-")
@@ -119,8 +122,16 @@ class LocalRuntime:
         for i in range(self.worker_count):
             await self.add_worker(f"workers:local{i}")
 
-    async def add_worker(self, worker_id: str, *, labels: dict[str, str] | None = None) -> Worker:
-        """Starts one more local worker and waits until its session is open."""
+    async def add_worker(
+        self, worker_id: str, *, labels: dict[str, str] | None = None, executor: str | None = None
+    ) -> Worker:
+        """Starts one more local worker and waits until its session is open.
+
+        Args:
+            worker_id: the worker's id.
+            labels: extra offer labels.
+            executor: ``process`` or ``docker``; the runtime's ``executor`` when None.
+        """
         from apothic.worker.agent import Worker
         from apothic.worker.settings import WorkerSettings
         from apothic.worker.transport import InProcessTransport
@@ -134,6 +145,7 @@ class LocalRuntime:
                 worker_id=worker_id,
                 state_dir=self.state_dir / "worker" / worker_id.replace(":", "_"),
                 labels=labels or {},
+                executor=executor or self.executor,
             ),
             transport=InProcessTransport(self.plane.worker_servicer.Session, self.address),
         )

@@ -63,6 +63,10 @@ class FunctionSpecRecord:
     #: Volumes the container mounts, each ``"<name>:<mount path>"`` (see
     #: :func:`apothic.server.volumes.mount_ref`).
     volumes: tuple[str, ...] = ()
+    #: The function's image: a serialized ``ImageSpec`` (empty: the worker's own environment),
+    #: and its content id.
+    image: bytes = b""
+    image_id: str = ""
 
     def schedule(self) -> Cron | Period | None:
         """The function's schedule, or None when it only runs when called.

@@ -65,7 +65,18 @@ class CancelInput:
     container_id: str
 
 
-Command = StartContainer | StopContainer | RunInput | CancelInput
+@dataclass(frozen=True)
+class BuildImage:
+    """Build an image on the worker (see :mod:`apothic.server.images`)."""
+
+    image_id: str
+    #: The ImageSpec, serialized (the servicer turns it back into a message).
+    spec: bytes
+    #: SHA-256s of the archives the image names.
+    contexts: tuple[str, ...]
+
+
+Command = StartContainer | StopContainer | RunInput | CancelInput | BuildImage
 
 
 @dataclass(eq=False)
@@ -77,6 +88,13 @@ class WorkerHandle:
     #: Commands for the worker's session; None ends the session.
     outbox: asyncio.Queue[Command | None] = field(default_factory=asyncio.Queue)
     containers: dict[str, ContainerHandle] = field(default_factory=dict)
+    #: Images this worker reported built in this session: their archives need not be sent.
+    images: set[str] = field(default_factory=set)
+
+    @property
+    def executor(self) -> str:
+        """How the worker runs containers: ``process`` or ``docker``."""
+        return str(self.offer.get("executor") or "process")
 
     @property
     def capacity(self) -> int:

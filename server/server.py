@@ -20,6 +20,7 @@ from apothic._proto.v1 import (
     call_service_pb2,
     dict_service_pb2,
     function_service_pb2,
+    image_service_pb2,
     queue_service_pb2,
     secret_service_pb2,
     volume_service_pb2,
@@ -29,6 +30,7 @@ from apothic._proto.v1 import app_service_pb2_grpc as app_grpc
 from apothic._proto.v1 import call_service_pb2_grpc as call_grpc
 from apothic._proto.v1 import dict_service_pb2_grpc as dict_grpc
 from apothic._proto.v1 import function_service_pb2_grpc as fn_grpc
+from apothic._proto.v1 import image_service_pb2_grpc as image_grpc
 from apothic._proto.v1 import queue_service_pb2_grpc as queue_grpc
 from apothic._proto.v1 import secret_service_pb2_grpc as secret_grpc
 from apothic._proto.v1 import volume_service_pb2_grpc as volume_grpc
@@ -36,6 +38,7 @@ from apothic._proto.v1 import worker_service_pb2_grpc as w_grpc
 from apothic.server.auth import Accounts, AuthInterceptor
 from apothic.server.deployments import DeploymentManager
 from apothic.server.dicts import DictManager
+from apothic.server.images import ImageManager
 from apothic.server.jobs import JobManager
 from apothic.server.models import JOB_FAILED
 from apothic.server.queues import QueueManager
@@ -46,6 +49,7 @@ from apothic.server.servicers.apps import AppServicer
 from apothic.server.servicers.calls import CallServicer
 from apothic.server.servicers.dicts import DictServicer
 from apothic.server.servicers.functions import FunctionServicer
+from apothic.server.servicers.images import ImageServicer
 from apothic.server.servicers.queues import QueueServicer
 from apothic.server.servicers.secrets import SecretServicer
 from apothic.server.servicers.volumes import VolumeServicer
@@ -66,6 +70,7 @@ SERVICE_NAMES = (
     call_service_pb2.DESCRIPTOR.services_by_name["CallService"].full_name,
     secret_service_pb2.DESCRIPTOR.services_by_name["SecretService"].full_name,
     volume_service_pb2.DESCRIPTOR.services_by_name["VolumeService"].full_name,
+    image_service_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name,
 )
 
 
@@ -93,9 +98,10 @@ class ControlPlane:
         self.volumes = VolumeManager(self.store, settings.state_dir / "volumes")
         self.deployments.volumes = self.volumes
         self.scheduler.live_deployments = self.deployments.live
+        self.images = ImageManager(self.store, self.scheduler)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         #: Also serves in-process worker sessions (see apothic.worker.transport).
-        self.worker_servicer = WorkerServicer(self.scheduler, self.deployments, self.secrets)
+        self.worker_servicer = WorkerServicer(self.scheduler, self.deployments, self.secrets, self.images)
         #: Fires scheduled functions (``@app.function(schedule=...)``).
         self.schedules = ScheduleRunner(self.deployments, self.jobs, self.store)
         self.server: grpc.aio.Server | None = None
@@ -169,8 +175,9 @@ class ControlPlane:
         functions = FunctionServicer(self.deployments, self.jobs)
         fn_grpc.add_FunctionServiceServicer_to_server(functions, server)
         app_grpc.add_AppServiceServicer_to_server(
-            AppServicer(self.deployments, self.jobs, self.schedules, self.secrets), server
+            AppServicer(self.deployments, self.jobs, self.schedules, self.secrets, self.images), server
         )
+        image_grpc.add_ImageServiceServicer_to_server(ImageServicer(self.images), server)
         secret_grpc.add_SecretServiceServicer_to_server(SecretServicer(self.secrets), server)
         volume_grpc.add_VolumeServiceServicer_to_server(VolumeServicer(self.volumes), server)
         w_grpc.add_WorkerServiceServicer_to_server(self.worker_servicer, server)

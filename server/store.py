@@ -24,6 +24,7 @@ from apothic.server.models import (
     JobRecord,
 )
 from apothic.server.store_base import MAX_BATCH, Statement, StoreWriteError, _key, _rid
+from apothic.server.store_images import ImageStore
 from apothic.server.store_primitives import PrimitiveStore
 from apothic.server.store_secrets import SecretStore
 from apothic.server.store_volumes import VolumeStore
@@ -105,7 +106,7 @@ def _job_from_doc(doc: dict[str, Any]) -> JobRecord:
     )
 
 
-class Store(PrimitiveStore, SecretStore, VolumeStore):
+class Store(ImageStore, PrimitiveStore, SecretStore, VolumeStore):
     """The control plane's state in SurrealDB.
 
     Args:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import json
 import logging
 import random
+import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import grpc
 import grpc.aio
@@ -25,7 +29,9 @@ from apothic.worker.containers import (
     Result,
     Yield,
 )
+from apothic.worker.images import Images
 from apothic.worker.process import ExecLauncher, Launcher
+from apothic.worker.recipe import BuildFailed, BuiltImage, ImageBuilder, Recipe, recipe_from_pb
 from apothic.worker.settings import WorkerSettings
 from apothic.worker.transport import GrpcTransport, SessionTransport
 from apothic.worker.zygote import ZygoteLauncher
@@ -107,7 +113,18 @@ def _execution(spec: pb.FunctionSpec) -> dict[str, object]:
         is_async=spec.is_async,
         is_generator=spec.is_generator,
     )
-    return {"max_inputs": max_inputs, "env": tuple(env.items()), "cancel_in_place": spec.is_async, "prefetch": prefetch}
+    try:
+        options = json.loads(spec.options_json or "{}")
+    except ValueError:
+        options = {}
+    return {
+        "max_inputs": max_inputs,
+        "env": tuple(env.items()),
+        "cancel_in_place": spec.is_async,
+        "prefetch": prefetch,
+        "cpu": float(options.get("cpu") or 0.0),
+        "memory_mb": int(options.get("memory_mb") or 0),
+    }
 
 
 class Worker:
@@ -121,7 +138,8 @@ class Worker:
         }
         env["APOTHIC_BASE_URL"] = settings.base_url
         env["APOTHIC_API_KEY"] = settings.api_key
-        self.launcher: Launcher = ZygoteLauncher(env=env) if settings.zygote else ExecLauncher()
+        self.images = Images(self._builder())
+        self.launcher: Launcher = self._launcher(env)
         self.containers = ContainerManager(
             settings.state_dir, self._report, env, settings.stop_grace_s, launcher=self.launcher
         )
@@ -131,9 +149,89 @@ class Worker:
         self.connected = asyncio.Event()
         self.sessions = 0
 
+    def _builder(self) -> ImageBuilder:
+        s = self.settings
+        if s.executor == "docker":
+            from apothic.worker.docker_executor import DockerBuilder
+
+            return DockerBuilder(s.state_dir)
+        from apothic.worker.venv_builder import VenvBuilder
+
+        return VenvBuilder(s.state_dir)
+
+    def _launcher(self, env: dict[str, str]) -> Launcher:
+        s = self.settings
+        if s.executor == "docker":
+            from apothic.worker.docker_executor import DockerLauncher
+
+            return DockerLauncher(env=env, state_dir=s.state_dir)
+        return ZygoteLauncher(env=env) if s.zygote else ExecLauncher()
+
     def _report(self, report: Report) -> None:
         if self._outbox is not None:
             self._outbox.put_nowait(report)
+
+    def _send(self, message: w_pb.SessionRequest) -> None:
+        if self._outbox is not None:
+            self._outbox.put_nowait(message)
+
+    async def _image(self, spec: pb.FunctionSpec, contexts: dict[str, bytes]) -> BuiltImage | None:
+        """The function's image, built here if it is not yet; None for the worker's own
+        environment (the process executor's default).
+
+        Raises:
+            BuildFailed: the build failed.
+        """
+        if spec.HasField("image"):
+            recipe = recipe_from_pb(spec.image)
+        elif self.settings.executor == "docker":
+            recipe = Recipe(image_id="im-default")  # Debian slim with the worker's Python
+        else:
+            return None
+        built, _ = await self.images.ensure(recipe, contexts)
+        return built
+
+    async def _start_container(
+        self, spec: ContainerSpec, function: pb.FunctionSpec, contexts: dict[str, bytes]
+    ) -> None:
+        try:
+            image = await self._image(function, contexts)
+        except BuildFailed as exc:
+            self._report(Exited(spec.container_id, -1, f"the image build failed: {exc}", True))
+            return
+        except Exception as exc:
+            log.exception("container %s: the image could not be built", spec.container_id)
+            self._report(Exited(spec.container_id, -1, f"the worker could not build the image: {exc}", True))
+            return
+        await self.containers.start(replace(spec, image=image))
+
+    async def _build(self, build: w_pb.BuildImage) -> None:
+        """Builds an image the control plane asked for, streaming its log; ends with ImageBuilt."""
+        recipe = recipe_from_pb(build.image)
+        executor = self.images.executor
+        tail: collections.deque[str] = collections.deque(maxlen=40)
+
+        def on_log(step: int, line: str) -> None:
+            tail.append(line)
+            self._send(
+                w_pb.SessionRequest(
+                    image_build_log=pb.ImageBuildLog(image_id=recipe.image_id, executor=executor, step=step, line=line)
+                )
+            )
+
+        started = time.monotonic()
+        result = pb.ImageBuildResult(image_id=recipe.image_id, executor=executor)
+        try:
+            _, cached = await self.images.ensure(recipe, {c.sha256: c.data for c in build.contexts}, on_log)
+            result.ok, result.cached = True, cached
+        except BuildFailed as exc:
+            result.failed_step, result.error, result.log_tail = exc.step, str(exc), exc.log_tail or "\n".join(tail)
+        except Exception as exc:
+            log.exception("image %s: the build failed", recipe.image_id)
+            result.failed_step, result.error = -1, f"the worker could not build the image: {exc}"
+            result.log_tail = "\n".join(tail)
+        result.seconds = time.monotonic() - started
+        self._send(w_pb.SessionRequest(image_built=w_pb.ImageBuilt(result=result)))
 
     async def run(self) -> None:
         """Holds a session, reconnecting with backoff, until :meth:`stop`."""
@@ -224,6 +322,7 @@ class Worker:
             hello=w_pb.WorkerHello(
                 worker_id=s.worker_id,
                 version="0.1.0",
+                executor=s.executor,
                 offer=pb.Offer(
                     cpu_cores=offer.cpu_cores,
                     memory_mb=offer.memory_mb,
@@ -264,13 +363,18 @@ class Worker:
                             startup_timeout_s=sc.function.startup_timeout_s or 60.0,
                             **execution,
                         )
-                        task = asyncio.create_task(self.containers.start(spec))
+                        contexts = {c.sha256: c.data for c in sc.image_contexts}
+                        task = asyncio.create_task(self._start_container(spec, sc.function, contexts))
                         tasks.add(task)
                         task.add_done_callback(tasks.discard)
                     elif which == "stop_container":
                         task = asyncio.create_task(
                             self.containers.stop(msg.stop_container.container_id, msg.stop_container.reason)
                         )
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
+                    elif which == "build_image":
+                        task = asyncio.create_task(self._build(msg.build_image))
                         tasks.add(task)
                         task.add_done_callback(tasks.discard)
                     elif which == "cancel_input":

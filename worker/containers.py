@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from apothic._container import protocol
-from apothic.worker.process import ContainerProcess, ExecLauncher, Launcher
+from apothic.worker.process import ContainerProcess, ExecLauncher, Launcher, LaunchOptions
+from apothic.worker.recipe import BuiltImage
 
 log = logging.getLogger("apothic.worker.containers")
 
@@ -51,6 +52,11 @@ class ContainerSpec:
     cancel_in_place: bool = False
     #: Extra inputs held by a serial container (see protocol.PREFETCH).
     prefetch: int = 0
+    #: The function's image, built on this worker (None: the worker's own environment).
+    image: BuiltImage | None = None
+    #: Resource limits (0: none); the docker executor enforces them.
+    cpu: float = 0.0
+    memory_mb: int = 0
 
 
 # Events reported to the control plane.
@@ -161,6 +167,14 @@ class ProcessContainer:
             APOTHIC_CONTAINER_ID=self.spec.container_id,
             PYTHONUNBUFFERED="1",
         )
+        image = self.spec.image
+        if image is not None:
+            # The image's variables, then the function's own (env=, secrets) over them.
+            env.update(image.env)
+            if image.workdir:
+                env["APOTHIC_WORKDIR"] = image.workdir
+            if image.python_path:
+                env["APOTHIC_PYTHON_PATH"] = os.pathsep.join(image.python_path)
         env.update(self.spec.env)
         if self.spec.pickled_function:
             path = self.source_dir.parent / f"{self.spec.container_id.replace(':', '_')}.pkl"
@@ -169,7 +183,8 @@ class ProcessContainer:
         else:
             env["APOTHIC_MODULE"] = self.spec.module
             env["APOTHIC_QUALNAME"] = self.spec.qualname
-        launched = await self._launcher.launch(env)
+        options = LaunchOptions(image=image, cpu=self.spec.cpu, memory_mb=self.spec.memory_mb)
+        launched = await self._launcher.launch(env, options=options)
         self.proc = launched.process
         reader, self._writer = await asyncio.open_unix_connection(sock=launched.channel)
         self._task = asyncio.create_task(self._pump(reader), name=f"container-{self.spec.container_id}")

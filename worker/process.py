@@ -25,6 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from apothic.worker.recipe import BuiltImage
+
 #: The module a container process runs (``python -m``).
 CONTAINER_MODULE = "apothic._container"
 #: Bytes of stderr kept per process; the exit reason quotes the end of it.
@@ -64,6 +66,21 @@ class ContainerProcess(Protocol):
 
 
 @dataclass(frozen=True)
+class LaunchOptions:
+    """What a container runs in, beyond its environment.
+
+    Attributes:
+        image: the built image (None: the worker's own Python environment).
+        cpu: CPU cores it may use (0: no limit); enforced by the docker executor.
+        memory_mb: memory it may use (0: no limit); enforced by the docker executor.
+    """
+
+    image: BuiltImage | None = None
+    cpu: float = 0.0
+    memory_mb: int = 0
+
+
+@dataclass(frozen=True)
 class Launched:
     """A started container: its process and the worker's end of its socket pair."""
 
@@ -79,9 +96,15 @@ class Launcher(Protocol):
         ...
 
     async def launch(
-        self, env: Mapping[str, str], *, executable: str = sys.executable, module: str = CONTAINER_MODULE
+        self,
+        env: Mapping[str, str],
+        *,
+        executable: str = sys.executable,
+        module: str = CONTAINER_MODULE,
+        options: LaunchOptions | None = None,
     ) -> Launched:
-        """Starts ``executable -m module`` with exactly ``env`` plus ``APOTHIC_CONTAINER_FD``.
+        """Starts ``executable -m module`` with exactly ``env`` plus ``APOTHIC_CONTAINER_FD``,
+        in ``options.image`` when one is given (its interpreter replaces ``executable``).
 
         Raises:
             OSError: the process could not be started.
@@ -187,13 +210,21 @@ class ExecLauncher:
         """Nothing to prepare."""
 
     async def launch(
-        self, env: Mapping[str, str], *, executable: str = sys.executable, module: str = CONTAINER_MODULE
+        self,
+        env: Mapping[str, str],
+        *,
+        executable: str = sys.executable,
+        module: str = CONTAINER_MODULE,
+        options: LaunchOptions | None = None,
     ) -> Launched:
-        """Forks and execs ``executable -m module`` (the container by default) with ``env``.
+        """Forks and execs ``executable -m module`` (the container by default) with ``env``;
+        an image's interpreter replaces ``executable``.
 
         Raises:
             OSError: the process could not be started.
         """
+        if options is not None and options.image is not None:
+            executable = options.image.python
         parent, child, read_end, write_end = container_pipes()
         try:
             proc = await asyncio.create_subprocess_exec(

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+#: The executor kinds a worker can run.
+EXECUTORS = ("process", "docker")
+
 
 @dataclass(frozen=True)
 class WorkerSettings:
@@ -31,3 +34,8 @@ class WorkerSettings:
     max_backoff_s: float = 5.0
     stop_grace_s: float = 2.0
     zygote: bool = True
+    executor: str = "process"
+
+    def __post_init__(self) -> None:
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")

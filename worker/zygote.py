@@ -64,6 +64,7 @@ from apothic.worker.process import (
     ExecLauncher,
     Launched,
     Launcher,
+    LaunchOptions,
     StderrTail,
     container_pipes,
     kill_group,
@@ -642,14 +643,20 @@ class ZygoteLauncher:
         return zygote if not zygote.dead else None
 
     async def launch(
-        self, env: Mapping[str, str], *, executable: str = sys.executable, module: str = CONTAINER_MODULE
+        self,
+        env: Mapping[str, str],
+        *,
+        executable: str = sys.executable,
+        module: str = CONTAINER_MODULE,
+        options: LaunchOptions | None = None,
     ) -> Launched:
         """Forks a container from the zygote, or execs it (see the module docstring for when).
 
         Raises:
             OSError: the exec fallback could not start the process either.
         """
-        if executable == sys.executable and not self._closed:
+        in_image = options is not None and options.image is not None
+        if executable == sys.executable and not in_image and not self._closed:
             different = startup_difference(env, self.env)
             if different is None:
                 zygote = await self._ready()
@@ -660,7 +667,7 @@ class ZygoteLauncher:
                         log.warning("the zygote could not start a container (%s); using exec", exc)
             else:
                 log.debug("%s differs from the zygote's environment; using exec", different)
-        return await self._fallback.launch(env, executable=executable, module=module)
+        return await self._fallback.launch(env, executable=executable, module=module, options=options)
 
     async def close(self) -> None:
         """Stops the zygote; containers it started keep running."""

@@ -1,7 +1,10 @@
 """Container entry point: ``python -m apothic._container``.
 
-Environment (set by the worker): ``APOTHIC_CONTAINER_FD`` (the socket to the worker),
-``APOTHIC_SOURCE_DIR``, ``APOTHIC_MODULE`` + ``APOTHIC_QUALNAME`` or
+Environment (set by the worker): ``APOTHIC_CONTAINER_FD`` (the socket to the worker) or
+``APOTHIC_CONTAINER_SOCKET`` (a Unix socket path to connect to, for a container in Docker),
+``APOTHIC_SOURCE_DIR``, ``APOTHIC_WORKDIR`` (the image's working directory; default: the
+source directory), ``APOTHIC_PYTHON_PATH`` (more ``sys.path`` entries,
+``os.pathsep``-separated), ``APOTHIC_MODULE`` + ``APOTHIC_QUALNAME`` or
 ``APOTHIC_PICKLED_FUNCTION`` (a file), and how inputs run: ``APOTHIC_MAX_INPUTS``,
 ``APOTHIC_BATCH_MAX_SIZE``, ``APOTHIC_BATCH_WAIT_MS``; ``APOTHIC_VOLUMES`` (JSON, mount
 path -> volume name: mounted before the function is imported, committed on exit).
@@ -26,9 +29,11 @@ from apothic._container.runner import Runner, RunnerConfig
 
 def _load_function() -> Callable[..., Any]:
     source_dir = os.environ.get("APOTHIC_SOURCE_DIR", "")
-    if source_dir:
-        sys.path.insert(0, source_dir)
-        os.chdir(source_dir)
+    extra = [p for p in os.environ.get("APOTHIC_PYTHON_PATH", "").split(os.pathsep) if p]
+    sys.path[0:0] = [source_dir, *extra] if source_dir else extra
+    workdir = os.environ.get("APOTHIC_WORKDIR") or source_dir
+    if workdir:
+        os.chdir(workdir)
     pickled = os.environ.get("APOTHIC_PICKLED_FUNCTION")
     if pickled:
         import cloudpickle
@@ -52,7 +57,12 @@ def _config() -> RunnerConfig:
 
 
 def main() -> None:
-    sock = socket.socket(fileno=int(os.environ["APOTHIC_CONTAINER_FD"]))
+    path = os.environ.get("APOTHIC_CONTAINER_SOCKET")
+    if path:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(path)
+    else:
+        sock = socket.socket(fileno=int(os.environ["APOTHIC_CONTAINER_FD"]))
     channel = protocol.BlockingChannel(sock)
     try:
         if os.environ.get("APOTHIC_VOLUMES"):

@@ -59,13 +59,14 @@ def deploy(
     as_json: bool = JSON_OPT,
 ) -> None:
     """Deploy an app: it stays live until stopped, and calls by name go to it."""
+    from apothic.cli._build import BuildDisplay
     from apothic.cli._load import find_app, load_module
     from apothic.cli._render import as_json as to_json
-    from apothic.cli._render import console
+    from apothic.cli._render import console, err_console
 
     target = find_app(load_module(file), app_name)
-    with console.status(f"Deploying [bold]{target.name}[/bold]…", spinner="dots"):
-        target.deploy()
+    with console.status(f"Deploying [bold]{target.name}[/bold]…", spinner="dots") as status:
+        target.deploy(progress=BuildDisplay(status, err_console if as_json else console))
     info = target.deployment
     assert info is not None
     if as_json:

@@ -104,6 +104,7 @@ class _AppWatcher:
 
 def run_file(target: str, app_name: str | None) -> None:
     """Deploys the file's app ephemerally, runs its entrypoint, and stops it."""
+    from apothic.cli._build import BuildDisplay
     from apothic.cli._load import find_app, load_module
     from apothic.config import load_client_config
 
@@ -120,8 +121,8 @@ def run_file(target: str, app_name: str | None) -> None:
     try:
         app = find_app(load_module(file), app_name)
         func = _pick_entrypoint(app, entry)
-        with console.status(f"Deploying [bold]{app.name}[/bold]…", spinner="dots"):
-            ctx = app.run()
+        with console.status(f"Deploying [bold]{app.name}[/bold]…", spinner="dots") as status:
+            ctx = app.run(progress=BuildDisplay(status, console))
             ctx.__enter__()
         console.print(f"[green]✓[/green] App [bold]{app.name}[/bold] running ({app.deployment_id})")
         watcher = _AppWatcher(app.name)

@@ -152,13 +152,18 @@ def register(app: typer.Typer) -> None:
         worker_id: str = typer.Option(None, "--worker-id", help="Stable worker id."),
         labels: str = typer.Option("", "--labels", help="Extra offer labels, k=v,k=v."),
         state_dir: Path = typer.Option(None, "--state-dir", help="Where archives are unpacked."),
+        executor: str = typer.Option(
+            "process", "--executor", help="How containers run: process (default) or docker (the local Docker daemon)."
+        ),
         verbose: bool = typer.Option(False, "--verbose", "-v"),
     ) -> None:
         """Run a worker that dials the control plane and runs containers."""
         from apothic.config import load_client_config, parse_labels, worker_env
         from apothic.worker.agent import Worker
-        from apothic.worker.settings import WorkerSettings
+        from apothic.worker.settings import EXECUTORS, WorkerSettings
 
+        if executor not in EXECUTORS:
+            raise typer.BadParameter(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
         _setup_logging(verbose)
         config = load_client_config(base_url=base_url, api_key=api_key)
         if config is None:
@@ -172,6 +177,7 @@ def register(app: typer.Typer) -> None:
             worker_id=wid,
             state_dir=folder / wid.replace(":", "_"),
             labels={**env.labels, **parse_labels(labels)},
+            executor=executor,
         )
 
         async def main() -> None:

@@ -12,11 +12,12 @@ from apothic._proto.v1 import types_pb2 as pb
 from apothic.server.auth import current_account
 from apothic.server.deployments import DeploymentManager, validate_name
 from apothic.server.errors import FailedPrecondition, NotFound
+from apothic.server.images import ImageManager
 from apothic.server.jobs import JobManager
 from apothic.server.models import utcnow
 from apothic.server.schedules import ScheduleRunner
 from apothic.server.secrets import SecretManager
-from apothic.server.servicers import convert
+from apothic.server.servicers import convert, image_specs
 from apothic.server.watch import Change, SnapshotChunk
 
 
@@ -27,8 +28,10 @@ class AppServicer(app_grpc.AppServiceServicer):
         jobs: JobManager,
         schedules: ScheduleRunner | None = None,
         secrets: SecretManager | None = None,
+        images: ImageManager | None = None,
     ) -> None:
         self.deployments = deployments
+        self.images = images
         self.secrets = secrets
         self.jobs = jobs
         self.schedules = schedules
@@ -36,14 +39,47 @@ class AppServicer(app_grpc.AppServiceServicer):
     async def DeployApp(
         self, request: app_pb.DeployAppRequest, context: grpc.aio.ServicerContext
     ) -> app_pb.DeployAppResponse:
+        functions = await self._with_images(request)
         dep = await self.deployments.deploy(
             current_account.get(),
             request.app_name,
-            [convert.spec_from_pb(f, self.secrets.seal_inline if self.secrets else None) for f in request.functions],
+            [convert.spec_from_pb(f, self.secrets.seal_inline if self.secrets else None) for f in functions],
             request.source_archive,
             ephemeral=request.ephemeral,
         )
         return app_pb.DeployAppResponse(deployment=convert.deployment_to_pb(dep))
+
+    async def _with_images(self, request: app_pb.DeployAppRequest) -> list[pb.FunctionSpec]:
+        """The request's functions with their images checked, named and built on every
+        executor kind connected (a build already recorded answers at once).
+
+        Raises:
+            InvalidArgument: a malformed image, or an archive it names is missing.
+            FailedPrecondition: an image failed to build; names the step, with the output's end.
+        """
+        functions = list(request.functions)
+        with_image = [i for i, f in enumerate(functions) if f.HasField("image")]
+        if not with_image:
+            return functions
+        if self.images is None:
+            raise FailedPrecondition("this control plane does not build images; deploy without image=")
+        specs = await image_specs.prepare(
+            self.images.store, [functions[i].image for i in with_image], request.image_contexts
+        )
+        built: dict[str, str] = {}
+        for i, spec in zip(with_image, specs, strict=True):
+            copy = pb.FunctionSpec()
+            copy.CopyFrom(functions[i])
+            copy.image.CopyFrom(spec)
+            functions[i] = copy
+            if spec.image_id in built:
+                continue
+            data = spec.SerializeToString(deterministic=True)
+            for outcome in await self.images.ensure_built(spec.image_id, data, image_specs.named_contexts(spec)):
+                if not outcome.ok:
+                    raise FailedPrecondition(f"function {copy.name!r}: {outcome.describe()}")
+            built[spec.image_id] = copy.name
+        return functions
 
     async def GetDeployment(
         self, request: app_pb.GetDeploymentRequest, context: grpc.aio.ServicerContext

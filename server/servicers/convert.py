@@ -171,6 +171,8 @@ def spec_from_pb(
         is_async=spec.is_async,
         secrets=_secret_refs(spec, seal),
         volumes=tuple(mount_ref(spec.name, v.name, v.mount_path) for v in spec.volumes),
+        image=spec.image.SerializeToString(deterministic=True) if spec.HasField("image") else b"",
+        image_id=spec.image.image_id if spec.HasField("image") else "",
         **_schedule_fields(spec),
     )
 
@@ -246,6 +248,7 @@ def spec_to_pb(spec: FunctionSpecRecord) -> pb.FunctionSpec:
         secrets=[pb.FunctionSecret(name=ref) for ref in spec.secrets if not ref.startswith(INLINE_PREFIX)],
         volumes=[pb.FunctionVolume(name=n, mount_path=p) for n, p in map(split_mount_ref, spec.volumes)],
         schedule=schedule_to_pb(spec),
+        image=pb.ImageSpec.FromString(spec.image) if spec.image else None,
     )
 
 

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 import grpc.aio
 
@@ -16,7 +16,9 @@ from apothic._proto.v1 import worker_service_pb2_grpc as w_grpc
 from apothic.server import ids
 from apothic.server.deployments import DeploymentManager
 from apothic.server.errors import DomainError, InvalidArgument
+from apothic.server.images import ImageManager
 from apothic.server.scheduler import (
+    BuildImage,
     CancelInput,
     Command,
     RunInput,
@@ -26,7 +28,8 @@ from apothic.server.scheduler import (
     WorkerHandle,
 )
 from apothic.server.secrets import SecretManager
-from apothic.server.servicers import convert
+from apothic.server.servicers import convert, image_specs
+from apothic.server.servicers.images import outcome_from_pb
 from apothic.server.volumes import split_mount_ref
 
 log = logging.getLogger("apothic.server.workers")
@@ -34,7 +37,7 @@ log = logging.getLogger("apothic.server.workers")
 HEARTBEAT_INTERVAL_S = 5.0
 
 
-def _offer_dict(offer: pb.Offer) -> dict[str, object]:
+def _offer_dict(offer: pb.Offer, executor: str) -> dict[str, object]:
     return {
         "cpu_cores": offer.cpu_cores,
         "memory_mb": offer.memory_mb,
@@ -46,6 +49,7 @@ def _offer_dict(offer: pb.Offer) -> dict[str, object]:
         "verified": offer.verified,
         "labels": dict(offer.labels),
         "hostname": offer.hostname,
+        "executor": executor or "process",
     }
 
 
@@ -71,14 +75,30 @@ def _option_env(options_json: str) -> dict[str, str]:
 
 class WorkerServicer(w_grpc.WorkerServiceServicer):
     def __init__(
-        self, scheduler: Scheduler, deployments: DeploymentManager, secrets: SecretManager | None = None
+        self,
+        scheduler: Scheduler,
+        deployments: DeploymentManager,
+        secrets: SecretManager | None = None,
+        images: ImageManager | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.deployments = deployments
         self.secrets = secrets
+        self.images = images
 
-    async def _message(self, cmd: Command) -> w_pb.SessionResponse | None:
+    async def _contexts(self, shas: Iterable[str]) -> list[pb.ImageContext]:
+        out = []
+        for sha in shas:
+            data = await self.deployments.archive(sha)
+            out.append(pb.ImageContext(sha256=sha, data=data))
+        return out
+
+    async def _message(self, cmd: Command, worker: WorkerHandle) -> w_pb.SessionResponse | None:
         """The message for a command; None when a container cannot start (its secrets)."""
+        if isinstance(cmd, BuildImage):
+            spec = pb.ImageSpec.FromString(cmd.spec)
+            build = w_pb.BuildImage(image=spec, contexts=await self._contexts(cmd.contexts))
+            return w_pb.SessionResponse(build_image=build)
         if isinstance(cmd, RunInput):
             return w_pb.SessionResponse(run_input=_run_input(cmd))
         if isinstance(cmd, StartContainer):
@@ -94,15 +114,21 @@ class WorkerServicer(w_grpc.WorkerServiceServicer):
             if cmd.spec.volumes:
                 # Where the container mounts its volumes: {mount path: volume name}.
                 env["APOTHIC_VOLUMES"] = json.dumps({p: n for n, p in map(split_mount_ref, cmd.spec.volumes)})
+            function = convert.spec_to_pb(cmd.spec)
+            contexts: list[pb.ImageContext] = []
+            if cmd.spec.image_id and cmd.spec.image_id not in worker.images:
+                # A worker that has not built the image builds it before the container starts.
+                contexts = await self._contexts(image_specs.named_contexts(function.image))
             return w_pb.SessionResponse(
                 start_container=w_pb.StartContainer(
                     container_id=cmd.container_id,
                     deployment_id=cmd.deployment_id,
                     app_name=cmd.app_name,
-                    function=convert.spec_to_pb(cmd.spec),
+                    function=function,
                     source_archive=await self.deployments.archive(cmd.archive_sha256),
                     archive_sha256=cmd.archive_sha256,
                     env=env,
+                    image_contexts=contexts,
                 )
             )
         if isinstance(cmd, StopContainer):
@@ -113,9 +139,16 @@ class WorkerServicer(w_grpc.WorkerServiceServicer):
             return w_pb.SessionResponse(cancel_input=w_pb.CancelInput(job_id=cmd.job_id, container_id=cmd.container_id))
         raise TypeError(f"unknown command {cmd!r}")
 
-    def _handle(self, msg: w_pb.SessionRequest) -> None:
+    def _handle(self, msg: w_pb.SessionRequest, worker: WorkerHandle) -> None:
         which = msg.WhichOneof("message")
         sched = self.scheduler
+        if which == "image_build_log" and self.images is not None:
+            build_log = msg.image_build_log
+            self.images.on_log(worker, build_log.image_id, build_log.step, build_log.line)
+            return
+        if which == "image_built" and self.images is not None:
+            self.images.on_built(worker, outcome_from_pb(msg.image_built.result))
+            return
         if which == "input_results":
             for r in msg.input_results.results:
                 self._result(r)
@@ -147,7 +180,7 @@ class WorkerServicer(w_grpc.WorkerServiceServicer):
     async def _read(self, requests: AsyncIterator[w_pb.SessionRequest], worker: WorkerHandle) -> None:
         try:
             async for msg in requests:
-                self._handle(msg)
+                self._handle(msg, worker)
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
             pass
         except Exception:
@@ -164,7 +197,7 @@ class WorkerServicer(w_grpc.WorkerServiceServicer):
         hello = first.hello
         if not hello.worker_id:
             raise InvalidArgument("the worker hello must carry a worker_id")
-        worker = self.scheduler.worker_connected(hello.worker_id, _offer_dict(hello.offer))
+        worker = self.scheduler.worker_connected(hello.worker_id, _offer_dict(hello.offer, hello.executor))
         log.info("worker %s connected (%s cores)", hello.worker_id, hello.offer.cpu_cores)
         yield w_pb.SessionResponse(
             welcome=w_pb.SessionWelcome(session_id=ids.new_id("sessions"), heartbeat_interval_s=HEARTBEAT_INTERVAL_S)
@@ -177,7 +210,7 @@ class WorkerServicer(w_grpc.WorkerServiceServicer):
                 if cmd is None:
                     break
                 if not isinstance(cmd, RunInput) or outbox.empty():
-                    message = await self._message(cmd)
+                    message = await self._message(cmd, worker)
                     if message is not None:
                         yield message
                     continue
@@ -196,7 +229,7 @@ class WorkerServicer(w_grpc.WorkerServiceServicer):
                 if tail is None:
                     break
                 if tail is not False:
-                    message = await self._message(tail)  # type: ignore[arg-type]
+                    message = await self._message(tail, worker)  # type: ignore[arg-type]
                     if message is not None:
                         yield message
         finally:
@@ -205,3 +238,5 @@ class WorkerServicer(w_grpc.WorkerServiceServicer):
                 await reader
             log.info("worker %s disconnected", worker.worker_id)
             self.scheduler.worker_lost(worker, "its session ended")
+            if self.images is not None:
+                self.images.worker_lost(worker)

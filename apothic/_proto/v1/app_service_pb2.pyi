@@ -30,6 +30,7 @@ class DeployAppRequest(_message.Message):
     FUNCTIONS_FIELD_NUMBER: _builtins.int
     SOURCE_ARCHIVE_FIELD_NUMBER: _builtins.int
     EPHEMERAL_FIELD_NUMBER: _builtins.int
+    IMAGE_CONTEXTS_FIELD_NUMBER: _builtins.int
     app_name: _builtins.str
     source_archive: _builtins.bytes
     """A zip of the app's source files, imported by containers."""
@@ -37,6 +38,10 @@ class DeployAppRequest(_message.Message):
     """Ephemeral deployments stop when their client stops heartbeating."""
     @_builtins.property
     def functions(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.FunctionSpec]: ...
+    @_builtins.property
+    def image_contexts(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.ImageContext]:
+        """The tar archives the functions' images name (local files, Dockerfile contexts)."""
+
     def __init__(
         self,
         *,
@@ -44,10 +49,11 @@ class DeployAppRequest(_message.Message):
         functions: _abc.Iterable[_types_pb2.FunctionSpec] | None = ...,
         source_archive: _builtins.bytes = ...,
         ephemeral: _builtins.bool = ...,
+        image_contexts: _abc.Iterable[_types_pb2.ImageContext] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_name", b"app_name", "ephemeral", b"ephemeral", "functions", b"functions", "source_archive", b"source_archive"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_name", b"app_name", "ephemeral", b"ephemeral", "functions", b"functions", "image_contexts", b"image_contexts", "source_archive", b"source_archive"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -468,6 +468,8 @@ class FunctionSpec(_message.Message):
     IS_ASYNC_FIELD_NUMBER: _builtins.int
     SECRETS_FIELD_NUMBER: _builtins.int
     VOLUMES_FIELD_NUMBER: _builtins.int
+    IMAGE_FIELD_NUMBER: _builtins.int
+    BUCKET_MOUNTS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     module: _builtins.str
     """Module to import from the source archive; empty when the function ships by value."""
@@ -523,6 +525,16 @@ class FunctionSpec(_message.Message):
         `mount_path` when it starts, and changes go back on `Volume.commit()` and on exit.
         """
 
+    @_builtins.property
+    def image(self) -> Global___ImageSpec:
+        """The environment the function runs in; unset means the worker's own Python environment."""
+
+    @_builtins.property
+    def bucket_mounts(self) -> _containers.RepeatedCompositeFieldContainer[Global___FunctionBucketMount]:
+        """S3-compatible buckets the container sees as directories: objects under `prefix`
+        appear at `mount_path`, and files written there are uploaded by the end of each call.
+        """
+
     def __init__(
         self,
         *,
@@ -547,14 +559,460 @@ class FunctionSpec(_message.Message):
         is_async: _builtins.bool = ...,
         secrets: _abc.Iterable[Global___FunctionSecret] | None = ...,
         volumes: _abc.Iterable[Global___FunctionVolume] | None = ...,
+        image: Global___ImageSpec | None = ...,
+        bucket_mounts: _abc.Iterable[Global___FunctionBucketMount] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["retry_policy", b"retry_policy", "schedule", b"schedule"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "retry_policy", b"retry_policy", "schedule", b"schedule"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_max_size", b"batch_max_size", "batch_wait_ms", b"batch_wait_ms", "is_async", b"is_async", "is_generator", b"is_generator", "max_concurrent_inputs", b"max_concurrent_inputs", "max_containers", b"max_containers", "max_pending_tasks", b"max_pending_tasks", "min_containers", b"min_containers", "module", b"module", "name", b"name", "options_json", b"options_json", "pickled_function", b"pickled_function", "qualname", b"qualname", "retry_policy", b"retry_policy", "scaledown_window_s", b"scaledown_window_s", "schedule", b"schedule", "secrets", b"secrets", "startup_timeout_s", b"startup_timeout_s", "target_concurrent_inputs", b"target_concurrent_inputs", "timeout_s", b"timeout_s", "volumes", b"volumes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_max_size", b"batch_max_size", "batch_wait_ms", b"batch_wait_ms", "bucket_mounts", b"bucket_mounts", "image", b"image", "is_async", b"is_async", "is_generator", b"is_generator", "max_concurrent_inputs", b"max_concurrent_inputs", "max_containers", b"max_containers", "max_pending_tasks", b"max_pending_tasks", "min_containers", b"min_containers", "module", b"module", "name", b"name", "options_json", b"options_json", "pickled_function", b"pickled_function", "qualname", b"qualname", "retry_policy", b"retry_policy", "scaledown_window_s", b"scaledown_window_s", "schedule", b"schedule", "secrets", b"secrets", "startup_timeout_s", b"startup_timeout_s", "target_concurrent_inputs", b"target_concurrent_inputs", "timeout_s", b"timeout_s", "volumes", b"volumes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FunctionSpec: _TypeAlias = FunctionSpec  # noqa: Y015
+
+@_typing.final
+class FunctionBucketMount(_message.Message):
+    """One bucket a function mounts (CloudBucketMount)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MOUNT_PATH_FIELD_NUMBER: _builtins.int
+    BUCKET_NAME_FIELD_NUMBER: _builtins.int
+    ENDPOINT_URL_FIELD_NUMBER: _builtins.int
+    PREFIX_FIELD_NUMBER: _builtins.int
+    SECRET_NAME_FIELD_NUMBER: _builtins.int
+    READ_ONLY_FIELD_NUMBER: _builtins.int
+    mount_path: _builtins.str
+    """An absolute, normalized directory path inside the container."""
+    bucket_name: _builtins.str
+    endpoint_url: _builtins.str
+    """Endpoint of an S3-compatible server; empty means AWS S3."""
+    prefix: _builtins.str
+    """Key prefix the mount shows ("" for the whole bucket; otherwise ends with "/")."""
+    secret_name: _builtins.str
+    """Named secret holding AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; empty for a public bucket."""
+    read_only: _builtins.bool
+    """The mount refuses writes."""
+    def __init__(
+        self,
+        *,
+        mount_path: _builtins.str = ...,
+        bucket_name: _builtins.str = ...,
+        endpoint_url: _builtins.str = ...,
+        prefix: _builtins.str = ...,
+        secret_name: _builtins.str = ...,
+        read_only: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_name", b"bucket_name", "endpoint_url", b"endpoint_url", "mount_path", b"mount_path", "prefix", b"prefix", "read_only", b"read_only", "secret_name", b"secret_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FunctionBucketMount: _TypeAlias = FunctionBucketMount  # noqa: Y015
+
+@_typing.final
+class ImageSpec(_message.Message):
+    """How a function's environment is built: a base, then steps in order. The control plane
+    names it by content (`image_id`), so an image is built once per executor and reused.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGE_ID_FIELD_NUMBER: _builtins.int
+    DEBIAN_SLIM_FIELD_NUMBER: _builtins.int
+    REGISTRY_TAG_FIELD_NUMBER: _builtins.int
+    DOCKERFILE_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    image_id: _builtins.str
+    """"im-" + a SHA-256 of the base and steps (local files by content); set by the control
+    plane, ignored when a client sends it.
+    """
+    registry_tag: _builtins.str
+    """A Docker image by tag; it must already be present on the worker."""
+    @_builtins.property
+    def debian_slim(self) -> Global___ImageDebianSlim:
+        """A Debian slim base with this Python ("3.11"; empty means the worker's version)."""
+
+    @_builtins.property
+    def dockerfile(self) -> Global___ImageDockerfile:
+        """A Dockerfile and its build context."""
+
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImageStep]: ...
+    def __init__(
+        self,
+        *,
+        image_id: _builtins.str = ...,
+        debian_slim: Global___ImageDebianSlim | None = ...,
+        registry_tag: _builtins.str = ...,
+        dockerfile: Global___ImageDockerfile | None = ...,
+        steps: _abc.Iterable[Global___ImageStep] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["base", b"base", "debian_slim", b"debian_slim", "dockerfile", b"dockerfile", "registry_tag", b"registry_tag"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base", b"base", "debian_slim", b"debian_slim", "dockerfile", b"dockerfile", "image_id", b"image_id", "registry_tag", b"registry_tag", "steps", b"steps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_base: _TypeAlias = _typing.Literal["debian_slim", "registry_tag", "dockerfile"]  # noqa: Y015
+    _WhichOneofArgType_base: _TypeAlias = _typing.Literal["base", b"base"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_base) -> _WhichOneofReturnType_base | None: ...
+
+Global___ImageSpec: _TypeAlias = ImageSpec  # noqa: Y015
+
+@_typing.final
+class ImageDebianSlim(_message.Message):
+    """The Debian slim base."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PYTHON_VERSION_FIELD_NUMBER: _builtins.int
+    python_version: _builtins.str
+    def __init__(
+        self,
+        *,
+        python_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["python_version", b"python_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImageDebianSlim: _TypeAlias = ImageDebianSlim  # noqa: Y015
+
+@_typing.final
+class ImageDockerfile(_message.Message):
+    """A Dockerfile base: its text and a build context (a tar archive carried in the deploy)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOCKERFILE_FIELD_NUMBER: _builtins.int
+    CONTEXT_SHA256_FIELD_NUMBER: _builtins.int
+    dockerfile: _builtins.str
+    context_sha256: _builtins.str
+    def __init__(
+        self,
+        *,
+        dockerfile: _builtins.str = ...,
+        context_sha256: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_sha256", b"context_sha256", "dockerfile", b"dockerfile"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImageDockerfile: _TypeAlias = ImageDockerfile  # noqa: Y015
+
+@_typing.final
+class ImageStep(_message.Message):
+    """One build step of an image."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PIP_INSTALL_FIELD_NUMBER: _builtins.int
+    APT_INSTALL_FIELD_NUMBER: _builtins.int
+    ENV_FIELD_NUMBER: _builtins.int
+    WORKDIR_FIELD_NUMBER: _builtins.int
+    RUN_COMMANDS_FIELD_NUMBER: _builtins.int
+    LOCAL_FILES_FIELD_NUMBER: _builtins.int
+    workdir: _builtins.str
+    """The working directory (absolute) for later steps and for the function."""
+    @_builtins.property
+    def pip_install(self) -> Global___ImagePipInstall: ...
+    @_builtins.property
+    def apt_install(self) -> Global___ImageAptInstall: ...
+    @_builtins.property
+    def env(self) -> Global___ImageEnv: ...
+    @_builtins.property
+    def run_commands(self) -> Global___ImageRunCommands: ...
+    @_builtins.property
+    def local_files(self) -> Global___ImageLocalFiles: ...
+    def __init__(
+        self,
+        *,
+        pip_install: Global___ImagePipInstall | None = ...,
+        apt_install: Global___ImageAptInstall | None = ...,
+        env: Global___ImageEnv | None = ...,
+        workdir: _builtins.str = ...,
+        run_commands: Global___ImageRunCommands | None = ...,
+        local_files: Global___ImageLocalFiles | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["apt_install", b"apt_install", "env", b"env", "local_files", b"local_files", "pip_install", b"pip_install", "run_commands", b"run_commands", "step", b"step", "workdir", b"workdir"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["apt_install", b"apt_install", "env", b"env", "local_files", b"local_files", "pip_install", b"pip_install", "run_commands", b"run_commands", "step", b"step", "workdir", b"workdir"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_step: _TypeAlias = _typing.Literal["pip_install", "apt_install", "env", "workdir", "run_commands", "local_files"]  # noqa: Y015
+    _WhichOneofArgType_step: _TypeAlias = _typing.Literal["step", b"step"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_step) -> _WhichOneofReturnType_step | None: ...
+
+Global___ImageStep: _TypeAlias = ImageStep  # noqa: Y015
+
+@_typing.final
+class ImagePipInstall(_message.Message):
+    """Installs Python packages (pip_install and uv_pip_install; both build with uv)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PACKAGES_FIELD_NUMBER: _builtins.int
+    INDEX_URL_FIELD_NUMBER: _builtins.int
+    EXTRA_INDEX_URLS_FIELD_NUMBER: _builtins.int
+    FIND_LINKS_FIELD_NUMBER: _builtins.int
+    PRE_FIELD_NUMBER: _builtins.int
+    NO_INDEX_FIELD_NUMBER: _builtins.int
+    UV_FIELD_NUMBER: _builtins.int
+    index_url: _builtins.str
+    pre: _builtins.bool
+    no_index: _builtins.bool
+    """Install from find_links only, never from an index."""
+    uv: _builtins.bool
+    """Asked for as uv_pip_install."""
+    @_builtins.property
+    def packages(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def extra_index_urls(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def find_links(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        packages: _abc.Iterable[_builtins.str] | None = ...,
+        index_url: _builtins.str = ...,
+        extra_index_urls: _abc.Iterable[_builtins.str] | None = ...,
+        find_links: _abc.Iterable[_builtins.str] | None = ...,
+        pre: _builtins.bool = ...,
+        no_index: _builtins.bool = ...,
+        uv: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["extra_index_urls", b"extra_index_urls", "find_links", b"find_links", "index_url", b"index_url", "no_index", b"no_index", "packages", b"packages", "pre", b"pre", "uv", b"uv"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImagePipInstall: _TypeAlias = ImagePipInstall  # noqa: Y015
+
+@_typing.final
+class ImageAptInstall(_message.Message):
+    """Installs Debian packages."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PACKAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def packages(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        packages: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["packages", b"packages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImageAptInstall: _TypeAlias = ImageAptInstall  # noqa: Y015
+
+@_typing.final
+class ImageEnv(_message.Message):
+    """Sets environment variables for later steps and for the function."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class VarsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    VARS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def vars(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        vars: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["vars", b"vars"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImageEnv: _TypeAlias = ImageEnv  # noqa: Y015
+
+@_typing.final
+class ImageRunCommands(_message.Message):
+    """Runs shell commands, in order, failing the build on the first non-zero exit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMANDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def commands(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        commands: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commands", b"commands"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImageRunCommands: _TypeAlias = ImageRunCommands  # noqa: Y015
+
+@_typing.final
+class ImageLocalFiles(_message.Message):
+    """Copies local files into the image: a tar archive (carried in the deploy by its SHA-256)
+    unpacked at `remote_path`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTEXT_SHA256_FIELD_NUMBER: _builtins.int
+    REMOTE_PATH_FIELD_NUMBER: _builtins.int
+    PYTHON_PATH_FIELD_NUMBER: _builtins.int
+    context_sha256: _builtins.str
+    remote_path: _builtins.str
+    """Where the files go: absolute, or relative to the workdir."""
+    python_path: _builtins.bool
+    """The directory goes on the function's sys.path (add_local_python_source)."""
+    def __init__(
+        self,
+        *,
+        context_sha256: _builtins.str = ...,
+        remote_path: _builtins.str = ...,
+        python_path: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_sha256", b"context_sha256", "python_path", b"python_path", "remote_path", b"remote_path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImageLocalFiles: _TypeAlias = ImageLocalFiles  # noqa: Y015
+
+@_typing.final
+class ImageBuildResult(_message.Message):
+    """The outcome of building an image for one executor kind."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGE_ID_FIELD_NUMBER: _builtins.int
+    EXECUTOR_FIELD_NUMBER: _builtins.int
+    OK_FIELD_NUMBER: _builtins.int
+    CACHED_FIELD_NUMBER: _builtins.int
+    DEFERRED_FIELD_NUMBER: _builtins.int
+    FAILED_STEP_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    LOG_TAIL_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
+    image_id: _builtins.str
+    executor: _builtins.str
+    """"process" or "docker"."""
+    ok: _builtins.bool
+    cached: _builtins.bool
+    """The image was already built (nothing ran)."""
+    deferred: _builtins.bool
+    """No worker of any kind is connected: the image is built when a container first needs it."""
+    failed_step: _builtins.int
+    """Index of the failing step (-1: the base), with a description and the reason."""
+    error: _builtins.str
+    log_tail: _builtins.str
+    """The last lines of the build's output."""
+    seconds: _builtins.float
+    def __init__(
+        self,
+        *,
+        image_id: _builtins.str = ...,
+        executor: _builtins.str = ...,
+        ok: _builtins.bool = ...,
+        cached: _builtins.bool = ...,
+        deferred: _builtins.bool = ...,
+        failed_step: _builtins.int = ...,
+        error: _builtins.str = ...,
+        log_tail: _builtins.str = ...,
+        seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached", b"cached", "deferred", b"deferred", "error", b"error", "executor", b"executor", "failed_step", b"failed_step", "image_id", b"image_id", "log_tail", b"log_tail", "ok", b"ok", "seconds", b"seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImageBuildResult: _TypeAlias = ImageBuildResult  # noqa: Y015
+
+@_typing.final
+class ImageBuildLog(_message.Message):
+    """A line of an image build's output."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGE_ID_FIELD_NUMBER: _builtins.int
+    EXECUTOR_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    LINE_FIELD_NUMBER: _builtins.int
+    image_id: _builtins.str
+    executor: _builtins.str
+    step: _builtins.int
+    """The step it belongs to (-1: the base)."""
+    line: _builtins.str
+    def __init__(
+        self,
+        *,
+        image_id: _builtins.str = ...,
+        executor: _builtins.str = ...,
+        step: _builtins.int = ...,
+        line: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["executor", b"executor", "image_id", b"image_id", "line", b"line", "step", b"step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImageBuildLog: _TypeAlias = ImageBuildLog  # noqa: Y015
+
+@_typing.final
+class ImageContext(_message.Message):
+    """A tar archive a deploy carries for its images' local files and Dockerfile contexts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHA256_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    sha256: _builtins.str
+    data: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        sha256: _builtins.str = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "sha256", b"sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImageContext: _TypeAlias = ImageContext  # noqa: Y015
 
 @_typing.final
 class FunctionVolume(_message.Message):

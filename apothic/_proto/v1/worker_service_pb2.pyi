@@ -33,6 +33,8 @@ class SessionRequest(_message.Message):
     INPUT_RESULT_FIELD_NUMBER: _builtins.int
     INPUT_RESULTS_FIELD_NUMBER: _builtins.int
     INPUT_YIELD_FIELD_NUMBER: _builtins.int
+    IMAGE_BUILD_LOG_FIELD_NUMBER: _builtins.int
+    IMAGE_BUILT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___WorkerHello: ...
     @_builtins.property
@@ -49,6 +51,10 @@ class SessionRequest(_message.Message):
     def input_results(self) -> Global___InputResults: ...
     @_builtins.property
     def input_yield(self) -> Global___InputYield: ...
+    @_builtins.property
+    def image_build_log(self) -> _types_pb2.ImageBuildLog: ...
+    @_builtins.property
+    def image_built(self) -> Global___ImageBuilt: ...
     def __init__(
         self,
         *,
@@ -60,12 +66,14 @@ class SessionRequest(_message.Message):
         input_result: Global___InputResult | None = ...,
         input_results: Global___InputResults | None = ...,
         input_yield: Global___InputYield | None = ...,
+        image_build_log: _types_pb2.ImageBuildLog | None = ...,
+        image_built: Global___ImageBuilt | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["container_exited", b"container_exited", "container_ready", b"container_ready", "heartbeat", b"heartbeat", "hello", b"hello", "input_log", b"input_log", "input_result", b"input_result", "input_results", b"input_results", "input_yield", b"input_yield", "message", b"message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["container_exited", b"container_exited", "container_ready", b"container_ready", "heartbeat", b"heartbeat", "hello", b"hello", "image_build_log", b"image_build_log", "image_built", b"image_built", "input_log", b"input_log", "input_result", b"input_result", "input_results", b"input_results", "input_yield", b"input_yield", "message", b"message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_exited", b"container_exited", "container_ready", b"container_ready", "heartbeat", b"heartbeat", "hello", b"hello", "input_log", b"input_log", "input_result", b"input_result", "input_results", b"input_results", "input_yield", b"input_yield", "message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_exited", b"container_exited", "container_ready", b"container_ready", "heartbeat", b"heartbeat", "hello", b"hello", "image_build_log", b"image_build_log", "image_built", b"image_built", "input_log", b"input_log", "input_result", b"input_result", "input_results", b"input_results", "input_yield", b"input_yield", "message", b"message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["hello", "heartbeat", "container_ready", "container_exited", "input_log", "input_result", "input_results", "input_yield"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["hello", "heartbeat", "container_ready", "container_exited", "input_log", "input_result", "input_results", "input_yield", "image_build_log", "image_built"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
@@ -84,6 +92,7 @@ class SessionResponse(_message.Message):
     RUN_INPUT_FIELD_NUMBER: _builtins.int
     CANCEL_INPUT_FIELD_NUMBER: _builtins.int
     RUN_INPUTS_FIELD_NUMBER: _builtins.int
+    BUILD_IMAGE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def welcome(self) -> Global___SessionWelcome: ...
     @_builtins.property
@@ -98,6 +107,8 @@ class SessionResponse(_message.Message):
     def cancel_input(self) -> Global___CancelInput: ...
     @_builtins.property
     def run_inputs(self) -> Global___RunInputs: ...
+    @_builtins.property
+    def build_image(self) -> Global___BuildImage: ...
     def __init__(
         self,
         *,
@@ -108,12 +119,13 @@ class SessionResponse(_message.Message):
         run_input: Global___RunInput | None = ...,
         cancel_input: Global___CancelInput | None = ...,
         run_inputs: Global___RunInputs | None = ...,
+        build_image: Global___BuildImage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel_input", b"cancel_input", "heartbeat", b"heartbeat", "message", b"message", "run_input", b"run_input", "run_inputs", b"run_inputs", "start_container", b"start_container", "stop_container", b"stop_container", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["build_image", b"build_image", "cancel_input", b"cancel_input", "heartbeat", b"heartbeat", "message", b"message", "run_input", b"run_input", "run_inputs", b"run_inputs", "start_container", b"start_container", "stop_container", b"stop_container", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_input", b"cancel_input", "heartbeat", b"heartbeat", "message", b"message", "run_input", b"run_input", "run_inputs", b"run_inputs", "start_container", b"start_container", "stop_container", b"stop_container", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["build_image", b"build_image", "cancel_input", b"cancel_input", "heartbeat", b"heartbeat", "message", b"message", "run_input", b"run_input", "run_inputs", b"run_inputs", "start_container", b"start_container", "stop_container", b"stop_container", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["welcome", "heartbeat", "start_container", "stop_container", "run_input", "cancel_input", "run_inputs"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["welcome", "heartbeat", "start_container", "stop_container", "run_input", "cancel_input", "run_inputs", "build_image"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
@@ -204,9 +216,12 @@ class WorkerHello(_message.Message):
     WORKER_ID_FIELD_NUMBER: _builtins.int
     OFFER_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    EXECUTOR_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     """Stable id the worker keeps across reconnects."""
     version: _builtins.str
+    executor: _builtins.str
+    """How it runs containers: "process" (the default) or "docker"."""
     @_builtins.property
     def offer(self) -> _types_pb2.Offer: ...
     def __init__(
@@ -215,10 +230,11 @@ class WorkerHello(_message.Message):
         worker_id: _builtins.str = ...,
         offer: _types_pb2.Offer | None = ...,
         version: _builtins.str = ...,
+        executor: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["offer", b"offer"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["offer", b"offer", "version", b"version", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["executor", b"executor", "offer", b"offer", "version", b"version", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -441,6 +457,7 @@ class StartContainer(_message.Message):
     ARCHIVE_SHA256_FIELD_NUMBER: _builtins.int
     BASE_URL_FIELD_NUMBER: _builtins.int
     ENV_FIELD_NUMBER: _builtins.int
+    IMAGE_CONTEXTS_FIELD_NUMBER: _builtins.int
     container_id: _builtins.str
     deployment_id: _builtins.str
     app_name: _builtins.str
@@ -457,6 +474,12 @@ class StartContainer(_message.Message):
         Never logged by either side.
         """
 
+    @_builtins.property
+    def image_contexts(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.ImageContext]:
+        """The archives the function's image names (local files, Dockerfile context), for a worker
+        that has not built the image yet: it builds it before the container starts.
+        """
+
     def __init__(
         self,
         *,
@@ -468,14 +491,63 @@ class StartContainer(_message.Message):
         archive_sha256: _builtins.str = ...,
         base_url: _builtins.str = ...,
         env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        image_contexts: _abc.Iterable[_types_pb2.ImageContext] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["function", b"function"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_name", b"app_name", "archive_sha256", b"archive_sha256", "base_url", b"base_url", "container_id", b"container_id", "deployment_id", b"deployment_id", "env", b"env", "function", b"function", "source_archive", b"source_archive"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_name", b"app_name", "archive_sha256", b"archive_sha256", "base_url", b"base_url", "container_id", b"container_id", "deployment_id", b"deployment_id", "env", b"env", "function", b"function", "image_contexts", b"image_contexts", "source_archive", b"source_archive"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StartContainer: _TypeAlias = StartContainer  # noqa: Y015
+
+@_typing.final
+class BuildImage(_message.Message):
+    """Build an image (or find it in the worker's cache) and answer with ImageBuilt."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGE_FIELD_NUMBER: _builtins.int
+    CONTEXTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def image(self) -> _types_pb2.ImageSpec: ...
+    @_builtins.property
+    def contexts(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.ImageContext]: ...
+    def __init__(
+        self,
+        *,
+        image: _types_pb2.ImageSpec | None = ...,
+        contexts: _abc.Iterable[_types_pb2.ImageContext] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contexts", b"contexts", "image", b"image"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BuildImage: _TypeAlias = BuildImage  # noqa: Y015
+
+@_typing.final
+class ImageBuilt(_message.Message):
+    """The end of a BuildImage: its result for this worker's executor."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def result(self) -> _types_pb2.ImageBuildResult: ...
+    def __init__(
+        self,
+        *,
+        result: _types_pb2.ImageBuildResult | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImageBuilt: _TypeAlias = ImageBuilt  # noqa: Y015
 
 @_typing.final
 class StopContainer(_message.Message):
