@@ -6,6 +6,7 @@ SurrealDB.
 
 from apothic import config, exceptions
 from apothic.app import App
+from apothic.cloud_bucket import CloudBucketMount
 from apothic.concurrency import batched, concurrent
 from apothic.config import ClientConfig
 from apothic.dict import Dict, DictChange, DictEntry, DictEvent
@@ -43,6 +44,7 @@ __all__ = [
     "AppInfo",
     "Claim",
     "ClientConfig",
+    "CloudBucketMount",
     "Cron",
     "DeploymentInfo",
     "DeploymentStatus",

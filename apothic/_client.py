@@ -37,6 +37,7 @@ from apothic._proto.v1 import (
 )
 from apothic._proto.v1 import types_pb2 as pb
 from apothic._transport import FORMAT_FROM_PB, FORMAT_TO_PB, _time, watch_marker_from_pb
+from apothic.cloud_bucket import CloudBucketMount
 from apothic.config import ClientConfig, load_client_config
 from apothic.exceptions import ImageBuildError, InvalidConfigError, from_grpc_error
 from apothic.models import (
@@ -200,6 +201,22 @@ def schedule_info_from_pb(item: app_pb.ScheduledFunction) -> ScheduleInfo:
         next_run_at=_time(item.next_run_at) if item.HasField("next_run_at") else None,
         last_run_at=_time(item.last_run_at) if item.HasField("last_run_at") else None,
         last_job_id=item.last_job_id,
+    )
+
+
+def _bucket_mount_pb(path: str, mount: CloudBucketMount) -> pb.FunctionBucketMount:
+    secret = mount.secret
+    return pb.FunctionBucketMount(
+        mount_path=path,
+        bucket_name=mount.bucket_name,
+        endpoint_url=mount.endpoint_url or "",
+        prefix=mount.prefix,
+        read_only=mount.read_only,
+        secret=(
+            pb.FunctionSecret(name=secret.name or "", values=secret._inline_values() or {})
+            if secret is not None
+            else None
+        ),
     )
 
 
@@ -440,6 +457,7 @@ class Client(DictCalls, ImageCalls, QueueCalls, SecretCalls, VolumeCalls):
                 secrets=[pb.FunctionSecret(name=s.name or "", values=s._inline_values() or {}) for s in f.secrets],
                 volumes=[pb.FunctionVolume(mount_path=path, name=v.name) for path, v in f.volumes],
                 image=images.get(f.name),
+                bucket_mounts=[_bucket_mount_pb(path, b) for path, b in f.bucket_mounts],
             )
             for f in functions
         ]

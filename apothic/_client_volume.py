@@ -16,6 +16,8 @@ def _info(msg: Any) -> VolumeInfo:
         total_bytes=msg.total_bytes,
         created_at=_time(msg.created_at),
         updated_at=_time(msg.updated_at),
+        backend=msg.backend or "portable",
+        pinned_host=msg.pinned_host,
     )
 
 
@@ -40,12 +42,13 @@ class VolumeCalls(Transport):
             stub = self.__dict__["_volume_service"] = v_grpc.VolumeServiceStub(self._channel)
         return stub
 
-    async def create_volume(self, name: str, *, exist_ok: bool) -> tuple[VolumeInfo, bool]:
+    async def create_volume(self, name: str, *, exist_ok: bool, backend: str = "") -> tuple[VolumeInfo, bool]:
         """Creates a volume (or returns the existing one with ``exist_ok``); and whether it
-        was created."""
+        was created. An empty ``backend`` accepts an existing volume of any backend and
+        creates a portable one."""
         from apothic._proto.v1 import volume_service_pb2 as v_pb
 
-        req = v_pb.CreateVolumeRequest(name=name, exist_ok=exist_ok)
+        req = v_pb.CreateVolumeRequest(name=name, exist_ok=exist_ok, backend=backend)
         resp = await self._unary(self._volume_stub().CreateVolume, req)
         return _info(resp.volume), bool(resp.created)
 

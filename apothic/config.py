@@ -34,7 +34,10 @@ Inside a container the worker sets ``APOTHIC_BASE_URL``, ``APOTHIC_API_KEY`` and
 ``APOTHIC_CONTAINER_ID`` so user code can call other functions, plus the variables of the
 function's secrets (``@app.function(secrets=[...])``) and, for a function that mounts
 volumes, ``APOTHIC_VOLUMES`` (JSON: mount path -> volume name; read by the container's
-entry point, see :mod:`apothic.volume`).
+entry point, see :mod:`apothic.volume`); for one that mounts buckets,
+``APOTHIC_BUCKET_MOUNTS`` (JSON, with the buckets' credentials; removed from the environment
+by the container's entry point before the function is imported, see
+:mod:`apothic._container.buckets`).
 """
 
 from __future__ import annotations

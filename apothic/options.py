@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from apothic.cloud_bucket import CloudBucketMount
 from apothic.concurrency import BATCHED_ATTR, CONCURRENT_ATTR, BatchedConfig, ConcurrentConfig
 from apothic.exceptions import InvalidConfigError
 from apothic.image import Image
@@ -54,14 +55,15 @@ class FunctionOptions:
     serialized: bool = False
     schedule: Cron | Period | None = None
     secrets: tuple[Secret, ...] = ()
-    #: ``{mount path: Volume}``, or a list of volumes with a mount path each (``mounted_at``
-    #: or ``mount_path_default``); validated into ``((path, volume), ...)`` sorted by path.
+    #: ``{mount path: Volume | CloudBucketMount}``, or a list of them with a mount path each
+    #: (``mounted_at`` or ``mount_path_default``); validated into ``((path, mount), ...)``
+    #: sorted by path.
     volumes: Any = ()
     #: The environment the function runs in; None means the worker's own Python environment.
     image: Image | None = None
 
 
-def _volumes(value: Any) -> tuple[tuple[str, Volume], ...]:
+def _volumes(value: Any) -> tuple[tuple[str, Volume | CloudBucketMount], ...]:
     from apothic.volume import _check_mount_path
 
     if isinstance(value, dict):
@@ -69,6 +71,9 @@ def _volumes(value: Any) -> tuple[tuple[str, Volume], ...]:
     elif isinstance(value, (list, tuple)):
         pairs = []
         for vol in value:
+            if isinstance(vol, CloudBucketMount) and vol.mount_path is not None:
+                pairs.append((vol.mount_path, vol))
+                continue
             if not isinstance(vol, Volume) or vol.mount_path_default is None:
                 raise InvalidConfigError(
                     "volumes in a list need a mount path: use {'/data': vol}, vol.mounted_at('/data') "
@@ -77,17 +82,31 @@ def _volumes(value: Any) -> tuple[tuple[str, Volume], ...]:
             pairs.append((vol.mount_path_default, vol))
     else:
         raise InvalidConfigError(f"volumes must be a dict of mount paths to apothic.Volume, got {type(value).__name__}")
-    out: dict[str, Volume] = {}
+    out: dict[str, Volume | CloudBucketMount] = {}
     for path, vol in pairs:
-        if not isinstance(vol, Volume):
-            raise InvalidConfigError(f"volumes: {path!r} maps to {type(vol).__name__}, not an apothic.Volume")
+        if not isinstance(vol, Volume | CloudBucketMount):
+            raise InvalidConfigError(
+                f"volumes: {path!r} maps to {type(vol).__name__}, not an apothic.Volume or apothic.CloudBucketMount"
+            )
         checked = _check_mount_path(path)
         assert checked is not None
         if checked in out:
-            raise InvalidConfigError(f"volumes: two volumes are mounted at {checked!r}")
-        if any(other.name == vol.name for other in out.values()):
+            raise InvalidConfigError(
+                f"volumes: two volumes are mounted at {checked!r}; give each volume or bucket its own path"
+            )
+        if isinstance(vol, Volume) and any(isinstance(o, Volume) and o.name == vol.name for o in out.values()):
             raise InvalidConfigError(f"volumes: volume {vol.name!r} is mounted twice; mount it at one path")
         out[checked] = vol
+    buckets = [p for p, v in out.items() if isinstance(v, CloudBucketMount)]
+    for path in buckets:
+        for other in out:
+            if other != path and (other.startswith(path + "/") or path.startswith(other + "/")):
+                # A bucket syncs every file under its path: another mount inside it (or it
+                # inside another) would upload that mount's files too.
+                raise InvalidConfigError(
+                    f"volumes: the bucket mount at {path!r} and the mount at {other!r} are nested; "
+                    "give a bucket a path of its own, outside the others"
+                )
     return tuple(sorted(out.items()))
 
 
@@ -199,11 +218,17 @@ class FunctionDefinition:
     #: ``((mount path, volume), ...)``.
     volumes: tuple[tuple[str, Volume], ...] = ()
     image: Image | None = None
+    #: ``((mount path, bucket), ...)``.
+    bucket_mounts: tuple[tuple[str, CloudBucketMount], ...] = ()
 
 
 def _options_doc(options: FunctionOptions) -> dict[str, Any]:
     doc = asdict(replace(options, secrets=(), volumes=(), image=None))
-    doc["volumes"] = {path: vol.name for path, vol in options.volumes}
+    doc["volumes"] = {path: vol.name for path, vol in options.volumes if isinstance(vol, Volume)}
+    # The bucket, endpoint and prefix, and the secret by name: never credentials.
+    doc["bucket_mounts"] = {
+        path: mount.describe() for path, mount in options.volumes if isinstance(mount, CloudBucketMount)
+    }
     doc["image"] = options.image.describe() if options.image is not None else None
     # Names only: inline values never go into the options document.
     doc["secrets"] = [s.name if s.name is not None else "<inline>" for s in options.secrets]
@@ -263,8 +288,9 @@ def definition(
         is_async=inspect.iscoroutinefunction(raw) or inspect.isasyncgenfunction(raw),
         schedule=options.schedule,
         secrets=options.secrets,
-        volumes=options.volumes,
+        volumes=tuple((p, v) for p, v in options.volumes if isinstance(v, Volume)),
         image=options.image,
+        bucket_mounts=tuple((p, v) for p, v in options.volumes if isinstance(v, CloudBucketMount)),
     )
 
 

@@ -123,7 +123,12 @@ class LocalRuntime:
             await self.add_worker(f"workers:local{i}")
 
     async def add_worker(
-        self, worker_id: str, *, labels: dict[str, str] | None = None, executor: str | None = None
+        self,
+        worker_id: str,
+        *,
+        labels: dict[str, str] | None = None,
+        executor: str | None = None,
+        hostname: str = "",
     ) -> Worker:
         """Starts one more local worker and waits until its session is open.
 
@@ -131,6 +136,8 @@ class LocalRuntime:
             worker_id: the worker's id.
             labels: extra offer labels.
             executor: ``process`` or ``docker``; the runtime's ``executor`` when None.
+            hostname: the host name it reports (tests stand in for other machines with it);
+                workers that report one host share its vast_local volumes' directory.
         """
         from apothic.worker.agent import Worker
         from apothic.worker.settings import WorkerSettings
@@ -146,6 +153,8 @@ class LocalRuntime:
                 state_dir=self.state_dir / "worker" / worker_id.replace(":", "_"),
                 labels=labels or {},
                 executor=executor or self.executor,
+                hostname=hostname,
+                local_volumes_dir=self.state_dir / "hosts" / (hostname or "local") / "vast_local",
             ),
             transport=InProcessTransport(self.plane.worker_servicer.Session, self.address),
         )

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import hashlib
 import os
 import posixpath
@@ -50,6 +51,10 @@ __all__ = ["FileEntry", "Volume", "VolumeInfo"]
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 
 
+#: Where a volume's files live: the control plane, or the host that first mounts it.
+BACKENDS = ("portable", "vast_local")
+
+
 @dataclass(frozen=True)
 class VolumeInfo:
     """A volume's state.
@@ -61,6 +66,9 @@ class VolumeInfo:
         total_bytes: the sum of its files' sizes.
         created_at: when it was created.
         updated_at: when its files last changed.
+        backend: ``portable`` (files kept by the control plane) or ``vast_local`` (files kept
+            on the disk of the host that first mounts it).
+        pinned_host: the host a vast_local volume lives on ("" until first mounted).
     """
 
     name: str
@@ -69,6 +77,8 @@ class VolumeInfo:
     total_bytes: int
     created_at: datetime | None
     updated_at: datetime | None
+    backend: str = "portable"
+    pinned_host: str = ""
 
 
 @dataclass(frozen=True)
@@ -168,28 +178,50 @@ class _VolumeAio:
 class _CreateVolume:
     """``Volume.create(name)``; ``await Volume.create.aio(name)`` is the async form."""
 
-    async def aio(self, name: str, *, exist_ok: bool = False, client: ClientConfig | None = None) -> VolumeInfo:
+    async def aio(
+        self,
+        name: str,
+        *,
+        exist_ok: bool = False,
+        backend: str | None = None,
+        client: ClientConfig | None = None,
+    ) -> VolumeInfo:
         """Creates an empty volume.
 
         Args:
             name: 1-63 letters, digits, ``-`` or ``_``, starting with a letter or digit.
             exist_ok: return the existing volume instead of failing.
+            backend: ``portable`` (the default: the control plane keeps the files; containers
+                download them and ``commit()`` uploads changes) or ``vast_local`` (the files stay
+                on the disk of the host whose worker first mounts it, and every later container
+                of a function that mounts it runs on that host; a function mounts at most one).
+                With ``exist_ok`` and no backend, an existing volume of either kind is returned.
             client: the control plane to use (the configured one when None).
 
         Returns:
             The volume.
 
         Raises:
-            InvalidConfigError: a bad name (checked before anything is sent).
+            InvalidConfigError: a bad name or backend (checked before anything is sent).
             AlreadyExistsError: the volume exists and ``exist_ok`` is false.
+            FailedPreconditionError: it exists with another backend.
         """
-        info, _ = await get_client(client).create_volume(_check_name(name), exist_ok=exist_ok)
+        if backend is not None and backend not in BACKENDS:
+            raise InvalidConfigError(f"volume backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        info, _ = await get_client(client).create_volume(_check_name(name), exist_ok=exist_ok, backend=backend or "")
         return info  # type: ignore[no-any-return]
 
-    def __call__(self, name: str, *, exist_ok: bool = False, client: ClientConfig | None = None) -> VolumeInfo:
+    def __call__(
+        self,
+        name: str,
+        *,
+        exist_ok: bool = False,
+        backend: str | None = None,
+        client: ClientConfig | None = None,
+    ) -> VolumeInfo:
         """Creates an empty volume (see :meth:`aio`)."""
         return run_sync(
-            self.aio(name, exist_ok=exist_ok, client=client),
+            self.aio(name, exist_ok=exist_ok, backend=backend, client=client),
             "Volume.create()",
             async_form="await Volume.create.aio(...)",
         )
@@ -483,10 +515,25 @@ class _Mount:
 
 
 #: The volumes mounted in this process (a container), by name.
-_MOUNTS: dict[str, _Mount] = {}
+@dataclass
+class _LocalMount:
+    """A vast_local volume in this container: a directory on this host's disk, so there is
+    nothing to download or commit."""
+
+    name: str
+    root: Path
+
+    async def download(self, config: ClientConfig | None) -> int:
+        return 0
+
+    async def upload(self, config: ClientConfig | None) -> int:
+        return 0
 
 
-def _mount_of(name: str) -> _Mount:
+_MOUNTS: dict[str, _Mount | _LocalMount] = {}
+
+
+def _mount_of(name: str) -> _Mount | _LocalMount:
     mount = _MOUNTS.get(name)
     if mount is None:
         raise UsageError(
@@ -504,6 +551,37 @@ def _mount_all(spec: dict[str, str]) -> None:
         root.mkdir(parents=True, exist_ok=True)
         mount = _MOUNTS[name] = _Mount(name, root)
         run_sync(mount.download(None), "mount volumes")
+
+
+def _link_local(spec: dict[str, str]) -> None:
+    """Mounts vast_local volumes, ``{mount path: directory on this host}``: the mount path
+    becomes a link to the directory (or already is it: a Docker bind mount).
+
+    Raises:
+        UsageError: the mount path exists as something else that is not empty.
+    """
+    for path, host_dir in spec.items():
+        link, target = Path(path), Path(host_dir)
+        target.mkdir(parents=True, exist_ok=True)
+        _MOUNTS[target.name] = _LocalMount(target.name, link)
+        for _ in range(3):  # another container of the function may be making the same link
+            if link.is_symlink() and link.resolve() == target.resolve():
+                break
+            if link.exists() and (os.path.ismount(link) or link.resolve() == target.resolve()):
+                break
+            if link.is_symlink():
+                link.unlink(missing_ok=True)
+            elif link.is_dir() and not any(link.iterdir()):
+                with contextlib.suppress(OSError):
+                    link.rmdir()
+            elif link.exists():
+                raise UsageError(
+                    f"vast_local volume {target.name!r} cannot be mounted at {path!r}: something that is not empty is "
+                    "already there on this host; mount it at another path"
+                )
+            link.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                link.symlink_to(target, target_is_directory=True)
 
 
 def _commit_mounts() -> list[str]:

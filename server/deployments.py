@@ -132,6 +132,8 @@ class DeploymentManager:
             InvalidArgument: a bad name, spec or archive.
             NotFound: a function names a secret or volume that does not exist (the message
                 names it).
+            FailedPrecondition: a bucket a function mounts does not answer, does not exist
+                or refuses its credentials (the message names the bucket and endpoint).
         """
         validate_name("app", app_name)
         if not functions:
@@ -153,6 +155,14 @@ class DeploymentManager:
                 await self.secrets.check_references(account, spec.name, spec.secrets)
             if self.volumes is not None:
                 await self.volumes.check_mounts(account, spec.name, spec.volumes)
+            if spec.bucket_mounts:
+                from apothic.server import buckets
+                from apothic.server.volumes import split_mount_ref
+
+                volume_paths = [path for _, path in map(split_mount_ref, spec.volumes)]
+                await buckets.check_mounts(
+                    account, spec.name, spec.bucket_mounts, self.secrets, volume_paths=volume_paths
+                )
         if len(archive) > MAX_ARCHIVE_BYTES:
             raise InvalidArgument(f"source archive is {len(archive):,} bytes; the limit is {MAX_ARCHIVE_BYTES:,}")
         if archive:

@@ -63,6 +63,9 @@ class FunctionSpecRecord:
     #: Volumes the container mounts, each ``"<name>:<mount path>"`` (see
     #: :func:`apothic.server.volumes.mount_ref`).
     volumes: tuple[str, ...] = ()
+    #: S3-compatible buckets the container mounts, each a JSON reference without credentials
+    #: (see :func:`apothic.server.buckets.mount_ref`).
+    bucket_mounts: tuple[str, ...] = ()
     #: The function's image: a serialized ``ImageSpec`` (empty: the worker's own environment),
     #: and its content id.
     image: bytes = b""

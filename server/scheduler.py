@@ -22,6 +22,7 @@ from typing import Any
 from apothic.server import ids
 from apothic.server.errors import ResourceExhausted
 from apothic.server.models import JOB_QUEUED, JOB_TIMED_OUT, DeploymentRecord, FunctionSpecRecord
+from apothic.server.placement import OfferFilter, describe_offer, function_filters, unmet
 from apothic.server.work import Work
 
 log = logging.getLogger("apothic.server.scheduler")
@@ -128,6 +129,8 @@ class FunctionPool:
     deployment: DeploymentRecord
     spec: FunctionSpecRecord
     pending: deque[Work] = field(default_factory=deque)
+    #: The offer filters a worker must meet to run this function (see apothic.server.placement).
+    filters: tuple[OfferFilter, ...] = ()
     containers: set[ContainerHandle] = field(default_factory=set)
     closed: bool = False
 
@@ -168,6 +171,10 @@ class Scheduler:
         self._reaper: asyncio.Task[None] | None = None
         #: Live deployments (set by the control plane), kept warm per ``min_containers``.
         self.live_deployments: Callable[[], Iterable[DeploymentRecord]] = tuple
+        #: Which host a function's containers must run on (a vast_local volume pins it), and
+        #: who hears where a container was placed; set by the control plane.
+        self.host_for: Callable[[str, FunctionSpecRecord], str | None] = lambda account, spec: None
+        self.placed: Callable[[str, FunctionSpecRecord, str], None] = lambda account, spec, host: None
 
     def start(self) -> None:
         self._reaper = asyncio.create_task(self._reap_idle(), name="apothic-scheduler-reaper")
@@ -185,7 +192,9 @@ class Scheduler:
         key = (deployment.deployment_id, spec.name)
         pool = self.pools.get(key)
         if pool is None:
-            pool = self.pools[key] = FunctionPool(deployment=deployment, spec=spec)
+            pool = self.pools[key] = FunctionPool(
+                deployment=deployment, spec=spec, filters=function_filters(spec.options_json)
+            )
         elif pool.closed:
             # A call pinned to a retired deployment still runs: containers start on demand.
             pool.closed = False
@@ -272,20 +281,49 @@ class Scheduler:
             return
         wanted = -(-len(pool.pending) // pool.spec.target_slots) + extra - pool.starting
         while wanted > 0 and len(pool.containers) < pool.limit:
-            worker = self._pick_worker()
+            worker = self._pick_worker(pool)
             if worker is None:
+                reason = self._unplaceable(pool)
+                while reason and pool.pending:
+                    work = pool.pending.popleft()
+                    work.handler.ended(work, -1, "failed", None, reason)
                 return
             self._start_container(pool, worker)
             wanted -= 1
 
-    def _pick_worker(self) -> WorkerHandle | None:
+    def _pick_worker(self, pool: FunctionPool) -> WorkerHandle | None:
+        """The least loaded worker with room that may run ``pool``'s function; None when no
+        connected worker may (its inputs wait for one)."""
+        host = self.host_for(pool.deployment.account, pool.spec)
         best: WorkerHandle | None = None
         for worker in self.workers.values():
+            if host is not None and worker.offer.get("hostname") != host:
+                continue
+            if pool.filters and unmet(pool.filters, worker.offer) is not None:
+                continue
             if len(worker.containers) >= worker.capacity and not self._reclaim_idle(worker):
                 continue
             if best is None or len(worker.containers) < len(best.containers):
                 best = worker
         return best
+
+    def _unplaceable(self, pool: FunctionPool) -> str | None:
+        """Why no connected worker can ever run ``pool``'s function, or None when one can
+        (or none is connected yet: one may come)."""
+        if not self.workers or not pool.filters:
+            return None
+        offered = []
+        first: OfferFilter | None = None
+        for worker in self.workers.values():
+            f = unmet(pool.filters, worker.offer)
+            if f is None:
+                return None
+            first = first or f
+            offered.append(f"{worker.worker_id} offers {describe_offer(f, worker.offer)}")
+        return (
+            f"no connected worker can run function {pool.spec.name!r}: it needs {first} "
+            f"({'; '.join(offered[:3])}); change its placement options or start a worker that offers it"
+        )
 
     def _reclaim_idle(self, worker: WorkerHandle) -> bool:
         """Stops the longest-idle container on a full worker to make room."""
@@ -298,6 +336,7 @@ class Scheduler:
 
     def _start_container(self, pool: FunctionPool, worker: WorkerHandle) -> None:
         container = ContainerHandle(container_id=ids.new_id("containers"), worker=worker, pool=pool)
+        self.placed(pool.deployment.account, pool.spec, str(worker.offer.get("hostname") or ""))
         pool.containers.add(container)
         worker.containers[container.container_id] = container
         self.containers[container.container_id] = container
@@ -329,7 +368,7 @@ class Scheduler:
                 pool = self.pool(deployment, spec)
                 missing = spec.min_containers - len(pool.containers)
                 for _ in range(missing):
-                    worker = self._pick_worker()
+                    worker = self._pick_worker(pool)
                     if worker is None:
                         break
                     self._start_container(pool, worker)

@@ -97,11 +97,14 @@ class ControlPlane:
         #: Volume contents live under the state directory, whatever the database.
         self.volumes = VolumeManager(self.store, settings.state_dir / "volumes")
         self.deployments.volumes = self.volumes
+        self.scheduler.host_for = self.volumes.host_for
+        self.scheduler.placed = self.volumes.placed
         self.scheduler.live_deployments = self.deployments.live
         self.images = ImageManager(self.store, self.scheduler)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         #: Also serves in-process worker sessions (see apothic.worker.transport).
         self.worker_servicer = WorkerServicer(self.scheduler, self.deployments, self.secrets, self.images)
+        self.worker_servicer.volumes = self.volumes
         #: Fires scheduled functions (``@app.function(schedule=...)``).
         self.schedules = ScheduleRunner(self.deployments, self.jobs, self.store)
         self.server: grpc.aio.Server | None = None
@@ -156,6 +159,7 @@ class ControlPlane:
         self.secrets.set_key(self._secret_key())
         await self.store.open()
         await self.deployments.load()
+        await self.volumes.load()
         await self.queues.load()
         self.queues.start()
         self.dicts.start()

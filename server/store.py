@@ -41,7 +41,7 @@ def _spec_to_doc(spec: FunctionSpecRecord) -> dict[str, Any]:
 def _spec_from_doc(doc: dict[str, Any]) -> FunctionSpecRecord:
     # Fields added later are absent from older deployments: their defaults apply.
     fields = {k: doc[k] for k in FunctionSpecRecord.__dataclass_fields__ if k in doc}
-    for name in ("secrets", "volumes"):
+    for name in ("secrets", "volumes", "bucket_mounts"):
         if name in fields:
             fields[name] = tuple(fields[name])
     return FunctionSpecRecord(**fields)

@@ -31,6 +31,10 @@ class VolumeRow:
     updated_at: datetime
     file_count: int = 0
     total_bytes: int = 0
+    #: ``portable`` or ``vast_local``.
+    backend: str = "portable"
+    #: The host a vast_local volume lives on ("" until first mounted).
+    pinned_host: str = ""
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,8 @@ def _volume(doc: dict[str, Any], count: int = 0, total: int = 0) -> VolumeRow:
         updated_at=doc["updated_at"],
         file_count=count,
         total_bytes=total,
+        backend=doc.get("backend") or "portable",
+        pinned_host=doc.get("pinned_host") or "",
     )
 
 
@@ -82,9 +88,12 @@ class VolumeStore(StoreBase):
     """Volume and file rows; :class:`apothic.server.store.Store` adds everything else."""
 
     async def _volume_stats(self, account: str, names: list[str]) -> dict[str, tuple[int, int]]:
+        # `$names CONTAINS volume`, not `volume IN $names`: with the (account, volume, path)
+        # index, the embedded engine (3.0.0b10) answers the IN form with no rows once $names
+        # holds more than one name.
         docs = await self._q(
             "SELECT volume, count() AS n, math::sum(size) AS total FROM volume_file "
-            "WHERE account = $account AND volume IN $names GROUP BY volume",
+            "WHERE account = $account AND $names CONTAINS volume GROUP BY volume",
             {"account": account, "names": names},
         )
         return {d["volume"]: (int(d["n"]), int(d["total"] or 0)) for d in docs or ()}
@@ -104,10 +113,28 @@ class VolumeStore(StoreBase):
         stats = await self._volume_stats(account, [d["name"] for d in docs]) if docs else {}
         return [_volume(d, *stats.get(d["name"], (0, 0))) for d in docs]
 
-    async def create_volume(self, account: str, name: str, now: datetime) -> None:
+    async def create_volume(self, account: str, name: str, now: datetime, backend: str = "portable") -> None:
         """Creates a volume at version 0; the write fails when it already exists."""
-        doc = {"account": account, "name": name, "version": 0, "created_at": now, "updated_at": now}
+        doc: dict[str, Any] = {"account": account, "name": name, "version": 0, "created_at": now, "updated_at": now}
+        if backend != "portable":
+            doc["backend"] = backend
         await self.commit([("CREATE $id CONTENT $doc RETURN NONE", {"id": _vid(account, name), "doc": doc})])
+
+    async def local_volumes(self) -> list[VolumeRow]:
+        """Every vast_local volume of every account (the placement map is built from them)."""
+        docs = await self._q("SELECT * FROM volume WHERE backend = 'vast_local'")
+        return [_volume(d) for d in docs or ()]
+
+    async def pin_volume(self, account: str, name: str, host: str) -> None:
+        """Pins a vast_local volume to a host, unless it is pinned already."""
+        await self.commit(
+            [
+                (
+                    "UPDATE $id SET pinned_host = $host WHERE pinned_host = NONE RETURN NONE",
+                    {"id": _vid(account, name), "host": host},
+                )
+            ]
+        )
 
     async def delete_volume(self, account: str, name: str) -> list[str]:
         """Deletes a volume and its files; returns the content hashes its files named."""

@@ -38,9 +38,15 @@ from apothic.server.store_base import StoreWriteError
 from apothic.server.store_volumes import VOLUME_GONE, FileRow, VolumeRow
 
 if TYPE_CHECKING:
+    from apothic.server.models import FunctionSpecRecord
     from apothic.server.store import Store
 
 log = logging.getLogger("apothic.server.volumes")
+
+#: Backends: files kept by the control plane, or on the disk of the host that first mounts it.
+PORTABLE = "portable"
+VAST_LOCAL = "vast_local"
+BACKENDS = (PORTABLE, VAST_LOCAL)
 
 #: Largest file a volume takes, in bytes.
 MAX_FILE_BYTES = 32 * 1024 * 1024
@@ -58,6 +64,8 @@ class VolumeInfo:
     total_bytes: int
     created_at: datetime
     updated_at: datetime
+    backend: str = PORTABLE
+    pinned_host: str = ""
 
 
 @dataclass(frozen=True)
@@ -72,7 +80,16 @@ class FileEntry:
 
 
 def _info(row: VolumeRow) -> VolumeInfo:
-    return VolumeInfo(row.name, row.version, row.file_count, row.total_bytes, row.created_at, row.updated_at)
+    return VolumeInfo(
+        row.name,
+        row.version,
+        row.file_count,
+        row.total_bytes,
+        row.created_at,
+        row.updated_at,
+        row.backend,
+        row.pinned_host,
+    )
 
 
 def _entry(row: FileRow) -> FileEntry:
@@ -156,6 +173,13 @@ class VolumeManager:
         #: Bumped by every pin: a collection that raced any put skips (leaving, at worst, an
         #: unreferenced blob on disk, never a file without its blob).
         self._pin_serial = 0
+        #: vast_local volumes: (account, name) -> the host they live on ("" until first mounted).
+        self._local: dict[tuple[str, str], str] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def load(self) -> None:
+        """Reads where the vast_local volumes live (at start)."""
+        self._local = {(r.account, r.name): r.pinned_host for r in await self.store.local_volumes()}
 
     def set_root(self, root: Path) -> None:
         """Sets the directory blobs go under."""
@@ -175,29 +199,83 @@ class VolumeManager:
             raise NotFound(f"volume {name!r} not found; create it with `apothic volume create {name}`")
         return row
 
-    async def create(self, account: str, name: str, *, exist_ok: bool) -> tuple[VolumeInfo, bool]:
+    async def create(
+        self, account: str, name: str, *, exist_ok: bool, backend: str = PORTABLE
+    ) -> tuple[VolumeInfo, bool]:
         """Creates a volume, or returns the existing one with ``exist_ok``.
 
         Returns:
             The volume and whether this call created it.
 
         Raises:
-            InvalidArgument: bad name.
+            InvalidArgument: bad name or backend.
             AlreadyExists: the volume exists and ``exist_ok`` is false.
+            FailedPrecondition: it exists with another backend than the one asked for (an
+                empty ``backend`` takes any, and creates a portable one).
         """
         validate_name("volume", name)
+        requested, backend = backend, backend or PORTABLE
+        if backend not in BACKENDS:
+            raise InvalidArgument(f"volume backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         existing = await self.store.get_volume(account, name)
         if existing is None:
             try:
-                await self.store.create_volume(account, name, utcnow())
+                await self.store.create_volume(account, name, utcnow(), backend)
             except StoreWriteError:
                 if await self.store.get_volume(account, name) is None:
                     raise
             else:
+                if backend == VAST_LOCAL:
+                    self._local.setdefault((account, name), "")
                 return await self.get(account, name), True
         if not exist_ok:
             raise AlreadyExists(f"volume {name!r} already exists")
-        return await self.get(account, name), False
+        info = await self.get(account, name)
+        if requested and info.backend != requested:
+            raise FailedPrecondition(f"volume {name!r} exists as a {info.backend} volume, not {backend}")
+        return info, False
+
+    def _portable(self, account: str, name: str) -> None:
+        """Refuses file calls on a vast_local volume: its files are on its host."""
+        if (account, name) in self._local:
+            host = self._local[(account, name)]
+            where = f"host {host!r}" if host else "the host that first mounts it"
+            raise FailedPrecondition(
+                f"volume {name!r} is a vast_local volume: its files live on {where}, not on the control plane; "
+                "read and write them from a function that mounts it"
+            )
+
+    def local_volume(self, account: str, refs: Sequence[str]) -> str | None:
+        """The vast_local volume among a function's mounts, if any."""
+        for name, _ in map(split_mount_ref, refs):
+            if (account, name) in self._local:
+                return name
+        return None
+
+    def host_for(self, account: str, spec: FunctionSpecRecord) -> str | None:
+        """The host a function must run on: its vast_local volume's, once pinned."""
+        name = self.local_volume(account, spec.volumes)
+        return (self._local.get((account, name)) or None) if name else None
+
+    def placed(self, account: str, spec: FunctionSpecRecord, host: str) -> None:
+        """A container of ``spec`` was placed on ``host``: its vast_local volume lives there now."""
+        name = self.local_volume(account, spec.volumes)
+        if name and host:
+            self.pin(account, name, host)
+
+    def pinned_host(self, account: str, name: str) -> str:
+        """The host a vast_local volume lives on ("" while it is not pinned)."""
+        return self._local.get((account, name), "")
+
+    def pin(self, account: str, name: str, host: str) -> None:
+        """Pins a vast_local volume to the host its first container runs on."""
+        if self._local.get((account, name), None) != "":
+            return
+        self._local[(account, name)] = host
+        log.info("vast_local volume %s of %s now lives on host %s", name, account, host)
+        task = asyncio.create_task(self.store.pin_volume(account, name, host))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def check_mounts(self, account: str, function: str, refs: Sequence[str]) -> None:
         """Checks that every volume a function mounts exists (at deploy), and that no two
@@ -208,15 +286,24 @@ class VolumeManager:
             InvalidArgument: two volumes share a mount path.
         """
         paths: set[str] = set()
+        local: list[str] = []
         for name, path in map(split_mount_ref, refs):
             if path in paths:
                 raise InvalidArgument(f"function {function!r} mounts two volumes at {path!r}")
             paths.add(path)
-            if await self.store.get_volume(account, name) is None:
+            row = await self.store.get_volume(account, name)
+            if row is None:
                 raise NotFound(
                     f"function {function!r} mounts volume {name!r}, which does not exist; "
                     f"create it with `apothic volume create {name}`"
                 )
+            if row.backend == VAST_LOCAL:
+                local.append(name)
+        if len(local) > 1:
+            raise InvalidArgument(
+                f"function {function!r} mounts {len(local)} vast_local volumes ({', '.join(local)}): each pins the "
+                "function to the host it lives on, so a function may mount one; make the others portable"
+            )
 
     async def get(self, account: str, name: str) -> VolumeInfo:
         """One volume.
@@ -240,6 +327,7 @@ class VolumeManager:
         """
         await self._volume(account, name)
         await self._collect(await self.store.delete_volume(account, name))
+        self._local.pop((account, name), None)
 
     async def list_files(
         self, account: str, name: str, path: str, *, recursive: bool
@@ -252,6 +340,7 @@ class VolumeManager:
         """
         prefix = normalize_path(path, allow_root=True)
         volume = await self._volume(account, name)
+        self._portable(account, name)
         rows = await self.store.list_volume_files(account, name, prefix)
         if prefix and not rows:
             raise NotFound(f"volume {name!r} has no file or directory {prefix!r}")
@@ -288,6 +377,7 @@ class VolumeManager:
                 f"file {path!r} is {len(content):,} bytes; a volume file holds at most {MAX_FILE_BYTES:,}"
             )
         await self._volume(account, name)
+        self._portable(account, name)
         if any(r.path != path for r in await self.store.list_volume_files(account, name, path)):
             raise InvalidArgument(f"volume path {path!r} is a directory of volume {name!r}; name a file")
         parts = path.split("/")
@@ -318,6 +408,7 @@ class VolumeManager:
         """
         path = normalize_path(path)
         await self._volume(account, name)
+        self._portable(account, name)
         row = await self.store.get_volume_file(account, name, path)
         if row is None:
             raise NotFound(f"volume {name!r} has no file {path!r}")
@@ -343,6 +434,7 @@ class VolumeManager:
         """
         prefix = normalize_path(path, allow_root=recursive)
         await self._volume(account, name)
+        self._portable(account, name)
         rows = await self.store.list_volume_files(account, name, prefix)
         if not rows:
             raise NotFound(f"volume {name!r} has no file or directory {prefix!r}")

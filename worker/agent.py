@@ -34,7 +34,7 @@ from apothic.worker.process import ExecLauncher, Launcher
 from apothic.worker.recipe import BuildFailed, BuiltImage, ImageBuilder, Recipe, recipe_from_pb
 from apothic.worker.settings import WorkerSettings
 from apothic.worker.transport import GrpcTransport, SessionTransport
-from apothic.worker.zygote import ZygoteLauncher
+from apothic.worker.zygote_pool import ZygotePool
 
 log = logging.getLogger("apothic.worker")
 
@@ -165,7 +165,7 @@ class Worker:
             from apothic.worker.docker_executor import DockerLauncher
 
             return DockerLauncher(env=env, state_dir=s.state_dir)
-        return ZygoteLauncher(env=env) if s.zygote else ExecLauncher()
+        return ZygotePool(env=env) if s.zygote else ExecLauncher()
 
     def _report(self, report: Report) -> None:
         if self._outbox is not None:
@@ -196,14 +196,33 @@ class Worker:
     ) -> None:
         try:
             image = await self._image(function, contexts)
+            spec = self._local_volumes(replace(spec, image=image))
         except BuildFailed as exc:
             self._report(Exited(spec.container_id, -1, f"the image build failed: {exc}", True))
             return
         except Exception as exc:
-            log.exception("container %s: the image could not be built", spec.container_id)
-            self._report(Exited(spec.container_id, -1, f"the worker could not build the image: {exc}", True))
+            log.exception("container %s could not be prepared", spec.container_id)
+            self._report(Exited(spec.container_id, -1, f"the worker could not prepare the container: {exc}", True))
             return
-        await self.containers.start(replace(spec, image=image))
+        await self.containers.start(spec)
+
+    def _local_volumes(self, spec: ContainerSpec) -> ContainerSpec:
+        """Points a container's vast_local volumes at their directories on this host."""
+        env = dict(spec.env)
+        wanted = env.get("APOTHIC_LOCAL_VOLUMES")
+        if not wanted:
+            return spec
+        root = self.settings.local_volumes_dir or self.settings.state_dir / "vast_local"
+        dirs: dict[str, str] = {}
+        for path, key in json.loads(wanted).items():
+            parts = [p for p in key.split("/") if p]
+            if not parts or any(p in (".", "..") for p in parts):
+                raise ValueError(f"bad vast_local volume key {key!r}")
+            folder = root.joinpath(*parts)
+            folder.mkdir(parents=True, exist_ok=True)
+            dirs[path] = str(folder)
+        env["APOTHIC_LOCAL_VOLUMES"] = json.dumps(dirs)
+        return replace(spec, env=tuple(env.items()), mounts=tuple((d, p) for p, d in dirs.items()))
 
     async def _build(self, build: w_pb.BuildImage) -> None:
         """Builds an image the control plane asked for, streaming its log; ends with ImageBuilt."""
@@ -236,7 +255,7 @@ class Worker:
     async def run(self) -> None:
         """Holds a session, reconnecting with backoff, until :meth:`stop`."""
         backoff = 0.1
-        offer = offer_mod.detect(self.settings.state_dir, self.settings.labels)
+        offer = offer_mod.detect(self.settings.state_dir, self.settings.labels, hostname=self.settings.hostname)
         self.launcher.warm()  # the zygote preloads while the session opens
         while not self._stopping.is_set():
             try:

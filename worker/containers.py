@@ -57,6 +57,8 @@ class ContainerSpec:
     #: Resource limits (0: none); the docker executor enforces them.
     cpu: float = 0.0
     memory_mb: int = 0
+    #: ``(host directory, path in the container)``: vast_local volumes.
+    mounts: tuple[tuple[str, str], ...] = ()
 
 
 # Events reported to the control plane.
@@ -183,7 +185,7 @@ class ProcessContainer:
         else:
             env["APOTHIC_MODULE"] = self.spec.module
             env["APOTHIC_QUALNAME"] = self.spec.qualname
-        options = LaunchOptions(image=image, cpu=self.spec.cpu, memory_mb=self.spec.memory_mb)
+        options = LaunchOptions(image=image, cpu=self.spec.cpu, memory_mb=self.spec.memory_mb, mounts=self.spec.mounts)
         launched = await self._launcher.launch(env, options=options)
         self.proc = launched.process
         reader, self._writer = await asyncio.open_unix_connection(sock=launched.channel)

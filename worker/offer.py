@@ -65,8 +65,8 @@ def detect_gpus() -> tuple[GpuInfo, ...]:
     return tuple(GpuInfo(name=n, count=c, vram_mb=v) for (n, v), c in groups.items())
 
 
-def detect(state_dir: Path, labels: dict[str, str]) -> Offer:
-    """Measures this machine."""
+def detect(state_dir: Path, labels: dict[str, str], *, hostname: str = "") -> Offer:
+    """Measures this machine (``hostname`` overrides the name it reports)."""
     state_dir.mkdir(parents=True, exist_ok=True)
     return Offer(
         cpu_cores=float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1),
@@ -74,6 +74,6 @@ def detect(state_dir: Path, labels: dict[str, str]) -> Offer:
         disk_mb=shutil.disk_usage(state_dir).free // (1024 * 1024),
         gpus=detect_gpus(),
         arch=platform.machine(),
-        hostname=socket.gethostname(),
+        hostname=hostname or socket.gethostname(),
         labels=dict(labels),
     )

@@ -73,11 +73,14 @@ class LaunchOptions:
         image: the built image (None: the worker's own Python environment).
         cpu: CPU cores it may use (0: no limit); enforced by the docker executor.
         memory_mb: memory it may use (0: no limit); enforced by the docker executor.
+        mounts: ``(host directory, path in the container)`` pairs (vast_local volumes); the
+            docker executor bind-mounts them, a process container links them itself.
     """
 
     image: BuiltImage | None = None
     cpu: float = 0.0
     memory_mb: int = 0
+    mounts: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

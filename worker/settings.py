@@ -35,6 +35,8 @@ class WorkerSettings:
     stop_grace_s: float = 2.0
     zygote: bool = True
     executor: str = "process"
+    hostname: str = ""
+    local_volumes_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if self.executor not in EXECUTORS:

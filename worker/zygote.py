@@ -407,7 +407,9 @@ class _ZygoteClient:
     #: Arguments to the interpreter that start the zygote (its socket's fd follows).
     COMMAND: tuple[str, ...] = ("-m", "apothic.worker.zygote")
 
-    def __init__(self, env: Mapping[str, str], on_lost: Callable[[_ZygoteClient], None]) -> None:
+    def __init__(
+        self, env: Mapping[str, str], on_lost: Callable[[_ZygoteClient], None], executable: str = sys.executable
+    ) -> None:
         self._loop = asyncio.get_running_loop()
         self._on_lost = on_lost
         self.ready: asyncio.Future[int] = self._loop.create_future()
@@ -419,7 +421,7 @@ class _ZygoteClient:
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self.popen = subprocess.Popen(
-                [sys.executable, *self.COMMAND, str(theirs.fileno())],
+                [executable, *self.COMMAND, str(theirs.fileno())],
                 env=dict(env),
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
@@ -570,10 +572,15 @@ class ZygoteLauncher:
         env: the environment the containers share; the zygote starts with it (plus
             ``PYTHONUNBUFFERED=1``, as containers run unbuffered).
         fallback: how to start a container the zygote cannot (default: exec).
+        executable: the interpreter the zygote runs; launches asking for another one exec.
     """
 
-    def __init__(self, *, env: Mapping[str, str], fallback: Launcher | None = None) -> None:
+    def __init__(
+        self, *, env: Mapping[str, str], fallback: Launcher | None = None, executable: str = sys.executable
+    ) -> None:
         self.env = {**env, "PYTHONUNBUFFERED": "1"}
+        #: The interpreter the zygote runs (an image's venv, or the worker's own).
+        self.executable = executable
         self._fallback = fallback or ExecLauncher()
         self._current: _ZygoteClient | None = None
         self._failures = 0
@@ -599,7 +606,7 @@ class ZygoteLauncher:
 
     def _start(self) -> None:
         try:
-            self._current = _ZygoteClient(self.env, self._lost)
+            self._current = _ZygoteClient(self.env, self._lost, self.executable)
         except OSError:
             log.exception("could not start the zygote; containers start with exec")
             self._current = None
@@ -656,7 +663,7 @@ class ZygoteLauncher:
             OSError: the exec fallback could not start the process either.
         """
         in_image = options is not None and options.image is not None
-        if executable == sys.executable and not in_image and not self._closed:
+        if executable == self.executable and not in_image and not self._closed:
             different = startup_difference(env, self.env)
             if different is None:
                 zygote = await self._ready()

@@ -7,7 +7,8 @@ source directory), ``APOTHIC_PYTHON_PATH`` (more ``sys.path`` entries,
 ``os.pathsep``-separated), ``APOTHIC_MODULE`` + ``APOTHIC_QUALNAME`` or
 ``APOTHIC_PICKLED_FUNCTION`` (a file), and how inputs run: ``APOTHIC_MAX_INPUTS``,
 ``APOTHIC_BATCH_MAX_SIZE``, ``APOTHIC_BATCH_WAIT_MS``; ``APOTHIC_VOLUMES`` (JSON, mount
-path -> volume name: mounted before the function is imported, committed on exit).
+path -> volume name: mounted before the function is imported, committed on exit);
+``APOTHIC_LOCAL_VOLUMES`` (JSON, mount path -> a directory on this host: vast_local volumes).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from apothic._container import protocol
+from apothic._container import buckets, protocol
 from apothic._container.output import FLUSH_INTERVAL_S, FdForwarder, OutputForwarder, Running
 from apothic._container.runner import Runner, RunnerConfig
 
@@ -69,6 +70,11 @@ def main() -> None:
             from apothic.volume import _mount_all
 
             _mount_all(json.loads(os.environ["APOTHIC_VOLUMES"]))
+        if os.environ.get("APOTHIC_LOCAL_VOLUMES"):
+            from apothic.volume import _link_local
+
+            _link_local(json.loads(os.environ["APOTHIC_LOCAL_VOLUMES"]))
+        buckets.mount_from_env()  # APOTHIC_BUCKET_MOUNTS: see apothic._container.buckets
         func = _load_function()
     except BaseException:  # noqa: BLE001 - an import failure of any kind is reported
         channel.send((protocol.INIT_FAILED, traceback.format_exc()))

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from apothic import _serialization as ser
-from apothic._container import protocol
+from apothic._container import buckets, protocol
 from apothic._container.output import FdForwarder, Key, OutputForwarder, Running, current_input, sync_fds
 
 #: A result is held back at most this long to share a frame with the next ones.
@@ -127,6 +127,8 @@ class Runner:
         return True
 
     def _send_results(self, results: list[ResultTuple]) -> None:
+        if results and buckets.active():
+            results = _synced(results)  # bucket mounts: uploaded before the caller sees a result
         if results:
             self.channel.send((protocol.RESULTS, results))
 
@@ -370,3 +372,12 @@ class _HeldResults:
 
 async def _await(awaitable: Any) -> Any:
     return await awaitable
+
+
+def _synced(results: list[ResultTuple]) -> list[ResultTuple]:
+    """Syncs the container's bucket mounts; a failed sync fails the calls that succeeded."""
+    error = buckets.sync_all()
+    if error is None:
+        return results
+    info = _error(error)
+    return [r if not r[2] else (r[0], r[1], False, "", info) for r in results]

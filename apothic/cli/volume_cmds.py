@@ -25,6 +25,11 @@ def _size(n: int) -> str:
 def create(
     name: str = typer.Argument(..., help="The volume's name."),
     exist_ok: bool = typer.Option(False, "--exist-ok", help="Succeed when the volume already exists."),
+    backend: str = typer.Option(
+        None,
+        "--backend",
+        help="portable (the control plane keeps the files) or vast_local (the first host that mounts it keeps them).",
+    ),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Create an empty volume."""
@@ -32,9 +37,13 @@ def create(
     from apothic.cli._render import console
     from apothic.volume import Volume
 
-    info = Volume.create(name, exist_ok=exist_ok)
+    info = Volume.create(name, exist_ok=exist_ok, backend=backend)
     if as_json:
         typer.echo(to_json(info))
+        return
+    if info.backend == "vast_local":
+        where = f"on host {info.pinned_host}" if info.pinned_host else "on the first host that mounts it"
+        console.print(f"volume {info.name} (vast_local: its files live {where})")
         return
     console.print(f"volume {info.name} (version {info.version}, {info.file_count} files)")
 

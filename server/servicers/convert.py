@@ -11,6 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from apothic._proto.v1 import types_pb2 as pb
 from apothic.exceptions import InvalidConfigError
 from apothic.schedules import Cron, Period
+from apothic.server import buckets
 from apothic.server.deployments import validate_name
 from apothic.server.errors import InvalidArgument
 from apothic.server.models import (
@@ -171,6 +172,7 @@ def spec_from_pb(
         is_async=spec.is_async,
         secrets=_secret_refs(spec, seal),
         volumes=tuple(mount_ref(spec.name, v.name, v.mount_path) for v in spec.volumes),
+        bucket_mounts=buckets.refs_from_pb(spec, seal),
         image=spec.image.SerializeToString(deterministic=True) if spec.HasField("image") else b"",
         image_id=spec.image.image_id if spec.HasField("image") else "",
         **_schedule_fields(spec),
@@ -220,6 +222,19 @@ def schedule_to_pb(spec: FunctionSpecRecord) -> pb.Schedule | None:
     return None
 
 
+def _bucket_mount_to_pb(ref: buckets.BucketMountRef) -> pb.FunctionBucketMount:
+    # A named secret by name; inline values never leave the control plane but to a container.
+    name = buckets.named_secret(ref)
+    return pb.FunctionBucketMount(
+        mount_path=ref.mount_path,
+        bucket_name=ref.bucket_name,
+        endpoint_url=ref.endpoint_url,
+        prefix=ref.prefix,
+        read_only=ref.read_only,
+        secret=pb.FunctionSecret(name=name) if name else None,
+    )
+
+
 def spec_to_pb(spec: FunctionSpecRecord) -> pb.FunctionSpec:
     return pb.FunctionSpec(
         name=spec.name,
@@ -247,6 +262,7 @@ def spec_to_pb(spec: FunctionSpecRecord) -> pb.FunctionSpec:
         is_async=spec.is_async,
         secrets=[pb.FunctionSecret(name=ref) for ref in spec.secrets if not ref.startswith(INLINE_PREFIX)],
         volumes=[pb.FunctionVolume(name=n, mount_path=p) for n, p in map(split_mount_ref, spec.volumes)],
+        bucket_mounts=[_bucket_mount_to_pb(buckets.parse_mount_ref(ref)) for ref in spec.bucket_mounts],
         schedule=schedule_to_pb(spec),
         image=pb.ImageSpec.FromString(spec.image) if spec.image else None,
     )

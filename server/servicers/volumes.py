@@ -19,6 +19,8 @@ def _info(info: VolumeInfo) -> v_pb.VolumeInfo:
         total_bytes=info.total_bytes,
         created_at=convert.timestamp(info.created_at),
         updated_at=convert.timestamp(info.updated_at),
+        backend=info.backend,
+        pinned_host=info.pinned_host,
     )
 
 
@@ -39,7 +41,9 @@ class VolumeServicer(v_grpc.VolumeServiceServicer):
     async def CreateVolume(
         self, request: v_pb.CreateVolumeRequest, context: grpc.aio.ServicerContext
     ) -> v_pb.CreateVolumeResponse:
-        info, created = await self.volumes.create(current_account.get(), request.name, exist_ok=request.exist_ok)
+        info, created = await self.volumes.create(
+            current_account.get(), request.name, exist_ok=request.exist_ok, backend=request.backend
+        )
         return v_pb.CreateVolumeResponse(volume=_info(info), created=created)
 
     async def GetVolume(

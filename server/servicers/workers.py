@@ -13,7 +13,7 @@ import grpc.aio
 from apothic._proto.v1 import types_pb2 as pb
 from apothic._proto.v1 import worker_service_pb2 as w_pb
 from apothic._proto.v1 import worker_service_pb2_grpc as w_grpc
-from apothic.server import ids
+from apothic.server import buckets, ids
 from apothic.server.deployments import DeploymentManager
 from apothic.server.errors import DomainError, InvalidArgument
 from apothic.server.images import ImageManager
@@ -30,7 +30,7 @@ from apothic.server.scheduler import (
 from apothic.server.secrets import SecretManager
 from apothic.server.servicers import convert, image_specs
 from apothic.server.servicers.images import outcome_from_pb
-from apothic.server.volumes import split_mount_ref
+from apothic.server.volumes import VolumeManager, split_mount_ref
 
 log = logging.getLogger("apothic.server.workers")
 
@@ -85,6 +85,8 @@ class WorkerServicer(w_grpc.WorkerServiceServicer):
         self.deployments = deployments
         self.secrets = secrets
         self.images = images
+        #: Tells vast_local volumes apart (set by the control plane).
+        self.volumes: VolumeManager | None = None
 
     async def _contexts(self, shas: Iterable[str]) -> list[pb.ImageContext]:
         out = []
@@ -111,9 +113,27 @@ class WorkerServicer(w_grpc.WorkerServiceServicer):
                     # The message names the secret, never a value.
                     self.scheduler.container_exited(cmd.container_id, str(exc), startup_failed=True)
                     return None
+            if cmd.spec.bucket_mounts:
+                # Buckets with their credentials: in the container's environment only.
+                try:
+                    env.update(
+                        await buckets.container_env(cmd.account, cmd.spec.name, cmd.spec.bucket_mounts, self.secrets)
+                    )
+                except DomainError as exc:
+                    self.scheduler.container_exited(cmd.container_id, str(exc), startup_failed=True)
+                    return None
             if cmd.spec.volumes:
-                # Where the container mounts its volumes: {mount path: volume name}.
-                env["APOTHIC_VOLUMES"] = json.dumps({p: n for n, p in map(split_mount_ref, cmd.spec.volumes)})
+                # Where the container mounts its volumes: {mount path: volume name} for portable
+                # ones; {mount path: "<account>/<name>"} for vast_local ones, whose files the
+                # worker keeps on its host's disk.
+                local = self.volumes.local_volume(cmd.account, cmd.spec.volumes) if self.volumes else None
+                mounts = dict(map(split_mount_ref, cmd.spec.volumes))
+                portable = {p: n for n, p in mounts.items() if n != local}
+                if portable:
+                    env["APOTHIC_VOLUMES"] = json.dumps(portable)
+                if local is not None:
+                    key = f"{cmd.account.replace(':', '_')}/{local}"
+                    env["APOTHIC_LOCAL_VOLUMES"] = json.dumps({mounts[local]: key})
             function = convert.spec_to_pb(cmd.spec)
             contexts: list[pb.ImageContext] = []
             if cmd.spec.image_id and cmd.spec.image_id not in worker.images:

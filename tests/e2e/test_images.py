@@ -223,3 +223,22 @@ def test_the_build_rpc_validates_its_input(apothic_runtime: LocalRuntime) -> Non
     assert "do not match" in build(pb.ImageSpec(), [bad]).details()
     assert "unknown kind" in build(pb.ImageSpec(steps=[pb.ImageStep()])).details()
     channel.close()
+
+
+def test_containers_on_an_image_fork_from_that_images_zygote(apothic_runtime: LocalRuntime) -> None:
+    app = apothic.App(unique_name("imgzyg"), client=apothic_runtime.config)
+
+    @app.function(image=apothic.Image.debian_slim().env({"ZYGOTE_TEST": "1"}))
+    def parent() -> tuple[str, str, str]:
+        import os
+        import sys
+
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as fh:
+            cmdline = fh.read().replace(b"\0", b" ").decode()
+        return cmdline, sys.executable, os.environ["ZYGOTE_TEST"]
+
+    with deployed(app):
+        cmdline, executable, value = parent.remote()
+    assert "apothic.worker.zygote" in cmdline, cmdline
+    assert "/images/im-" in executable and cmdline.startswith(executable.rsplit("/bin/", 1)[0])
+    assert value == "1"

@@ -19,6 +19,7 @@ EXPECTED_ALL = [
     "AppInfo",
     "Claim",
     "ClientConfig",
+    "CloudBucketMount",
     "Cron",
     "DeploymentInfo",
     "DeploymentStatus",

@@ -3,6 +3,7 @@ path rules on their own."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 import apothic
 from apothic.runtime import LocalRuntime
 from apothic.server.errors import InvalidArgument
-from apothic.server.volumes import normalize_path
+from apothic.server.volumes import VolumeManager, normalize_path
 from apothic.testing import unique_name
 
 
@@ -37,6 +38,35 @@ def test_files_and_versions_survive_a_restart(tmp_path: Path) -> None:
         assert again.info().version == version + 1
     finally:
         second.stop()
+
+
+def test_a_vast_local_volume_stays_pinned_across_a_restart(tmp_path: Path) -> None:
+    name = unique_name("pinned")
+    first = LocalRuntime(db_url="", state_dir=tmp_path, workers=0).start()
+    try:
+        apothic.Volume.create(name, backend="vast_local", client=first.config)
+        assert first.plane is not None
+        volumes = first.plane.volumes
+        account = next(iter(volumes._local))[0]
+        first._call(_pin(volumes, account, name, "host-z"))
+    finally:
+        first.stop()
+
+    second = LocalRuntime(db_url="", state_dir=tmp_path, workers=0, api_key=first.api_key).start()
+    try:
+        info = apothic.Volume.create(name, exist_ok=True, client=second.config)
+        assert (info.backend, info.pinned_host) == ("vast_local", "host-z")
+        assert second.plane is not None and second.plane.volumes.pinned_host(account, name) == "host-z"
+        # A pin is never moved: the files are on that host.
+        second.plane.volumes.pin(account, name, "host-y")
+        assert second.plane.volumes.pinned_host(account, name) == "host-z"
+    finally:
+        second.stop()
+
+
+async def _pin(volumes: VolumeManager, account: str, name: str, host: str) -> None:
+    volumes.pin(account, name, host)
+    await asyncio.gather(*volumes._tasks)
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,7 @@ from apothic.worker.agent import Worker
 from apothic.worker.process import ExecLauncher, Launched, Launcher
 from apothic.worker.settings import WorkerSettings
 from apothic.worker.zygote import UNKNOWN_EXIT_CODE, ZygoteLauncher, startup_difference
+from apothic.worker.zygote_pool import ZygotePool
 
 CHILD = "tests.worker.zygote_child"
 #: What the test zygotes start with; launches add to it.
@@ -239,9 +240,9 @@ async def test_a_zygote_that_never_gets_ready_is_given_up(monkeypatch: pytest.Mo
 
 @pytest.fixture(scope="module")
 def worker_zygote(apothic_runtime: LocalRuntime) -> ZygoteLauncher:
-    launcher = apothic_runtime.workers[0].launcher
-    assert isinstance(launcher, ZygoteLauncher), "the zygote is not the worker's default"
-    return launcher
+    pool = apothic_runtime.workers[0].launcher
+    assert isinstance(pool, ZygotePool), "zygotes are not the worker's default"
+    return pool.default
 
 
 def _ready_pid(launcher: ZygoteLauncher) -> int:

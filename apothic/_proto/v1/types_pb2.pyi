@@ -572,7 +572,11 @@ Global___FunctionSpec: _TypeAlias = FunctionSpec  # noqa: Y015
 
 @_typing.final
 class FunctionBucketMount(_message.Message):
-    """One bucket a function mounts (CloudBucketMount)."""
+    """One S3-compatible bucket a function mounts (CloudBucketMount). The control plane checks
+    at deploy that the bucket answers with the given credentials, and hands the credentials
+    to the container through its environment only: specs it returns name a named secret and
+    never carry inline values.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -580,19 +584,25 @@ class FunctionBucketMount(_message.Message):
     BUCKET_NAME_FIELD_NUMBER: _builtins.int
     ENDPOINT_URL_FIELD_NUMBER: _builtins.int
     PREFIX_FIELD_NUMBER: _builtins.int
-    SECRET_NAME_FIELD_NUMBER: _builtins.int
     READ_ONLY_FIELD_NUMBER: _builtins.int
+    SECRET_FIELD_NUMBER: _builtins.int
     mount_path: _builtins.str
     """An absolute, normalized directory path inside the container."""
     bucket_name: _builtins.str
+    """The bucket's name."""
     endpoint_url: _builtins.str
     """Endpoint of an S3-compatible server; empty means AWS S3."""
     prefix: _builtins.str
     """Key prefix the mount shows ("" for the whole bucket; otherwise ends with "/")."""
-    secret_name: _builtins.str
-    """Named secret holding AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; empty for a public bucket."""
     read_only: _builtins.bool
-    """The mount refuses writes."""
+    """The mount refuses writes: a call that changes files there fails."""
+    @_builtins.property
+    def secret(self) -> Global___FunctionSecret:
+        """Where AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and optionally AWS_REGION and
+        AWS_SESSION_TOKEN) come from: a named secret or inline values, as for function
+        secrets. Unset means anonymous access.
+        """
+
     def __init__(
         self,
         *,
@@ -600,12 +610,12 @@ class FunctionBucketMount(_message.Message):
         bucket_name: _builtins.str = ...,
         endpoint_url: _builtins.str = ...,
         prefix: _builtins.str = ...,
-        secret_name: _builtins.str = ...,
         read_only: _builtins.bool = ...,
+        secret: Global___FunctionSecret | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["secret", b"secret"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_name", b"bucket_name", "endpoint_url", b"endpoint_url", "mount_path", b"mount_path", "prefix", b"prefix", "read_only", b"read_only", "secret_name", b"secret_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_name", b"bucket_name", "endpoint_url", b"endpoint_url", "mount_path", b"mount_path", "prefix", b"prefix", "read_only", b"read_only", "secret", b"secret"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x61pothic/v1/volume_service.proto\x12\napothic.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb4\x01\n\nVolumeInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x12\n\nfile_count\x18\x03 \x01(\x04\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x04\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"r\n\tFileEntry\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06is_dir\x18\x02 \x01(\x08\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12)\n\x05mtime\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"5\n\x13\x43reateVolumeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x65xist_ok\x18\x02 \x01(\x08\"O\n\x14\x43reateVolumeResponse\x12&\n\x06volume\x18\x01 \x01(\x0b\x32\x16.apothic.v1.VolumeInfo\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\" \n\x10GetVolumeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\";\n\x11GetVolumeResponse\x12&\n\x06volume\x18\x01 \x01(\x0b\x32\x16.apothic.v1.VolumeInfo\"\x14\n\x12ListVolumesRequest\">\n\x13ListVolumesResponse\x12\'\n\x07volumes\x18\x01 \x03(\x0b\x32\x16.apothic.v1.VolumeInfo\"#\n\x13\x44\x65leteVolumeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x16\n\x14\x44\x65leteVolumeResponse\"C\n\x10ListFilesRequest\x12\x0e\n\x06volume\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x11\n\trecursive\x18\x03 \x01(\x08\"L\n\x11ListFilesResponse\x12&\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x15.apothic.v1.FileEntry\x12\x0f\n\x07version\x18\x02 \x01(\x04\"?\n\x0ePutFileRequest\x12\x0e\n\x06volume\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\"G\n\x0fPutFileResponse\x12#\n\x04\x66ile\x18\x01 \x01(\x0b\x32\x15.apothic.v1.FileEntry\x12\x0f\n\x07version\x18\x02 \x01(\x04\".\n\x0eGetFileRequest\x12\x0e\n\x06volume\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"G\n\x0fGetFileResponse\x12#\n\x04\x66ile\x18\x01 \x01(\x0b\x32\x15.apothic.v1.FileEntry\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\"D\n\x11RemoveFileRequest\x12\x0e\n\x06volume\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x11\n\trecursive\x18\x03 \x01(\x08\"6\n\x12RemoveFileResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x04\x12\x0f\n\x07version\x18\x02 \x01(\x04\x32\xee\x04\n\rVolumeService\x12Q\n\x0c\x43reateVolume\x12\x1f.apothic.v1.CreateVolumeRequest\x1a .apothic.v1.CreateVolumeResponse\x12H\n\tGetVolume\x12\x1c.apothic.v1.GetVolumeRequest\x1a\x1d.apothic.v1.GetVolumeResponse\x12N\n\x0bListVolumes\x12\x1e.apothic.v1.ListVolumesRequest\x1a\x1f.apothic.v1.ListVolumesResponse\x12Q\n\x0c\x44\x65leteVolume\x12\x1f.apothic.v1.DeleteVolumeRequest\x1a .apothic.v1.DeleteVolumeResponse\x12H\n\tListFiles\x12\x1c.apothic.v1.ListFilesRequest\x1a\x1d.apothic.v1.ListFilesResponse\x12\x42\n\x07PutFile\x12\x1a.apothic.v1.PutFileRequest\x1a\x1b.apothic.v1.PutFileResponse\x12\x42\n\x07GetFile\x12\x1a.apothic.v1.GetFileRequest\x1a\x1b.apothic.v1.GetFileResponse\x12K\n\nRemoveFile\x12\x1d.apothic.v1.RemoveFileRequest\x1a\x1e.apothic.v1.RemoveFileResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x61pothic/v1/volume_service.proto\x12\napothic.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xda\x01\n\nVolumeInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x12\n\nfile_count\x18\x03 \x01(\x04\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x04\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x62\x61\x63kend\x18\x07 \x01(\t\x12\x13\n\x0bpinned_host\x18\x08 \x01(\t\"r\n\tFileEntry\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06is_dir\x18\x02 \x01(\x08\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12)\n\x05mtime\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"F\n\x13\x43reateVolumeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x65xist_ok\x18\x02 \x01(\x08\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\"O\n\x14\x43reateVolumeResponse\x12&\n\x06volume\x18\x01 \x01(\x0b\x32\x16.apothic.v1.VolumeInfo\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\" \n\x10GetVolumeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\";\n\x11GetVolumeResponse\x12&\n\x06volume\x18\x01 \x01(\x0b\x32\x16.apothic.v1.VolumeInfo\"\x14\n\x12ListVolumesRequest\">\n\x13ListVolumesResponse\x12\'\n\x07volumes\x18\x01 \x03(\x0b\x32\x16.apothic.v1.VolumeInfo\"#\n\x13\x44\x65leteVolumeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x16\n\x14\x44\x65leteVolumeResponse\"C\n\x10ListFilesRequest\x12\x0e\n\x06volume\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x11\n\trecursive\x18\x03 \x01(\x08\"L\n\x11ListFilesResponse\x12&\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x15.apothic.v1.FileEntry\x12\x0f\n\x07version\x18\x02 \x01(\x04\"?\n\x0ePutFileRequest\x12\x0e\n\x06volume\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\"G\n\x0fPutFileResponse\x12#\n\x04\x66ile\x18\x01 \x01(\x0b\x32\x15.apothic.v1.FileEntry\x12\x0f\n\x07version\x18\x02 \x01(\x04\".\n\x0eGetFileRequest\x12\x0e\n\x06volume\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"G\n\x0fGetFileResponse\x12#\n\x04\x66ile\x18\x01 \x01(\x0b\x32\x15.apothic.v1.FileEntry\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\"D\n\x11RemoveFileRequest\x12\x0e\n\x06volume\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x11\n\trecursive\x18\x03 \x01(\x08\"6\n\x12RemoveFileResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x04\x12\x0f\n\x07version\x18\x02 \x01(\x04\x32\xee\x04\n\rVolumeService\x12Q\n\x0c\x43reateVolume\x12\x1f.apothic.v1.CreateVolumeRequest\x1a .apothic.v1.CreateVolumeResponse\x12H\n\tGetVolume\x12\x1c.apothic.v1.GetVolumeRequest\x1a\x1d.apothic.v1.GetVolumeResponse\x12N\n\x0bListVolumes\x12\x1e.apothic.v1.ListVolumesRequest\x1a\x1f.apothic.v1.ListVolumesResponse\x12Q\n\x0c\x44\x65leteVolume\x12\x1f.apothic.v1.DeleteVolumeRequest\x1a .apothic.v1.DeleteVolumeResponse\x12H\n\tListFiles\x12\x1c.apothic.v1.ListFilesRequest\x1a\x1d.apothic.v1.ListFilesResponse\x12\x42\n\x07PutFile\x12\x1a.apothic.v1.PutFileRequest\x1a\x1b.apothic.v1.PutFileResponse\x12\x42\n\x07GetFile\x12\x1a.apothic.v1.GetFileRequest\x1a\x1b.apothic.v1.GetFileResponse\x12K\n\nRemoveFile\x12\x1d.apothic.v1.RemoveFileRequest\x1a\x1e.apothic.v1.RemoveFileResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,41 +33,41 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'apothic._proto.v1.volume_se
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_VOLUMEINFO']._serialized_start=81
-  _globals['_VOLUMEINFO']._serialized_end=261
-  _globals['_FILEENTRY']._serialized_start=263
-  _globals['_FILEENTRY']._serialized_end=377
-  _globals['_CREATEVOLUMEREQUEST']._serialized_start=379
-  _globals['_CREATEVOLUMEREQUEST']._serialized_end=432
-  _globals['_CREATEVOLUMERESPONSE']._serialized_start=434
-  _globals['_CREATEVOLUMERESPONSE']._serialized_end=513
-  _globals['_GETVOLUMEREQUEST']._serialized_start=515
-  _globals['_GETVOLUMEREQUEST']._serialized_end=547
-  _globals['_GETVOLUMERESPONSE']._serialized_start=549
-  _globals['_GETVOLUMERESPONSE']._serialized_end=608
-  _globals['_LISTVOLUMESREQUEST']._serialized_start=610
-  _globals['_LISTVOLUMESREQUEST']._serialized_end=630
-  _globals['_LISTVOLUMESRESPONSE']._serialized_start=632
-  _globals['_LISTVOLUMESRESPONSE']._serialized_end=694
-  _globals['_DELETEVOLUMEREQUEST']._serialized_start=696
-  _globals['_DELETEVOLUMEREQUEST']._serialized_end=731
-  _globals['_DELETEVOLUMERESPONSE']._serialized_start=733
-  _globals['_DELETEVOLUMERESPONSE']._serialized_end=755
-  _globals['_LISTFILESREQUEST']._serialized_start=757
-  _globals['_LISTFILESREQUEST']._serialized_end=824
-  _globals['_LISTFILESRESPONSE']._serialized_start=826
-  _globals['_LISTFILESRESPONSE']._serialized_end=902
-  _globals['_PUTFILEREQUEST']._serialized_start=904
-  _globals['_PUTFILEREQUEST']._serialized_end=967
-  _globals['_PUTFILERESPONSE']._serialized_start=969
-  _globals['_PUTFILERESPONSE']._serialized_end=1040
-  _globals['_GETFILEREQUEST']._serialized_start=1042
-  _globals['_GETFILEREQUEST']._serialized_end=1088
-  _globals['_GETFILERESPONSE']._serialized_start=1090
-  _globals['_GETFILERESPONSE']._serialized_end=1161
-  _globals['_REMOVEFILEREQUEST']._serialized_start=1163
-  _globals['_REMOVEFILEREQUEST']._serialized_end=1231
-  _globals['_REMOVEFILERESPONSE']._serialized_start=1233
-  _globals['_REMOVEFILERESPONSE']._serialized_end=1287
-  _globals['_VOLUMESERVICE']._serialized_start=1290
-  _globals['_VOLUMESERVICE']._serialized_end=1912
+  _globals['_VOLUMEINFO']._serialized_end=299
+  _globals['_FILEENTRY']._serialized_start=301
+  _globals['_FILEENTRY']._serialized_end=415
+  _globals['_CREATEVOLUMEREQUEST']._serialized_start=417
+  _globals['_CREATEVOLUMEREQUEST']._serialized_end=487
+  _globals['_CREATEVOLUMERESPONSE']._serialized_start=489
+  _globals['_CREATEVOLUMERESPONSE']._serialized_end=568
+  _globals['_GETVOLUMEREQUEST']._serialized_start=570
+  _globals['_GETVOLUMEREQUEST']._serialized_end=602
+  _globals['_GETVOLUMERESPONSE']._serialized_start=604
+  _globals['_GETVOLUMERESPONSE']._serialized_end=663
+  _globals['_LISTVOLUMESREQUEST']._serialized_start=665
+  _globals['_LISTVOLUMESREQUEST']._serialized_end=685
+  _globals['_LISTVOLUMESRESPONSE']._serialized_start=687
+  _globals['_LISTVOLUMESRESPONSE']._serialized_end=749
+  _globals['_DELETEVOLUMEREQUEST']._serialized_start=751
+  _globals['_DELETEVOLUMEREQUEST']._serialized_end=786
+  _globals['_DELETEVOLUMERESPONSE']._serialized_start=788
+  _globals['_DELETEVOLUMERESPONSE']._serialized_end=810
+  _globals['_LISTFILESREQUEST']._serialized_start=812
+  _globals['_LISTFILESREQUEST']._serialized_end=879
+  _globals['_LISTFILESRESPONSE']._serialized_start=881
+  _globals['_LISTFILESRESPONSE']._serialized_end=957
+  _globals['_PUTFILEREQUEST']._serialized_start=959
+  _globals['_PUTFILEREQUEST']._serialized_end=1022
+  _globals['_PUTFILERESPONSE']._serialized_start=1024
+  _globals['_PUTFILERESPONSE']._serialized_end=1095
+  _globals['_GETFILEREQUEST']._serialized_start=1097
+  _globals['_GETFILEREQUEST']._serialized_end=1143
+  _globals['_GETFILERESPONSE']._serialized_start=1145
+  _globals['_GETFILERESPONSE']._serialized_end=1216
+  _globals['_REMOVEFILEREQUEST']._serialized_start=1218
+  _globals['_REMOVEFILEREQUEST']._serialized_end=1286
+  _globals['_REMOVEFILERESPONSE']._serialized_start=1288
+  _globals['_REMOVEFILERESPONSE']._serialized_end=1342
+  _globals['_VOLUMESERVICE']._serialized_start=1345
+  _globals['_VOLUMESERVICE']._serialized_end=1967
 # @@protoc_insertion_point(module_scope)

@@ -31,12 +31,20 @@ class VolumeInfo(_message.Message):
     TOTAL_BYTES_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    BACKEND_FIELD_NUMBER: _builtins.int
+    PINNED_HOST_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.int
     """Bumped by every committed change to its files; starts at 0."""
     file_count: _builtins.int
     total_bytes: _builtins.int
     """The sum of its files' sizes."""
+    backend: _builtins.str
+    """"portable" (files kept by the control plane) or "vast_local" (files kept on the disk of
+    the host that first mounts it; functions that mount it run only there).
+    """
+    pinned_host: _builtins.str
+    """The host a vast_local volume lives on; empty until a container first mounts it."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -50,10 +58,12 @@ class VolumeInfo(_message.Message):
         total_bytes: _builtins.int = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        backend: _builtins.str = ...,
+        pinned_host: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "file_count", b"file_count", "name", b"name", "total_bytes", b"total_bytes", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "created_at", b"created_at", "file_count", b"file_count", "name", b"name", "pinned_host", b"pinned_host", "total_bytes", b"total_bytes", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -104,18 +114,24 @@ class CreateVolumeRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     EXIST_OK_FIELD_NUMBER: _builtins.int
+    BACKEND_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     exist_ok: _builtins.bool
     """Return the existing volume instead of failing with ALREADY_EXISTS."""
+    backend: _builtins.str
+    """"portable" or "vast_local". Empty creates a portable volume and, with `exist_ok`,
+    accepts an existing volume of either backend.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         exist_ok: _builtins.bool = ...,
+        backend: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["exist_ok", b"exist_ok", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "exist_ok", b"exist_ok", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

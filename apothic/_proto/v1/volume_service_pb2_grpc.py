@@ -87,8 +87,8 @@ class VolumeServiceServicer:
 
     def CreateVolume(self, request, context):
         """Creates a volume, or returns the existing one when `exist_ok` is set. Fails with
-        INVALID_ARGUMENT for a bad name and ALREADY_EXISTS when the volume exists and
-        `exist_ok` is not set.
+        INVALID_ARGUMENT for a bad name or backend, ALREADY_EXISTS when the volume exists and
+        `exist_ok` is not set, and FAILED_PRECONDITION when it exists with another backend.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -123,6 +123,7 @@ class VolumeServiceServicer:
         children, directories included, or every file below it with `recursive`. Fails with
         INVALID_ARGUMENT for a bad name or path, and NOT_FOUND for a volume that does not exist
         or a path that is neither a file nor a directory of it.
+        A vast_local volume's files live on its host, not here: FAILED_PRECONDITION.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -133,6 +134,7 @@ class VolumeServiceServicer:
         with INVALID_ARGUMENT for a bad name or path (absolute, not normalized, or climbing out
         with `..`) or a path that is a directory, NOT_FOUND for a volume that does not exist,
         and RESOURCE_EXHAUSTED for content over the per-file limit.
+        A vast_local volume's files live on its host, not here: FAILED_PRECONDITION.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -142,6 +144,7 @@ class VolumeServiceServicer:
         """Returns one file's content. Fails with INVALID_ARGUMENT for a bad name or path,
         NOT_FOUND for a volume or file that does not exist, and FAILED_PRECONDITION when the
         file's content is missing from the control plane's state directory.
+        A vast_local volume's files live on its host, not here: FAILED_PRECONDITION.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -152,6 +155,7 @@ class VolumeServiceServicer:
         volume's version. Fails with INVALID_ARGUMENT for a bad name or path, NOT_FOUND for a
         volume or path that does not exist, and FAILED_PRECONDITION for a directory without
         `recursive`.
+        A vast_local volume's files live on its host, not here: FAILED_PRECONDITION.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

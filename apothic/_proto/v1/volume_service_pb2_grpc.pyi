@@ -38,8 +38,8 @@ class VolumeServiceStub:
     def __new__(cls, channel: _aio.Channel) -> VolumeServiceAsyncStub: ...
     CreateVolume: _grpc.UnaryUnaryMultiCallable[_volume_service_pb2.CreateVolumeRequest, _volume_service_pb2.CreateVolumeResponse]
     """Creates a volume, or returns the existing one when `exist_ok` is set. Fails with
-    INVALID_ARGUMENT for a bad name and ALREADY_EXISTS when the volume exists and
-    `exist_ok` is not set.
+    INVALID_ARGUMENT for a bad name or backend, ALREADY_EXISTS when the volume exists and
+    `exist_ok` is not set, and FAILED_PRECONDITION when it exists with another backend.
     """
     GetVolume: _grpc.UnaryUnaryMultiCallable[_volume_service_pb2.GetVolumeRequest, _volume_service_pb2.GetVolumeResponse]
     """Returns one volume with its version, file count and size. Fails with INVALID_ARGUMENT
@@ -58,23 +58,27 @@ class VolumeServiceStub:
     children, directories included, or every file below it with `recursive`. Fails with
     INVALID_ARGUMENT for a bad name or path, and NOT_FOUND for a volume that does not exist
     or a path that is neither a file nor a directory of it.
+    A vast_local volume's files live on its host, not here: FAILED_PRECONDITION.
     """
     PutFile: _grpc.UnaryUnaryMultiCallable[_volume_service_pb2.PutFileRequest, _volume_service_pb2.PutFileResponse]
     """Writes one file, replacing any file at that path, and bumps the volume's version. Fails
     with INVALID_ARGUMENT for a bad name or path (absolute, not normalized, or climbing out
     with `..`) or a path that is a directory, NOT_FOUND for a volume that does not exist,
     and RESOURCE_EXHAUSTED for content over the per-file limit.
+    A vast_local volume's files live on its host, not here: FAILED_PRECONDITION.
     """
     GetFile: _grpc.UnaryUnaryMultiCallable[_volume_service_pb2.GetFileRequest, _volume_service_pb2.GetFileResponse]
     """Returns one file's content. Fails with INVALID_ARGUMENT for a bad name or path,
     NOT_FOUND for a volume or file that does not exist, and FAILED_PRECONDITION when the
     file's content is missing from the control plane's state directory.
+    A vast_local volume's files live on its host, not here: FAILED_PRECONDITION.
     """
     RemoveFile: _grpc.UnaryUnaryMultiCallable[_volume_service_pb2.RemoveFileRequest, _volume_service_pb2.RemoveFileResponse]
     """Removes one file, or every file under a directory with `recursive`, and bumps the
     volume's version. Fails with INVALID_ARGUMENT for a bad name or path, NOT_FOUND for a
     volume or path that does not exist, and FAILED_PRECONDITION for a directory without
     `recursive`.
+    A vast_local volume's files live on its host, not here: FAILED_PRECONDITION.
     """
 
 @_typing.type_check_only
@@ -87,8 +91,8 @@ class VolumeServiceAsyncStub(VolumeServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateVolume: _aio.UnaryUnaryMultiCallable[_volume_service_pb2.CreateVolumeRequest, _volume_service_pb2.CreateVolumeResponse]  # type: ignore[assignment]
     """Creates a volume, or returns the existing one when `exist_ok` is set. Fails with
-    INVALID_ARGUMENT for a bad name and ALREADY_EXISTS when the volume exists and
-    `exist_ok` is not set.
+    INVALID_ARGUMENT for a bad name or backend, ALREADY_EXISTS when the volume exists and
+    `exist_ok` is not set, and FAILED_PRECONDITION when it exists with another backend.
     """
     GetVolume: _aio.UnaryUnaryMultiCallable[_volume_service_pb2.GetVolumeRequest, _volume_service_pb2.GetVolumeResponse]  # type: ignore[assignment]
     """Returns one volume with its version, file count and size. Fails with INVALID_ARGUMENT
@@ -107,23 +111,27 @@ class VolumeServiceAsyncStub(VolumeServiceStub):
     children, directories included, or every file below it with `recursive`. Fails with
     INVALID_ARGUMENT for a bad name or path, and NOT_FOUND for a volume that does not exist
     or a path that is neither a file nor a directory of it.
+    A vast_local volume's files live on its host, not here: FAILED_PRECONDITION.
     """
     PutFile: _aio.UnaryUnaryMultiCallable[_volume_service_pb2.PutFileRequest, _volume_service_pb2.PutFileResponse]  # type: ignore[assignment]
     """Writes one file, replacing any file at that path, and bumps the volume's version. Fails
     with INVALID_ARGUMENT for a bad name or path (absolute, not normalized, or climbing out
     with `..`) or a path that is a directory, NOT_FOUND for a volume that does not exist,
     and RESOURCE_EXHAUSTED for content over the per-file limit.
+    A vast_local volume's files live on its host, not here: FAILED_PRECONDITION.
     """
     GetFile: _aio.UnaryUnaryMultiCallable[_volume_service_pb2.GetFileRequest, _volume_service_pb2.GetFileResponse]  # type: ignore[assignment]
     """Returns one file's content. Fails with INVALID_ARGUMENT for a bad name or path,
     NOT_FOUND for a volume or file that does not exist, and FAILED_PRECONDITION when the
     file's content is missing from the control plane's state directory.
+    A vast_local volume's files live on its host, not here: FAILED_PRECONDITION.
     """
     RemoveFile: _aio.UnaryUnaryMultiCallable[_volume_service_pb2.RemoveFileRequest, _volume_service_pb2.RemoveFileResponse]  # type: ignore[assignment]
     """Removes one file, or every file under a directory with `recursive`, and bumps the
     volume's version. Fails with INVALID_ARGUMENT for a bad name or path, NOT_FOUND for a
     volume or path that does not exist, and FAILED_PRECONDITION for a directory without
     `recursive`.
+    A vast_local volume's files live on its host, not here: FAILED_PRECONDITION.
     """
 
 class VolumeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -139,8 +147,8 @@ class VolumeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_volume_service_pb2.CreateVolumeResponse, _abc.Awaitable[_volume_service_pb2.CreateVolumeResponse]]:
         """Creates a volume, or returns the existing one when `exist_ok` is set. Fails with
-        INVALID_ARGUMENT for a bad name and ALREADY_EXISTS when the volume exists and
-        `exist_ok` is not set.
+        INVALID_ARGUMENT for a bad name or backend, ALREADY_EXISTS when the volume exists and
+        `exist_ok` is not set, and FAILED_PRECONDITION when it exists with another backend.
         """
 
     @_abc_1.abstractmethod
@@ -183,6 +191,7 @@ class VolumeServiceServicer(metaclass=_abc_1.ABCMeta):
         children, directories included, or every file below it with `recursive`. Fails with
         INVALID_ARGUMENT for a bad name or path, and NOT_FOUND for a volume that does not exist
         or a path that is neither a file nor a directory of it.
+        A vast_local volume's files live on its host, not here: FAILED_PRECONDITION.
         """
 
     @_abc_1.abstractmethod
@@ -195,6 +204,7 @@ class VolumeServiceServicer(metaclass=_abc_1.ABCMeta):
         with INVALID_ARGUMENT for a bad name or path (absolute, not normalized, or climbing out
         with `..`) or a path that is a directory, NOT_FOUND for a volume that does not exist,
         and RESOURCE_EXHAUSTED for content over the per-file limit.
+        A vast_local volume's files live on its host, not here: FAILED_PRECONDITION.
         """
 
     @_abc_1.abstractmethod
@@ -206,6 +216,7 @@ class VolumeServiceServicer(metaclass=_abc_1.ABCMeta):
         """Returns one file's content. Fails with INVALID_ARGUMENT for a bad name or path,
         NOT_FOUND for a volume or file that does not exist, and FAILED_PRECONDITION when the
         file's content is missing from the control plane's state directory.
+        A vast_local volume's files live on its host, not here: FAILED_PRECONDITION.
         """
 
     @_abc_1.abstractmethod
@@ -218,6 +229,7 @@ class VolumeServiceServicer(metaclass=_abc_1.ABCMeta):
         volume's version. Fails with INVALID_ARGUMENT for a bad name or path, NOT_FOUND for a
         volume or path that does not exist, and FAILED_PRECONDITION for a directory without
         `recursive`.
+        A vast_local volume's files live on its host, not here: FAILED_PRECONDITION.
         """
 
 def add_VolumeServiceServicer_to_server(servicer: VolumeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
