@@ -76,6 +76,13 @@ def _docker_ready() -> str:
     return ""
 
 
+def _docker_tags() -> set[str]:
+    out = subprocess.run(
+        ["docker", "images", "apothic-img", "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True, text=True
+    )
+    return set(out.stdout.split())
+
+
 def _probe() -> str:
     return "ok"
 
@@ -232,8 +239,15 @@ def main(argv: list[str] | None = None) -> None:
     if docker_note:
         rows.append(Row("cold start, docker", None, note=f"skipped: {docker_note}"))
     else:
-        with _runtime("docker") as runtime:
-            rows += cold_starts(runtime, "docker", opts.cold)
+        before = _docker_tags()
+        try:
+            with _runtime("docker") as runtime:
+                rows += cold_starts(runtime, "docker", opts.cold)
+        finally:
+            # The fresh-image rounds made one image each: leave no litter behind.
+            made = sorted(_docker_tags() - before)
+            if made:
+                subprocess.run(["docker", "rmi", "-f", *made], capture_output=True, check=False)
     rows += floors(opts.cold, not docker_note)
     header = (
         f"issue 5 environments, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, "

@@ -17,7 +17,7 @@ import grpc
 import grpc.aio
 
 from apothic.server import ids
-from apothic.server.errors import DomainError, Unauthenticated
+from apothic.server.errors import DomainError, PermissionDenied, Unauthenticated
 from apothic.server.models import utcnow
 
 if TYPE_CHECKING:
@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 
 #: The account of the RPC being served (set by the interceptor).
 current_account: contextvars.ContextVar[str] = contextvars.ContextVar("apothic_account")
+#: Container credentials look like ``ct-<secret>`` (API keys: ``ak-<id>.<secret>``).
+CONTAINER_TOKEN_PREFIX = "ct-"
+#: RPCs only a worker's API key may make.
+WORKER_PREFIX = "/apothic.v1.WorkerService/"
 
 #: Methods that need no key: health checks and reflection.
 PUBLIC_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
@@ -40,6 +44,27 @@ class Accounts:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._verified: dict[str, str] = {}
+        #: Container credentials: token -> (account, container id). Kept in memory only: a
+        #: container lives no longer than its worker's session to this control plane.
+        self._containers: dict[str, tuple[str, str]] = {}
+        self._container_tokens: dict[str, str] = {}
+
+    def mint_container_token(self, account: str, container_id: str) -> str:
+        """A credential for one container's calls back to the control plane: it acts for
+        ``account``, cannot open a worker session, and stops working when the container
+        ends (:meth:`revoke_container_token`)."""
+        token = self._container_tokens.get(container_id)
+        if token is None:
+            token = f"{CONTAINER_TOKEN_PREFIX}{secrets.token_urlsafe(24)}"
+            self._containers[token] = (account, container_id)
+            self._container_tokens[container_id] = token
+        return token
+
+    def revoke_container_token(self, container_id: str) -> None:
+        """Ends a container's credential (the container exited or its worker was lost)."""
+        token = self._container_tokens.pop(container_id, None)
+        if token is not None:
+            self._containers.pop(token, None)
 
     async def ensure_account(self, name: str) -> str:
         """The account called ``name``, created if missing."""
@@ -67,6 +92,11 @@ class Accounts:
         cached = self._verified.get(key)
         if cached is not None:
             return cached
+        if key.startswith(CONTAINER_TOKEN_PREFIX):
+            found = self._containers.get(key)
+            if found is None:
+                raise Unauthenticated("the container credential is no longer valid: its container has stopped")
+            return found[0]
         if not key.startswith("ak-") or "." not in key:
             raise Unauthenticated("the API key is malformed; keys look like 'ak-<id>.<secret>'")
         key_id, _, secret = key[3:].partition(".")
@@ -167,6 +197,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         try:
             key = _key_from_metadata(handler_call_details.invocation_metadata)
             account = await self.accounts.verify(key)
+            if key.startswith(CONTAINER_TOKEN_PREFIX) and handler_call_details.method.startswith(WORKER_PREFIX):
+                raise PermissionDenied("a container's credential cannot act as a worker; use an API key")
         except DomainError as err:
             return _rejection(handler, err)
         cache_key = (handler_call_details.method, account)

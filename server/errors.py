@@ -39,6 +39,12 @@ class Unauthenticated(DomainError):
     code = "UNAUTHENTICATED"
 
 
+class PermissionDenied(DomainError):
+    """The caller is known but may not make this call."""
+
+    code = "PERMISSION_DENIED"
+
+
 class ResourceExhausted(DomainError):
     """A limit was reached."""
 

@@ -105,6 +105,7 @@ class ControlPlane:
         #: Also serves in-process worker sessions (see apothic.worker.transport).
         self.worker_servicer = WorkerServicer(self.scheduler, self.deployments, self.secrets, self.images)
         self.worker_servicer.volumes = self.volumes
+        self.worker_servicer.accounts = self.accounts
         #: Fires scheduled functions (``@app.function(schedule=...)``).
         self.schedules = ScheduleRunner(self.deployments, self.jobs, self.store)
         self.server: grpc.aio.Server | None = None

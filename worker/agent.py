@@ -164,7 +164,7 @@ class Worker:
         if s.executor == "docker":
             from apothic.worker.docker_executor import DockerLauncher
 
-            return DockerLauncher(env=env, state_dir=s.state_dir)
+            return DockerLauncher(env=env, state_dir=s.state_dir, worker_id=s.worker_id)
         return ZygotePool(env=env) if s.zygote else ExecLauncher()
 
     def _report(self, report: Report) -> None:

@@ -188,6 +188,9 @@ class ProcessContainer:
         options = LaunchOptions(image=image, cpu=self.spec.cpu, memory_mb=self.spec.memory_mb, mounts=self.spec.mounts)
         launched = await self._launcher.launch(env, options=options)
         self.proc = launched.process
+        if self._exit_reason is not None:
+            # Stopped while it was starting (a docker start takes a while): it must not linger.
+            self.proc.kill()
         reader, self._writer = await asyncio.open_unix_connection(sock=launched.channel)
         self._task = asyncio.create_task(self._pump(reader), name=f"container-{self.spec.container_id}")
         loop = asyncio.get_running_loop()

@@ -16,6 +16,7 @@ from apothic._proto.v1 import worker_service_pb2_grpc as w_grpc
 from apothic.server import buckets, ids
 from apothic.server.deployments import DeploymentManager
 from apothic.server.errors import DomainError, InvalidArgument
+from apothic.server.auth import Accounts
 from apothic.server.images import ImageManager
 from apothic.server.scheduler import (
     BuildImage,
@@ -87,6 +88,9 @@ class WorkerServicer(w_grpc.WorkerServiceServicer):
         self.images = images
         #: Tells vast_local volumes apart (set by the control plane).
         self.volumes: VolumeManager | None = None
+        #: Mints each container's own credential (set by the control plane); without it,
+        #: containers use the worker's API key.
+        self.accounts: Accounts | None = None
 
     async def _contexts(self, shas: Iterable[str]) -> list[pb.ImageContext]:
         out = []
@@ -134,6 +138,9 @@ class WorkerServicer(w_grpc.WorkerServiceServicer):
                 if local is not None:
                     key = f"{cmd.account.replace(':', '_')}/{local}"
                     env["APOTHIC_LOCAL_VOLUMES"] = json.dumps({mounts[local]: key})
+            if self.accounts is not None:
+                # The container's own credential, last: nothing the user set replaces it.
+                env["APOTHIC_API_KEY"] = self.accounts.mint_container_token(cmd.account, cmd.container_id)
             function = convert.spec_to_pb(cmd.spec)
             contexts: list[pb.ImageContext] = []
             if cmd.spec.image_id and cmd.spec.image_id not in worker.images:
@@ -185,6 +192,8 @@ class WorkerServicer(w_grpc.WorkerServiceServicer):
             sched.container_ready(msg.container_ready.container_id)
         elif which == "container_exited":
             ex = msg.container_exited
+            if self.accounts is not None:
+                self.accounts.revoke_container_token(ex.container_id)
             sched.container_exited(ex.container_id, ex.reason, startup_failed=ex.startup_failed)
 
     def _result(self, r: w_pb.InputResult) -> None:
@@ -257,6 +266,9 @@ class WorkerServicer(w_grpc.WorkerServiceServicer):
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
             log.info("worker %s disconnected", worker.worker_id)
+            if self.accounts is not None:
+                for container_id in worker.containers:
+                    self.accounts.revoke_container_token(container_id)
             self.scheduler.worker_lost(worker, "its session ended")
             if self.images is not None:
                 self.images.worker_lost(worker)

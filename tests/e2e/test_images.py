@@ -242,3 +242,30 @@ def test_containers_on_an_image_fork_from_that_images_zygote(apothic_runtime: Lo
     assert "apothic.worker.zygote" in cmdline, cmdline
     assert "/images/im-" in executable and cmdline.startswith(executable.rsplit("/bin/", 1)[0])
     assert value == "1"
+
+
+def test_a_worker_that_joins_later_builds_the_image_when_it_first_needs_it(tmp_path: Path) -> None:
+    runtime = LocalRuntime(workers=0).start()
+    try:
+        runtime._call(runtime.add_worker("workers:early"))
+        data = tmp_path / "note.txt"
+        data.write_text("carried to the late worker")
+        image = apothic.Image.debian_slim().workdir("/srv").add_local_file(data, "note.txt")
+        app = apothic.App(unique_name("imglate"), client=runtime.config)
+
+        @app.function(image=image, labels={"role": "late"})
+        def read_note() -> tuple[str, str]:
+            import os
+
+            return open("note.txt").read() if os.path.exists("note.txt") else "", os.environ["APOTHIC_SOURCE_DIR"]
+
+        seen: list[object] = []
+        with deployed(app, progress=seen.append):
+            # Built once, on the only worker there is; it cannot run the function.
+            assert [r.ok for r in seen if isinstance(r, apothic.ImageBuildResult)] == [True]
+            runtime._call(runtime.add_worker("workers:late", labels={"role": "late"}))
+            note, source = read_note.remote()
+        assert note == "carried to the late worker"
+        assert "workers_late" in source
+    finally:
+        runtime.stop()
