@@ -14,9 +14,9 @@ from apothic._proto.v1 import types_pb2 as pb
 from apothic._proto.v1 import worker_service_pb2 as w_pb
 from apothic._proto.v1 import worker_service_pb2_grpc as w_grpc
 from apothic.server import buckets, ids
+from apothic.server.auth import Accounts
 from apothic.server.deployments import DeploymentManager
 from apothic.server.errors import DomainError, InvalidArgument
-from apothic.server.auth import Accounts
 from apothic.server.images import ImageManager
 from apothic.server.scheduler import (
     BuildImage,
