@@ -39,12 +39,16 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apothic._lazy import get_client
 from apothic._sync import run_sync
 from apothic.config import ClientConfig
 from apothic.exceptions import InvalidConfigError, NotFoundError, UsageError
+
+if TYPE_CHECKING:
+    from apothic.cloud_bucket import CloudBucketMount
+    from apothic.secret import Secret
 
 __all__ = ["FileEntry", "Volume", "VolumeInfo"]
 
@@ -295,6 +299,42 @@ class Volume:
         self._config = client
         self._hydrated = False
         self.aio = _VolumeAio(self)
+
+    @staticmethod
+    def cloud(
+        bucket_name: str,
+        *,
+        endpoint_url: str | None = None,
+        prefix: str = "",
+        secret: Secret | None = None,
+        read_only: bool = False,
+        mount_path_default: str | None = None,
+    ) -> CloudBucketMount:
+        """A volume whose files live in an S3-compatible bucket instead of on the control
+        plane: the same as :class:`apothic.CloudBucketMount` (files under ``prefix`` appear at
+        the mount path; what a call writes there reaches the bucket before its result).
+
+        Example::
+
+            data = apothic.Volume.cloud("datasets", endpoint_url="http://minio:9000",
+                                        secret=apothic.Secret.from_name("s3"))
+
+            @app.function(volumes={"/data": data})
+            def train(): ...
+
+        Raises:
+            InvalidConfigError: a bad bucket name, endpoint or prefix.
+        """
+        from apothic.cloud_bucket import CloudBucketMount
+
+        return CloudBucketMount(
+            bucket_name,
+            endpoint_url=endpoint_url,
+            prefix=prefix,
+            secret=secret,
+            read_only=read_only,
+            mount_path=mount_path_default,
+        )
 
     @classmethod
     def from_name(

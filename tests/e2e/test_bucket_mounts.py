@@ -406,3 +406,32 @@ def test_control_plane_checks_mounts_another_client_sends(apothic_runtime: Local
     )
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION and "no AWS_SECRET_ACCESS_KEY" in str(err.details())
     assert "AKIDPARTIAL" not in str(err.details())
+
+
+def test_volume_cloud_is_a_bucket_backed_volume(
+    apothic_runtime: LocalRuntime, s3_endpoint: str, tmp_path: Path
+) -> None:
+    bucket = _bucket(s3_endpoint, {"in/x.txt": b"from the bucket"})
+    data = apothic.Volume.cloud(
+        bucket,
+        endpoint_url=s3_endpoint,
+        prefix="in/",
+        secret=apothic.Secret.from_dict(ANY_KEYS),
+        mount_path_default=str(tmp_path / "data"),
+    )
+    assert isinstance(data, apothic.CloudBucketMount)
+    mount = str(tmp_path / "data")
+    app = apothic.App(unique_name("cloudvol"), client=apothic_runtime.config)
+
+    @app.function(timeout_s=60, volumes=[data])
+    def copy() -> str:
+        text = (Path(mount) / "x.txt").read_text()
+        (Path(mount) / "y.txt").write_text(text.upper())
+        return text
+
+    app.deploy()
+    try:
+        assert copy.remote() == "from the bucket"
+    finally:
+        app.stop()
+    assert _keys(s3_endpoint, bucket)["in/y.txt"] == b"FROM THE BUCKET"
