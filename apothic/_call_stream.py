@@ -57,6 +57,7 @@ class CallStream:
         self._cancelled: list[int] = []
         self._wake = asyncio.Event()
         self._accepted = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.supported = True
 
     async def call(self, field: str, request: Any) -> Any:
@@ -69,7 +70,8 @@ class CallStream:
         if self._call is None or self._reader is None or self._reader.done():
             self._open()
         call_id = next(self._ids)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        assert self._loop is not None
+        future: asyncio.Future[Any] = self._loop.create_future()
         self._pending[call_id] = future
         call = call_pb.Call(call_id=call_id)
         getattr(call, field).CopyFrom(request)
@@ -91,7 +93,9 @@ class CallStream:
         return getattr(result, field)
 
     def _open(self) -> None:
-        loop = asyncio.get_running_loop()
+        # The stream is bound to this loop (as the channel is); kept to create futures
+        # without asking for the running loop on every call (a system call).
+        loop = self._loop = asyncio.get_running_loop()
         call = self._call = self._stub.StreamCalls(metadata=self._metadata)
         self._accepted = asyncio.Event()
         self._outbox.clear()  # calls of a broken stream were failed by its reader

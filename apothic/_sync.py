@@ -25,6 +25,9 @@ _thread: threading.Thread | None = None
 
 def _ensure_loop() -> asyncio.AbstractEventLoop:
     global _loop, _thread
+    loop = _loop
+    if loop is not None and not loop.is_closed():
+        return loop
     with _lock:
         if _loop is None or _loop.is_closed():
             loop = asyncio.new_event_loop()
@@ -57,9 +60,8 @@ def background_loop() -> asyncio.AbstractEventLoop:
 
 
 def _check_not_in_loop(what: str, *, iterator: bool = False, async_form: str | None = None) -> None:
-    try:
-        running = asyncio.get_running_loop()
-    except RuntimeError:
+    running = asyncio._get_running_loop()  # None outside a loop, without raising
+    if running is None:
         return
     if running is not _loop:
         if async_form is None:

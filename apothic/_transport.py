@@ -101,8 +101,7 @@ class Transport:
         """
         retry = _idempotent(request)
         field = CALL_FIELDS.get(request.DESCRIPTOR.full_name) if timeout is None else None
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + UNAVAILABLE_RETRY_S
+        give_up = 0.0  # set on the first failure (asking for the loop's clock costs a syscall)
         delay = RETRY_FIRST_DELAY_S
         while True:
             try:
@@ -116,7 +115,12 @@ class Transport:
                 error = from_grpc_error(err)
             except ServiceError as err:
                 error = err
-            if not retry or error.code != "UNAVAILABLE" or loop.time() + delay > give_up:
+            if not retry or error.code != "UNAVAILABLE":
+                raise error from None
+            now = asyncio.get_running_loop().time()
+            if not give_up:
+                give_up = now + UNAVAILABLE_RETRY_S
+            if now + delay > give_up:
                 raise error from None
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_DELAY_S)

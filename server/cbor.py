@@ -29,18 +29,33 @@ class _NoneMarker:
     """Stands for None, which SurrealDB expects as tag 6 rather than CBOR null."""
 
 
-_NONE = _NoneMarker()
+_NONE: Any = _NoneMarker()
+#: Values the C encoder writes as they are.
+_PLAIN = frozenset({str, int, float, bool, bytes, datetime})
+#: The record id class, once :func:`install` imported it (its ids become tags up front, so
+#: the C encoder never calls back into Python for them).
+_RECORD_ID: Any = None
 
 
 def _prepare(value: Any) -> Any:
+    """``value`` with None as tag 6 and record ids as tag 8 (what SurrealDB expects)."""
     kind = type(value)
+    if kind is dict:
+        out = {}
+        for k, v in value.items():
+            out[k] = v if type(v) in _PLAIN else _prepare(v)
+        return out
+    if kind is list or kind is tuple:
+        return [v if type(v) in _PLAIN else _prepare(v) for v in value]
     if value is None:
         return _NONE
-    if kind is dict:
-        return {k: _prepare(v) for k, v in value.items()}
-    if kind is list or kind is tuple:
-        return [_prepare(v) for v in value]
+    if kind is _RECORD_ID:
+        return _record_tag(value.table_name, _prepare(value.id))
     return value
+
+
+def _record_tag(table: str, key: Any) -> Any:  # replaced by install()
+    raise NotImplementedError
 
 
 def install() -> bool:
@@ -55,9 +70,18 @@ def install() -> bool:
     if getattr(cbor_ws.encode, "__apothic_fast__", False):
         return True
 
+    global _NONE, _RECORD_ID, _record_tag
+    none_tag = cbor2.CBORTag(_TAG_NONE, None)
+
+    def record_tag(table: str, key: Any) -> Any:
+        return cbor2.CBORTag(_TAG_RECORD_ID, [table, key])
+
+    # None and record ids become tags in _prepare; ``default`` stays for subclasses.
+    _NONE, _RECORD_ID, _record_tag = none_tag, RecordID, record_tag
+
     def default(encoder: Any, value: Any) -> None:
         if value is _NONE:
-            encoder.encode(cbor2.CBORTag(_TAG_NONE, None))
+            encoder.encode(none_tag)
         elif isinstance(value, RecordID):
             encoder.encode(cbor2.CBORTag(_TAG_RECORD_ID, [value.table_name, _prepare(value.id)]))
         else:

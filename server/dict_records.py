@@ -18,6 +18,8 @@ MAX_KEY_BYTES = 512
 #: Largest value, in serialized bytes.
 MAX_VALUE_BYTES = 1024 * 1024
 MAX_REQUEST_ID_CHARS = 128
+#: Why a dict write failed without running: a write it was planned on top of failed.
+DICT_CHAIN_BROKEN = "an earlier write in flight failed"
 #: Shortest and longest lease TTL, in seconds.
 MIN_LEASE_TTL_S = 0.05
 MAX_LEASE_TTL_S = 86_400.0

@@ -1,20 +1,27 @@
 """Dicts: named, durable key-value maps with per-key versions, CAS and small transactions.
 
 Each dict lives in control-plane memory (loaded from the store on first use) with the store
-as the durable record. A mutation runs under the dict's lock: its condition is checked in
-memory, then its write is committed in one transaction guarded on the dict row's write
-counter (another replica that wrote in between makes the guard fail; the dict is reloaded
-and the mutation re-evaluated). A mutation that writes nothing (a failed condition, a
-delete of a missing key) first checks that counter in the store, so it is never decided on
-a stale copy. Memory changes only after the commit, so a reader never sees a write that is
-not durable. Reads are served from memory: on a replica that has not written a dict since
-another replica did, they can be stale (there is no cross-replica invalidation yet).
+as the durable record. A mutation is planned under the dict's lock: its condition is checked
+in memory, then its write joins the dict's open write set, which the group committer turns
+into one transaction guarded on the dict row's write counter (another replica that wrote in
+between makes the guard fail; the dict is reloaded and the mutation re-evaluated). The lock
+is not held while the commit is in flight: the next mutation is planned on the dict as it
+will be once the writes in flight landed, and joins the same transaction or the next one,
+which is guarded on the counter the previous one leaves (and never runs if that one
+failed). A mutation that writes nothing (a failed condition, a delete of a missing key)
+waits until nothing is in flight and first checks that counter in the store, so it is
+never decided on a stale or uncommitted copy; lease changes also wait until nothing is in
+flight. Memory changes only after the commit, in commit order, so a reader never sees a
+write that is not durable, and each caller is answered only once its write committed.
+Reads are served from memory: on a replica that has not written a dict since another
+replica did, they can be stale (there is no cross-replica invalidation yet).
 
 Every committed mutation raises the dict's ``rev`` by one; each key carries ``version``
 (1 on creation, +1 per write), ``mod_rev`` and ``create_rev``. Mutations may carry a
-request id: the outcome is stored in the same transaction, and a retry with that id
-answers the stored outcome without applying anything (ids are kept at least
-:data:`~apothic.server.request_ids.REQUEST_ID_TTL_S` seconds, longer than the SDK retries).
+request id: the outcome is stored in the same transaction (the ids of one write set share
+a row), and a retry with that id answers the stored outcome without applying anything; a
+retry that arrives while the original is in flight waits for it. Ids are kept at least
+:data:`~apothic.server.request_ids.REQUEST_ID_TTL_S` seconds, longer than the SDK retries.
 Committed changes feed the dict's watches (:mod:`apothic.server.dict_watch`).
 
 An ephemeral dict carries ``expires_at`` (in the store, so it survives a restart): each
@@ -30,7 +37,8 @@ import contextlib
 import json
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -38,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 from apothic.server.deployments import validate_name
 from apothic.server.dict_records import (
     COMPARE_OPS,
+    DICT_CHAIN_BROKEN,
     KIND_OF,
     DeleteOutcome,
     DictCompare,
@@ -66,6 +75,7 @@ from apothic.server.dict_watch import DictEventRecord, DictFeeds
 from apothic.server.errors import AlreadyExists, DomainError, FailedPrecondition, InvalidArgument, NotFound
 from apothic.server.ids import new_id
 from apothic.server.request_ids import RecentRequests
+from apothic.server.store_base import WriteSet
 from apothic.server.watch import WatchItem, WatchSettings
 
 if TYPE_CHECKING:
@@ -90,6 +100,10 @@ log = logging.getLogger("apothic.server.dicts")
 
 @dataclass
 class _LiveDict:
+    """A dict in memory: ``record``, ``entries``, ``leases`` and ``requests`` are its
+    committed state (what reads see); ``inflight`` and the ``ahead_*`` fields are what the
+    mutations whose commits are in flight will add to it (what plans see)."""
+
     record: DictRecord
     entries: dict[str, DictEntryRecord]
     requests: RecentRequests[Outcome]
@@ -101,11 +115,185 @@ class _LiveDict:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     #: Sorted keys, rebuilt lazily after a change (for listing).
     _sorted: list[str] | None = None
+    #: Mutations staged and not yet landed, in commit order.
+    inflight: deque[_Landing] = field(default_factory=deque)
+    #: The entries those mutations write (a _Gone for a delete), newest first.
+    ahead_entries: dict[str, DictEntryRecord | _Gone] = field(default_factory=dict)
+    ahead_rev: int = 0
+    ahead_writes: int = 0
+    #: Request ids of mutations in flight.
+    pending_requests: dict[str, _Landing] = field(default_factory=dict)
+    #: The write set mutations join until the committer takes it.
+    write_set: _DictWrites | None = None
+    #: Set once a commit failed: the copy no longer matches the store.
+    broken: bool = False
+    #: The stored row that records each remembered request id (the id for a row of its
+    #: own, an int for a row recording several), and how many remembered ids each holds.
+    request_rows: dict[str, str | int] = field(default_factory=dict)
+    row_live: dict[str | int, int] = field(default_factory=dict)
 
     def sorted_keys(self) -> list[str]:
         if self._sorted is None:
             self._sorted = sorted(self.entries)
         return self._sorted
+
+
+class _Gone:
+    """Stands for a key that a mutation in flight deletes."""
+
+    __slots__ = ()
+
+
+#: A mutation step that must start over (the dict was reloaded or deleted meanwhile).
+_RETRY: Any = object()
+
+
+@dataclass(eq=False)
+class _Landing:
+    """A mutation staged in a write set: what memory takes once that set committed."""
+
+    future: asyncio.Future[None]
+    rev: int
+    writes: int
+    #: Key -> the entry written, or None for a delete.
+    written: dict[str, DictEntryRecord | None]
+    changes: list[tuple[int, list[DictEventRecord]]]
+    request_id: str
+    outcome: Any
+    at: float
+    evicted: list[str] | None
+    lease_puts: list[DictLeaseRecord]
+    lease_drops: list[str]
+    #: The ``ahead_entries`` values this mutation set (removed when it lands, unless replaced).
+    shown: dict[str, Any] = field(default_factory=dict)
+
+
+class _EntriesAhead(Mapping[str, DictEntryRecord]):
+    """A dict's entries as they will be once the mutations in flight committed."""
+
+    __slots__ = ("_ahead", "_entries")
+
+    def __init__(self, live: _LiveDict) -> None:
+        self._ahead = live.ahead_entries
+        self._entries = live.entries
+
+    def __getitem__(self, key: str) -> DictEntryRecord:
+        found = self._ahead.get(key)
+        if found is None:
+            return self._entries[key]
+        if isinstance(found, _Gone):
+            raise KeyError(key)
+        return found
+
+    def get(self, key: str, default: Any = None) -> Any:
+        found = self._ahead.get(key)
+        if found is None:
+            return self._entries.get(key, default)
+        return default if isinstance(found, _Gone) else found
+
+    def __contains__(self, key: object) -> bool:
+        found = self._ahead.get(key)  # type: ignore[call-overload]
+        if found is None:
+            return key in self._entries
+        return not isinstance(found, _Gone)
+
+    def __iter__(self) -> Iterator[str]:
+        for key in self._entries:
+            if key not in self._ahead:
+                yield key
+        for key, found in self._ahead.items():
+            if not isinstance(found, _Gone):
+                yield key
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+class _Revs:
+    """The rev and write counter a dict will have once the mutations in flight landed."""
+
+    __slots__ = ("rev", "writes")
+
+    def __init__(self, rev: int, writes: int) -> None:
+        self.rev = rev
+        self.writes = writes
+
+
+class _Ahead:
+    """What a plan reads while mutations are in flight (see :meth:`DictManager._view`)."""
+
+    __slots__ = ("by_lease", "entries", "leases", "record")
+
+    def __init__(self, live: _LiveDict) -> None:
+        # Plans read only the rev (and staging the write counter) of the record.
+        self.record: Any = _Revs(live.ahead_rev, live.ahead_writes)
+        self.entries = _EntriesAhead(live)
+        # Lease changes never pipeline: they wait until nothing is in flight.
+        self.leases = live.leases
+        self.by_lease = live.by_lease
+
+
+class _DictWrites(WriteSet):
+    """The mutations of one dict that share a transaction: guarded once on the write
+    counter the previous set leaves, each key written once with its latest entry."""
+
+    def __init__(
+        self, store: Store, record: DictRecord, writes_before: int, rev_before: int, after: _DictWrites | None
+    ) -> None:
+        super().__init__(after, loop=store.loop)
+        self.store = store
+        self.record = replace(record, writes=writes_before, rev=rev_before)
+        self.rev = rev_before
+        self.writes = writes_before
+        self.entries: dict[str, DictEntryRecord | None] = {}
+        #: Keys stored before this set (their rows are rewritten rather than upserted).
+        self.existing: set[str] = set()
+        self.requests: list[tuple[str, int, dict[str, Any], float]] = []
+        self.evicted: list[str | int] = []
+        self.lease_puts: list[DictLeaseRecord] = []
+        self.lease_drops: list[str] = []
+
+    def add(
+        self,
+        rev: int,
+        writes: int,
+        written: dict[str, DictEntryRecord | None],
+        existed: set[str],
+        request: tuple[str, int, dict[str, Any], float] | None,
+        evicted: list[str | int],
+        lease_puts: list[DictLeaseRecord],
+        lease_drops: list[str],
+    ) -> None:
+        self.rev, self.writes = rev, writes
+        for key in written:
+            if key not in self.entries and key in existed:
+                self.existing.add(key)
+        self.entries.update(written)
+        if request is not None:
+            self.requests.append(request)
+        self.evicted += evicted
+        self.lease_puts += lease_puts
+        self.lease_drops += lease_drops
+
+    def chain_error(self, cause: BaseException) -> BaseException:
+        # Planned on a write that did not land: its guard could pass by coincidence (another
+        # replica may have advanced the counter by as much), so it must not run at all.
+        return self.store.dict_chain_conflict()
+
+    def render(self) -> list[Statement]:
+        return self.store.dict_mutation_statements(
+            self.record,
+            self.rev,
+            [e for e in self.entries.values() if e is not None],
+            [k for k, e in self.entries.items() if e is None],
+            requests=self.requests,
+            request_row=self.requests[0][1] if self.requests else None,
+            evicted_requests=self.evicted,
+            lease_puts=self.lease_puts,
+            lease_drops=self.lease_drops,
+            new_writes=self.writes,
+            existing=self.existing,
+        )
 
 
 def _lease_gone(lease_id: str, name: str) -> NotFound:
@@ -121,7 +309,12 @@ class _LockHeld(FailedPrecondition):
 
 
 class _Conflict(Exception):
-    """Another replica changed the dict since it was loaded."""
+    """Another replica changed the dict since it was loaded (``chained``: or a write this one
+    was planned on top of failed)."""
+
+    def __init__(self, chained: bool = False) -> None:
+        super().__init__()
+        self.chained = chained
 
 
 class DictManager:
@@ -209,6 +402,7 @@ class DictManager:
     async def _delete_expired(self, account: str, name: str) -> None:
         live = await self._get(account, name)
         async with live.lock:
+            await self._settled(live)
             if self._live.get((account, name)) is not live:
                 return  # reloaded meanwhile: the next sweep looks again
             # The stored deadline is the authority (a heartbeat may have reached another replica).
@@ -278,6 +472,7 @@ class DictManager:
         for _ in range(_CONFLICT_RETRIES):
             live = await self._get(account, name)
             async with live.lock:
+                await self._settled(live)
                 if self._live.get((account, name)) is not live:
                     continue  # deleted or reloaded while we waited
                 await self._drop(live)
@@ -303,6 +498,7 @@ class DictManager:
         for _ in range(_CONFLICT_RETRIES):
             live = await self._get(account, name)
             async with live.lock:
+                await self._settled(live)
                 if self._live.get((account, name)) is not live:
                     continue
                 if live.record.expires_at is None:
@@ -592,11 +788,12 @@ class DictManager:
         return bool(live.leases) and min(le.deadline for le in live.leases.values()) <= self.now()
 
     async def _expire_locked(self, live: _LiveDict) -> None:
-        """Revokes every due lease of ``live`` (called under its lock); raises _Conflict."""
+        """Revokes every due lease of ``live`` (called under its lock, with nothing in
+        flight); raises _Conflict."""
         now = self.now()
         due = sorted(lid for lid, le in live.leases.items() if le.deadline <= now)
         if due:
-            await self._commit(live, self._revoke_ops(live, due), "", None, rev_per_key=True)
+            await self._land(live, self._stage(live, self._revoke_ops(live, due), "", None, rev_per_key=True))
 
     async def _fresh(self, account: str, name: str) -> _LiveDict:
         """The dict with its due leases expired (for reads)."""
@@ -608,9 +805,12 @@ class DictManager:
                 if self._live.get((account, name)) is not live:
                     continue
                 try:
+                    await self._settled(live)
+                    if self._live.get((account, name)) is not live:
+                        continue
                     await self._expire_locked(live)
                 except _Conflict:
-                    self._live.pop((account, name), None)
+                    self._forget(live)
                     continue
                 return live
         return await self._get(account, name)
@@ -628,94 +828,203 @@ class DictManager:
     ) -> Any:
         """Runs ``plan`` against the dict under its lock and commits its operations.
 
-        Due leases are expired first. ``plan(live)`` returns the outcome and the operations
+        Due leases are expired first. ``plan(view)`` returns the outcome and the operations
         to apply (none: nothing is written and the rev stays), or raises a domain error
         (FailedPrecondition or ``missing``: re-checked against the store before it is
         raised). With ``rev_per_key`` each key operation takes its own rev.
+
+        Writes are pipelined: a mutation that only puts or deletes keys without leases is
+        planned against the dict as it will be once the mutations in flight committed
+        (:meth:`_view`), joins the dict's open write set and releases the lock before it
+        waits for its commit, so the next mutation can join the same transaction. Each
+        write set is guarded on the dict's write counter as the previous set leaves it, so
+        when one fails every later one fails too and is re-planned after a reload. A
+        decision that writes nothing (a failed condition, a no-op) and any mutation that
+        touches leases wait until nothing is in flight and are made on committed state.
         """
         refuse: tuple[type[DomainError], ...] = (
             (FailedPrecondition,) if missing is None else (FailedPrecondition, missing)
         )
         validate_request_id(request_id)
-        for _ in range(_CONFLICT_RETRIES):
+        conflicts = 0
+        # A mutation re-planned only because one planned before it failed does not count.
+        for _ in range(_CONFLICT_RETRIES * 20):
+            if conflicts >= _CONFLICT_RETRIES:
+                break
             live = await self._get(account, name)
             async with live.lock:
-                if self._live.get((account, name)) is not live:
-                    continue  # deleted or reloaded while we waited
                 try:
-                    await self._expire_locked(live)
-                except _Conflict:
-                    self._live.pop((account, name), None)
+                    step = await self._plan_locked(live, request_id, kind, plan, refuse, rev_per_key)
+                except _Conflict as exc:
+                    self._forget(live)
+                    conflicts += not exc.chained
                     continue
-                earlier = live.requests.get(request_id) if request_id else None
-                if earlier is not None:
-                    if not isinstance(earlier, kind):
-                        raise InvalidArgument(
-                            f"request id {request_id!r} was already used for a {KIND_OF[type(earlier)]} "
-                            f"on dict {name!r}; use a new id for each operation"
-                        )
-                    return earlier
-                try:
-                    outcome, ops = plan(live)
-                except refuse:
-                    # Decided from memory: make sure no other replica wrote since it loaded.
-                    if await self.store.dict_writes(live.record.dict_id) != live.record.writes:
-                        self._live.pop((account, name), None)
-                        continue
-                    raise
-                if not ops and not request_id:
-                    if await self.store.dict_writes(live.record.dict_id) != live.record.writes:
-                        self._live.pop((account, name), None)
-                        continue
-                    return outcome
-                try:
-                    await self._commit(live, ops, request_id, outcome, rev_per_key=rev_per_key)
-                except _Conflict:
-                    self._live.pop((account, name), None)
-                    continue
-                return outcome
+            if step is _RETRY:
+                conflicts += 1
+                continue
+            if not isinstance(step, _Landing):
+                return step
+            # The lock is released: later mutations may join this one's transaction.
+            try:
+                await self._land(live, step)
+            except _Conflict as exc:
+                self._forget(live)
+                conflicts += not exc.chained
+                continue
+            if not isinstance(step.outcome, kind):
+                raise InvalidArgument(
+                    f"request id {request_id!r} was already used for a {KIND_OF[type(step.outcome)]} "
+                    f"on dict {name!r}; use a new id for each operation"
+                )
+            return step.outcome
         raise FailedPrecondition(f"dict {name!r} kept changing under concurrent writers from other replicas; retry")
 
-    async def _commit(
-        self, live: _LiveDict, ops: list[Any], request_id: str, outcome: Any, *, rev_per_key: bool = False
-    ) -> None:
-        """Commits ``ops`` (one rev, or one per key operation with ``rev_per_key``), lease
-        changes and the request id's outcome, then applies them in memory.
+    async def _plan_locked(
+        self,
+        live: _LiveDict,
+        request_id: str,
+        kind: type[Any],
+        plan: Any,
+        refuse: tuple[type[DomainError], ...],
+        rev_per_key: bool,
+    ) -> Any:
+        """The part of :meth:`_mutate` under the dict's lock: the outcome when it is decided
+        (or landed), the :class:`_Landing` to wait for outside the lock, or ``_RETRY``.
+        Raises _Conflict."""
+        key = (live.record.account, live.record.name)
+        while True:
+            if self._live.get(key) is not live:
+                return _RETRY  # deleted or reloaded while we waited
+            if self._due(live):
+                await self._settled(live)
+                if self._live.get(key) is not live:
+                    return _RETRY
+                await self._expire_locked(live)
+            earlier = live.requests.get(request_id) if request_id else None
+            if earlier is not None:
+                if not isinstance(earlier, kind):
+                    raise InvalidArgument(
+                        f"request id {request_id!r} was already used for a {KIND_OF[type(earlier)]} "
+                        f"on dict {live.record.name!r}; use a new id for each operation"
+                    )
+                return earlier
+            landing = live.pending_requests.get(request_id) if request_id else None
+            if landing is not None:
+                return landing  # the same request, still in flight: its answer is ours
+            busy = bool(live.inflight)
+            try:
+                outcome, ops = plan(self._view(live))
+            except refuse:
+                if busy:
+                    await self._settled(live)  # decide on committed state
+                    continue
+                # Decided from memory: make sure no other replica wrote since it loaded.
+                if await self.store.dict_writes(live.record.dict_id) != live.record.writes:
+                    self._forget(live)
+                    return _RETRY
+                raise
+            if not ops and not request_id:
+                if busy:
+                    await self._settled(live)
+                    continue
+                if await self.store.dict_writes(live.record.dict_id) != live.record.writes:
+                    self._forget(live)
+                    return _RETRY
+                return outcome
+            if not self._touches_leases(live, ops):
+                return self._stage(live, ops, request_id, outcome, rev_per_key)
+            if busy:
+                await self._settled(live)
+                continue
+            # Nothing else plans until it landed (the lock is held).
+            await self._land(live, self._stage(live, ops, request_id, outcome, rev_per_key))
+            return outcome
+
+    # -- the write pipeline --------------------------------------------------------------
+
+    def _view(self, live: _LiveDict) -> Any:
+        """What a plan reads: the dict itself when nothing is in flight, else the dict as
+        it will be once everything in flight committed."""
+        if not live.inflight:
+            return live
+        return _Ahead(live)
+
+    @staticmethod
+    def _touches_leases(live: _LiveDict, ops: list[Any]) -> bool:
+        for op in ops:
+            if isinstance(op, LeasePut | LeaseDrop):
+                return True
+            if isinstance(op, DictPut) and op.lease:
+                return True
+            old = live.entries.get(op.key)
+            if old is not None and old.lease:
+                return True
+        return False
+
+    def _forget(self, live: _LiveDict) -> None:
+        """Drops a copy that no longer matches the store (the next access reloads it)."""
+        live.broken = True
+        key = (live.record.account, live.record.name)
+        if self._live.get(key) is live:
+            self._live.pop(key, None)
+
+    async def _settled(self, live: _LiveDict) -> None:
+        """Waits until every mutation in flight landed (or failed)."""
+        while live.inflight:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(live.inflight[-1].future)
+            await asyncio.sleep(0)
+
+    async def _land(self, live: _LiveDict, landing: _Landing) -> None:
+        """Waits for a staged mutation's commit; raises _Conflict when another replica
+        wrote the dict (or an earlier mutation in flight failed)."""
+        try:
+            # Shielded: the write set is shared, and a cancelled caller leaves it alone.
+            await asyncio.shield(landing.future)
+        except Exception as exc:
+            if self.store.is_dict_conflict(exc):
+                raise _Conflict(chained=DICT_CHAIN_BROKEN in str(exc)) from exc
+            raise
+
+    def _stage(
+        self, live: _LiveDict, ops: list[Any], request_id: str, outcome: Any, rev_per_key: bool = False
+    ) -> _Landing:
+        """Adds a mutation to the dict's open write set (one rev, or one per key operation
+        with ``rev_per_key``; lease changes; the request id's outcome) and to what later
+        plans see; memory takes it once it committed (:meth:`_landed`).
 
         With no key operations the rev stays; with no operations at all only the request id
         is recorded (a no-op stays a no-op on retry).
         """
-        rec = live.record
+        view = self._view(live)
+        rec_rev = view.record.rev
+        writes_before = view.record.writes
         n_keys = _key_ops(ops)
-        rev = rec.rev + (n_keys if rev_per_key else min(n_keys, 1))
+        rev = rec_rev + (n_keys if rev_per_key else min(n_keys, 1))
         #: (rev, events) of each change, for watchers.
         changes: list[tuple[int, list[DictEventRecord]]] = []
-        entries = dict(live.entries)
-        leases = dict(live.leases)
-        by_lease = {lid: set(keys) for lid, keys in live.by_lease.items()}
-        writes: list[DictEntryRecord] = []
-        deletes: list[str] = []
+        written: dict[str, DictEntryRecord | None] = {}
         lease_puts: list[DictLeaseRecord] = []
         lease_drops: list[str] = []
+        entries = view.entries
+        existed: set[str] = set()
         for op in ops:
             if isinstance(op, LeasePut):
-                leases[op.lease.lease_id] = op.lease
                 lease_puts.append(op.lease)
                 continue
             if isinstance(op, LeaseDrop):
-                leases.pop(op.lease_id, None)
-                by_lease.pop(op.lease_id, None)
                 lease_drops.append(op.lease_id)
                 continue
             if rev_per_key or not changes:
-                changes.append((rec.rev + len(changes) + 1, []))
+                changes.append((rec_rev + len(changes) + 1, []))
             op_rev, events = changes[-1]
-            old = entries.get(op.key)
-            if old is not None and old.lease:
-                by_lease.get(old.lease, set()).discard(op.key)
+            if op.key in written:
+                old = written[op.key]
+            else:
+                old = entries.get(op.key)
+                if old is not None:
+                    existed.add(op.key)
             if isinstance(op, DictPut):
-                if op.lease:
-                    by_lease.setdefault(op.lease, set()).add(op.key)
                 entry = DictEntryRecord(
                     op.key,
                     op.value,
@@ -725,43 +1034,127 @@ class DictManager:
                     old.create_rev if old else op_rev,
                     op.lease,
                 )
-                entries[op.key] = entry
-                writes.append(entry)
+                written[op.key] = entry
                 events.append(DictEventRecord(op.key, entry))
             else:
-                entries.pop(op.key, None)
-                deletes.append(op.key)
+                written[op.key] = None
                 events.append(DictEventRecord(op.key))
         now = self.now().timestamp()
         evicted = live.requests.due(now) if request_id else None
-        statements: list[Statement] = self.store.dict_mutation_statements(
-            rec,
+        gone = self._forget_request_rows(live, evicted) if evicted else []
+        ws = live.write_set
+        if ws is None or ws.taken:
+            # Chained on the previous set only while it is in flight (or it is this
+            # copy's: a copy that outlived a failure is broken and never writes again).
+            after = ws if ws is not None and live.inflight else None
+            ws = live.write_set = _DictWrites(self.store, live.record, writes_before, rec_rev, after)
+            self.store.submit_write_set(ws)
+            ws.future.add_done_callback(lambda _f, live=live: self._landed(live))
+        ws.add(
             rev,
-            writes,
-            deletes,
-            request=(request_id, rec.writes + 1, outcome_to_doc(outcome), now) if request_id else None,
-            evicted_requests=evicted or [],
-            lease_puts=lease_puts,
-            lease_drops=lease_drops,
+            writes_before + 1,
+            written,
+            existed,
+            (request_id, writes_before + 1, outcome_to_doc(outcome), now) if request_id else None,
+            gone,
+            lease_puts,
+            lease_drops,
         )
-        try:
-            await self.store.commit(statements)
-        except Exception as exc:
-            if self.store.is_dict_conflict(exc):
-                raise _Conflict from exc
-            raise
-        live.record = replace(rec, rev=rev, writes=rec.writes + 1)
-        if deletes or any(w.key not in live.entries for w in writes):
-            live._sorted = None
-        live.entries = entries
-        live.leases = leases
-        live.by_lease = {lid: keys for lid, keys in by_lease.items() if keys}
-        live.changed.set()
-        live.changed = asyncio.Event()
         if request_id:
-            live.requests.add(request_id, outcome, now, evicted)
-        if changes:
-            self.feeds.append((rec.account, rec.name), changes)
+            row_key = ws.requests[0][1]
+            live.request_rows[request_id] = row_key
+            live.row_live[row_key] = live.row_live.get(row_key, 0) + 1
+        landing = _Landing(
+            ws.future,
+            rev,
+            writes_before + 1,
+            written,
+            changes,
+            request_id,
+            outcome,
+            now,
+            evicted,
+            lease_puts,
+            lease_drops,
+        )
+        live.inflight.append(landing)
+        live.ahead_rev, live.ahead_writes = rev, writes_before + 1
+        for key, entry in written.items():
+            live.ahead_entries[key] = entry if entry is not None else _Gone()
+        landing.shown = {key: live.ahead_entries[key] for key in written}
+        if request_id:
+            live.pending_requests[request_id] = landing
+        return landing
+
+    @staticmethod
+    def _forget_request_rows(live: _LiveDict, request_ids: list[str]) -> list[str | int]:
+        """The request rows to delete once ``request_ids`` are forgotten (a row recording
+        several ids goes once none of them is remembered). Asking again for ids already
+        handed over returns nothing more."""
+        gone: list[str | int] = []
+        for request_id in request_ids:
+            if request_id not in live.request_rows:
+                continue
+            row_key = live.request_rows.pop(request_id)
+            left = live.row_live.get(row_key, 1) - 1
+            if left > 0:
+                live.row_live[row_key] = left
+            else:
+                live.row_live.pop(row_key, None)
+                gone.append(row_key)
+        return gone
+
+    def _landed(self, live: _LiveDict) -> None:
+        """Applies, in order, the mutations whose commits settled (a failed one drops the
+        copy: the mutations behind it fail too, and their callers re-plan after a reload)."""
+        landed: tuple[int, int] | None = None
+        while live.inflight and live.inflight[0].future.done():
+            landing = live.inflight.popleft()
+            if landing.request_id:
+                live.pending_requests.pop(landing.request_id, None)
+            for key, shown in landing.shown.items():
+                if live.ahead_entries.get(key) is shown:
+                    del live.ahead_entries[key]
+            future = landing.future
+            if live.broken or future.cancelled() or future.exception() is not None:
+                self._forget(live)
+                continue
+            rec = live.record
+            landed = (landing.rev, landing.writes)
+            entries = live.entries
+            for key, entry in landing.written.items():
+                old = entries.get(key)
+                if old is not None and old.lease:
+                    keys = live.by_lease.get(old.lease)
+                    if keys is not None:
+                        keys.discard(key)
+                        if not keys:
+                            del live.by_lease[old.lease]
+                if entry is None:
+                    if old is not None:
+                        del entries[key]
+                        live._sorted = None
+                else:
+                    if old is None:
+                        live._sorted = None
+                    entries[key] = entry
+                    if entry.lease:
+                        live.by_lease.setdefault(entry.lease, set()).add(key)
+            for lease in landing.lease_puts:
+                live.leases[lease.lease_id] = lease
+            for lease_id in landing.lease_drops:
+                live.leases.pop(lease_id, None)
+                live.by_lease.pop(lease_id, None)
+            if landing.request_id:
+                live.requests.add(landing.request_id, landing.outcome, landing.at, landing.evicted)
+            if landing.changes:
+                self.feeds.append((rec.account, rec.name), landing.changes)
+        if landed is not None and not live.broken:
+            live.record = replace(live.record, rev=landed[0], writes=landed[1])
+            live.changed.set()
+            live.changed = asyncio.Event()
+        if not live.inflight:
+            live.ahead_entries.clear()
 
     def _load_lock(self, account: str, name: str) -> asyncio.Lock:
         return self._load_locks.setdefault((account, name), asyncio.Lock())
@@ -791,14 +1184,20 @@ class DictManager:
             return None
         entries = {e.key: e for e in await self.store.dict_entries(record.dict_id)}
         requests: RecentRequests[Outcome] = RecentRequests()
-        for rid, doc, at in await self.store.dict_requests(record.dict_id):
+        request_rows: dict[str, str | int] = {}
+        row_live: dict[str | int, int] = {}
+        for rid, doc, at, row_key in await self.store.dict_requests(record.dict_id):
             requests.restore(rid, outcome_from_doc(doc), at)
+            request_rows[rid] = row_key
+            row_live[row_key] = row_live.get(row_key, 0) + 1
         leases = {le.lease_id: le for le in await self.store.dict_leases(record.dict_id)}
         by_lease: dict[str, set[str]] = {}
         for entry in entries.values():
             if entry.lease:
                 by_lease.setdefault(entry.lease, set()).add(entry.key)
-        live = self._live[(account, name)] = _LiveDict(record, entries, requests, leases, by_lease)
+        live = self._live[(account, name)] = _LiveDict(
+            record, entries, requests, leases, by_lease, request_rows=request_rows, row_live=row_live
+        )
         self.feeds.attach((account, name), live)
         if record.expires_at is not None:
             self._ephemeral.setdefault((account, name), record.expires_at)

@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from surrealdb import RecordID
+
 from apothic.server.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from apothic.server.queue_log import DEAD_LETTERED, REDRIVEN, Publisher, QueueEvent, Shown
 from apothic.server.queue_state import (
@@ -30,12 +32,107 @@ from apothic.server.queue_state import (
     validate_queue_name,
 )
 from apothic.server.store import Statement, Store
+from apothic.server.store_base import WriteSet
 from apothic.server.watch import WatchSettings
 
 log = logging.getLogger("apothic.server.queues")
 
 #: How often the expiry loop looks when no timer is due sooner.
 _EXPIRY_POLL_S = 0.5
+
+
+class PlainWrites:
+    """A mutation's writes as statements of its own (see :class:`QueueWrites`)."""
+
+    def __init__(self, store: Store, account: str, name: str, stmts: list[Statement]) -> None:
+        self.store, self.account, self.name, self.stmts = store, account, name, stmts
+
+    def insert(self, items: list[Item]) -> None:
+        self.stmts.append(self.store.queue_insert_items_statement(self.account, self.name, [i.doc() for i in items]))
+
+    def update(self, items: list[Item]) -> None:
+        self.stmts.append(
+            self.store.queue_update_items_statement(self.account, self.name, [i.changes() for i in items])
+        )
+
+    def delete(self, seqs: list[int]) -> None:
+        self.stmts.append(self.store.queue_delete_items_statement(self.account, self.name, seqs))
+
+
+_INSERT, _UPDATE, _DELETE = 0, 1, 2
+
+
+class QueueWrites(WriteSet):
+    """The item, rev and request-id writes of the mutations of one queue that share a
+    transaction. Each item is written once, in its latest state: an item put and claimed
+    in the same set is inserted claimed, one put and acked is never written, one claimed
+    and acked is only deleted."""
+
+    def __init__(self, store: Store, account: str, name: str) -> None:
+        super().__init__(loop=store.loop)
+        self.store, self.account, self.name = store, account, name
+        #: seq -> (_INSERT, whole row) | (_UPDATE, changed fields) | (_DELETE, None), as of
+        #: the last mutation in the set that touched the item.
+        self.items: dict[int, tuple[int, dict[str, Any] | None]] = {}
+        self.rev = 0
+        self.next_seq = 0
+        #: (request id, n, result, applied at) of each recorded request id, stored in one
+        #: row keyed ``row_key`` (the first one's n).
+        self.requests: list[tuple[str, int, dict[str, Any], float]] = []
+        self.row_key: int | None = None
+        #: Stored request rows to delete.
+        self.evicted: list[str | int] = []
+
+    def insert(self, items: list[Item]) -> None:
+        for item in items:
+            self.items[item.seq] = (_INSERT, item.doc())
+
+    def update(self, items: list[Item]) -> None:
+        for item in items:
+            found = self.items.get(item.seq)
+            if found is not None and found[0] == _INSERT:
+                self.items[item.seq] = (_INSERT, item.doc())
+            else:
+                self.items[item.seq] = (_UPDATE, item.changes())
+
+    def delete(self, seqs: list[int]) -> None:
+        for seq in seqs:
+            found = self.items.get(seq)
+            if found is not None and found[0] == _INSERT:
+                del self.items[seq]
+            else:
+                self.items[seq] = (_DELETE, None)
+
+    def render(self) -> list[Statement]:
+        store, account, name = self.store, self.account, self.name
+        inserts: list[dict[str, Any]] = []
+        updates: list[dict[str, Any]] = []
+        deletes: list[int] = []
+        for seq, (kind, doc) in self.items.items():
+            if kind == _INSERT:
+                inserts.append(doc)  # type: ignore[arg-type]
+            elif kind == _UPDATE:
+                updates.append(doc)  # type: ignore[arg-type]
+            else:
+                deletes.append(seq)
+        stmts: list[Statement] = []
+        if deletes:
+            stmts.append(store.queue_delete_items_statement(account, name, deletes))
+        if inserts:
+            stmts.append(store.queue_insert_items_statement(account, name, inserts))
+        if updates:
+            stmts.append(store.queue_update_items_statement(account, name, updates))
+        if self.rev:
+            stmts.append(store.queue_rev_statement(account, name, self.rev, self.next_seq))
+        if self.evicted:
+            stmts.append(store.queue_forget_requests_statement(account, name, self.evicted))
+        if self.requests:
+            assert self.row_key is not None
+            stmts.append(store.queue_request_batch_statement(account, name, self.row_key, self.requests))
+        return stmts
+
+
+Writes = PlainWrites | QueueWrites
 
 
 class QueueEngine:
@@ -110,9 +207,17 @@ class QueueEngine:
                     q.make_ready(item)
         for row in requests:
             owner = self._queues.get((row["account"], row["queue"]))
-            if owner is not None:
-                owner.requests.restore(row["request_id"], Request(dict(row["result"])), row.get("at") or 0.0)
-                owner.request_n = max(owner.request_n, row["n"])
+            if owner is None:
+                continue
+            result = row["result"]
+            row_key = row["id"].id[2] if isinstance(row.get("id"), RecordID) else row["request_id"]
+            batch = result.get("batch") if isinstance(row_key, int) else None
+            entries = batch if batch is not None else [(row["request_id"], result, row.get("at") or 0.0)]
+            for request_id, answer, at in entries:
+                owner.requests.restore(request_id, Request(dict(answer)), at or 0.0)
+                owner.request_rows[request_id] = row_key
+            owner.row_live[row_key] = owner.row_live.get(row_key, 0) + len(entries)
+            owner.request_n = max(owner.request_n, row["n"])
 
     def start(self) -> None:
         """Starts the loop that expires leases, ends release delays and deletes ephemeral
@@ -262,7 +367,7 @@ class QueueEngine:
     def _bump(
         self,
         q: QueueState,
-        stmts: list[Statement],
+        stmts: list[Statement] | Writes,
         events: list[QueueEvent],
         request_id: str = "",
         result: dict[str, Any] | None = None,
@@ -270,7 +375,12 @@ class QueueEngine:
         """Bumps the rev (``result`` gets it), stages the change its watchers will see once
         the commit lands, and records the request id."""
         q.rev += 1
-        stmts.append(self.store.queue_rev_statement(q.account, q.name, q.rev, q.next_seq))
+        if isinstance(stmts, QueueWrites):
+            stmts.rev, stmts.next_seq = q.rev, q.next_seq
+        else:
+            if isinstance(stmts, PlainWrites):
+                stmts = stmts.stmts
+            stmts.append(self.store.queue_rev_statement(q.account, q.name, q.rev, q.next_seq))
         self._publisher.stage(q.shown, q.rev, events)
         if result is None:
             return None
@@ -282,14 +392,66 @@ class QueueEngine:
         evict = q.requests.due(now)
         q.requests.add(request_id, record, now, evict)
         q.request_n += 1
-        stmts += self.store.queue_request_statements(
-            q.account, q.name, request_id, q.request_n, result, evict or [], now
-        )
+        gone = self._forget_requests(q, evict) if evict else []
+        if isinstance(stmts, QueueWrites):
+            if stmts.row_key is None:
+                stmts.row_key = q.request_n
+            row_key: str | int = stmts.row_key
+            stmts.requests.append((request_id, q.request_n, result, now))
+            stmts.evicted += gone
+        else:
+            row_key = request_id
+            stmts += self.store.queue_request_statements(q.account, q.name, request_id, q.request_n, result, gone, now)
+        q.request_rows[request_id] = row_key
+        q.row_live[row_key] = q.row_live.get(row_key, 0) + 1
         return record
 
-    async def _commit(self, q: QueueState, stmts: list[Statement], record: Request | None = None) -> None:
-        """Commits statements (with the changes staged since the last commit) and waits."""
-        future = self.store.queue_commit(stmts)
+    @staticmethod
+    def _forget_requests(q: QueueState, request_ids: list[str]) -> list[str | int]:
+        """The stored rows to delete once ``request_ids`` are forgotten: a row recording
+        several ids goes once none of them is remembered."""
+        gone: list[str | int] = []
+        for request_id in request_ids:
+            row_key = q.request_rows.pop(request_id, request_id)
+            left = q.row_live.get(row_key, 1) - 1
+            if left > 0:
+                q.row_live[row_key] = left
+            else:
+                q.row_live.pop(row_key, None)
+                gone.append(row_key)
+        return gone
+
+    def _writes(self, q: QueueState, stmts: list[Statement]) -> Writes:
+        """Where a mutation of ``q`` writes: the queue's open write set (shared with the
+        mutations around it), or, when ``stmts`` already holds statements (a due timer
+        dead-lettered items), those statements, committed on their own."""
+        if stmts:
+            return PlainWrites(self.store, q.account, q.name, stmts)
+        ws = q.write_set
+        if ws is None or ws.taken:
+            ws = q.write_set = QueueWrites(self.store, q.account, q.name)
+            self.store.submit_write_set(ws)
+        return ws
+
+    def _seal(self, q: QueueState) -> None:
+        """Closes the open write sets of ``q`` and the queues it moves items to or from, so
+        that statements committed next come after them."""
+        q.write_set = None
+        for key in ((q.account, q.dlq_name), (q.account, q.name.removesuffix(DLQ_SUFFIX))):
+            other = self._queues.get(key)
+            if other is not None:
+                other.write_set = None
+
+    async def _commit(self, q: QueueState, stmts: list[Statement] | Writes, record: Request | None = None) -> None:
+        """Commits statements (with the changes staged since the last commit) and waits; a
+        write set is already queued."""
+        if isinstance(stmts, QueueWrites):
+            future = stmts.future
+        else:
+            if isinstance(stmts, PlainWrites):
+                stmts = stmts.stmts
+            self._seal(q)
+            future = self.store.queue_commit(stmts)
         self._publisher.submit(future)
         if record is not None:
             record.committed = future

@@ -215,6 +215,11 @@ class Publisher:
         """Attaches the staged changes to a commit's future."""
         if not self._staged:
             return
+        if self._inflight and self._inflight[-1][0] is future:
+            # Another mutation of the same write set: its changes land with the others.
+            self._inflight[-1][1].extend(self._staged)
+            self._staged = []
+            return
         self._inflight.append((future, self._staged))
         self._staged = []
         future.add_done_callback(self._landed)

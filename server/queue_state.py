@@ -19,6 +19,7 @@ from apothic.server.request_ids import RecentRequests
 if TYPE_CHECKING:
     import asyncio
 
+    from apothic.server.queue_engine import QueueWrites
     from apothic.server.queue_log import Shown
 
 #: Largest item, in bytes of its serialized payload.
@@ -192,6 +193,12 @@ class QueueState:
     requests: RecentRequests[Request] = field(default_factory=RecentRequests)
     #: Numbers recorded request ids, so the oldest can be forgotten first.
     request_n: int = 0
+    #: The stored row that records each remembered request id (its id for a row of its
+    #: own, an int for a row recording several), and how many remembered ids each row holds.
+    request_rows: dict[str, str | int] = field(default_factory=dict)
+    row_live: dict[str | int, int] = field(default_factory=dict)
+    #: The write set the queue's next hot mutation joins (apothic.server.queue_engine).
+    write_set: QueueWrites | None = None
 
     @property
     def dlq_name(self) -> str:

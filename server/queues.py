@@ -3,9 +3,12 @@
 The store is the source of truth; :class:`QueueManager` keeps every queue in memory (a
 :class:`~apothic.server.queue_state.QueueState`: its items, a ready heap per partition and a
 timer heap for leases and delays) and rebuilds it from the store at start. Each operation
-changes memory synchronously, hands its statements to the store's group committer in that
-same order, and answers once they committed, so concurrent operations share transactions
-and never interleave inconsistently. Watchers see each committed change once it landed, in
+changes memory synchronously, adds its writes to the queue's open write set (or, when it
+moves items between queues, hands its own statements to the store's group committer) in
+that same order, and answers once they committed, so concurrent operations share
+transactions and never interleave inconsistently. A write set writes each item row once in
+its latest state and records all its request ids in one row
+(:class:`~apothic.server.queue_engine.QueueWrites`). Watchers see each committed change once it landed, in
 commit order (apothic.server.queue_log).
 
 Guarantees:
@@ -30,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import time
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
@@ -42,7 +46,7 @@ from apothic.server.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from apothic.server.queue_engine import QueueEngine
+from apothic.server.queue_engine import QueueEngine, Writes
 from apothic.server.queue_log import (
     ACKED,
     CLAIMED,
@@ -241,8 +245,8 @@ class QueueManager(QueueEngine):
                 )
         if wait_s < 0:
             raise InvalidArgument(f"wait_s must not be negative, got {wait_s:g}")
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + min(wait_s, MAX_WAIT_S)
+        # The loop's clock (time.monotonic), without asking for the loop (a system call).
+        give_up = time.monotonic() + min(wait_s, MAX_WAIT_S)
         while True:
             if self._closed:
                 raise Unavailable("the control plane is shutting down; retry against another replica or later")
@@ -261,7 +265,7 @@ class QueueManager(QueueEngine):
                 break
             if stmts:
                 await self._commit(q, stmts)
-            left = give_up - loop.time()
+            left = give_up - time.monotonic()
             if left <= 0:
                 raise ResourceExhausted(
                     f"queue {name!r} partition {partition!r} is full: it holds {q.counts.get(partition, 0)} of "
@@ -271,20 +275,21 @@ class QueueManager(QueueEngine):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(room.wait(), left)
         now = self.now()
-        docs = []
+        items = []
         events = []
         for fmt, data in payloads:
             item = Item(seq=q.next_seq, partition=partition, format=fmt, data=data, enqueued_at=now, visible_at=now)
             q.next_seq += 1
             q.add(item)
             q.make_ready(item)
-            docs.append(item.doc())
+            items.append(item)
             events.append(QueueEvent.put(item))
-        stmts.append(self.store.queue_insert_items_statement(account, name, docs))
+        writes = self._writes(q, stmts)
+        writes.insert(items)
         result: dict[str, Any] = {"op": "put"}
-        record = self._bump(q, stmts, events, request_id, result)
+        record = self._bump(q, writes, events, request_id, result)
         q.signal.fire()
-        await self._commit(q, stmts, record)
+        await self._commit(q, writes, record)
         return int(result["rev"])
 
     async def take(
@@ -312,8 +317,8 @@ class QueueManager(QueueEngine):
             check_seconds("lease_s", lease_s, 0.001, MAX_LEASE_S)
         if wait_s < 0:
             raise InvalidArgument(f"wait_s must not be negative, got {wait_s:g}")
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + min(wait_s, MAX_WAIT_S)
+        # The loop's clock (time.monotonic), without asking for the loop (a system call).
+        give_up = time.monotonic() + min(wait_s, MAX_WAIT_S)
         while True:
             if self._closed:
                 raise Unavailable("the control plane is shutting down; retry against another replica or later")
@@ -328,7 +333,7 @@ class QueueManager(QueueEngine):
                 return await self._take(q, items, lease_s, stmts, request_id)
             if stmts:
                 await self._commit(q, stmts)
-            left = give_up - loop.time()
+            left = give_up - time.monotonic()
             if left <= 0:
                 return [], q.rev
             if q.timers:
@@ -341,6 +346,7 @@ class QueueManager(QueueEngine):
     ) -> tuple[list[TakenItem], int]:
         result: dict[str, Any] = {"op": "take"}
         events = []
+        writes = self._writes(q, stmts)
         if lease_s is None:
             taken = []
             for item in items:
@@ -348,7 +354,7 @@ class QueueManager(QueueEngine):
                 taken.append(self._taken(item, claimed=False))
                 q.remove(item.seq)
                 events.append(QueueEvent(REMOVED, item.seq, item.partition, attempt=item.attempt))
-            stmts.append(self.store.queue_delete_items_statement(q.account, q.name, [i.seq for i in items]))
+            writes.delete([i.seq for i in items])
         else:
             deadline = self.now() + lease_s
             for item in items:
@@ -368,10 +374,10 @@ class QueueManager(QueueEngine):
                     )
                 )
             taken = [self._taken(item, claimed=True) for item in items]
-            stmts.append(self.store.queue_update_items_statement(q.account, q.name, [i.changes() for i in items]))
+            writes.update(items)
             result["claims"] = [[i.seq, i.epoch] for i in items]
-        record = self._bump(q, stmts, events, request_id, result)
-        await self._commit(q, stmts, record)
+        record = self._bump(q, writes, events, request_id, result)
+        await self._commit(q, writes, record)
         return taken, int(result["rev"])
 
     def _replay_claims(self, q: QueueState, result: dict[str, Any]) -> list[TakenItem]:
@@ -406,10 +412,11 @@ class QueueManager(QueueEngine):
         for item in items.values():
             q.remove(item.seq)
             events.append(QueueEvent(ACKED, item.seq, item.partition, attempt=item.attempt))
-        stmts.append(self.store.queue_delete_items_statement(account, name, list(items)))
+        writes = self._writes(q, stmts)
+        writes.delete(list(items))
         result: dict[str, Any] = {"op": "ack"}
-        record = self._bump(q, stmts, events, request_id, result)
-        await self._commit(q, stmts, record)
+        record = self._bump(q, writes, events, request_id, result)
+        await self._commit(q, writes, record)
         return int(result["rev"])
 
     async def renew(
@@ -434,11 +441,12 @@ class QueueManager(QueueEngine):
             await self._guarded(q, stmts, exc)
         item.lease_deadline = self.now() + lease_s
         q.schedule(item.lease_deadline, item)
-        stmts.append(self.store.queue_update_items_statement(account, name, [item.changes()]))
+        writes = self._writes(q, stmts)
+        writes.update([item])
         result: dict[str, Any] = {"op": "renew", "deadline": item.lease_deadline}
         event = QueueEvent(RENEWED, item.seq, item.partition, attempt=item.attempt, lease_deadline=item.lease_deadline)
-        record = self._bump(q, stmts, [event], request_id, result)
-        await self._commit(q, stmts, record)
+        record = self._bump(q, writes, [event], request_id, result)
+        await self._commit(q, writes, record)
         return dt(item.lease_deadline), int(result["rev"])
 
     async def release(
@@ -465,6 +473,7 @@ class QueueManager(QueueEngine):
         item.leased = False
         item.last_error = error or f"released after attempt {item.attempt}"
         dead = bool(q.max_attempts and item.attempt >= q.max_attempts)
+        writes: list[Statement] | Writes = stmts
         if dead:
             events = self._dead_letter(q, [item], stmts)
         else:
@@ -474,7 +483,8 @@ class QueueManager(QueueEngine):
             else:
                 q.make_ready(item)
                 q.signal.fire()
-            stmts.append(self.store.queue_update_items_statement(account, name, [item.changes()]))
+            writes = self._writes(q, stmts)
+            writes.update([item])
             events = [
                 QueueEvent(
                     RELEASED,
@@ -487,8 +497,8 @@ class QueueManager(QueueEngine):
                 )
             ]
         result: dict[str, Any] = {"op": "release", "dead_lettered": dead}
-        record = self._bump(q, stmts, events, request_id, result)
-        await self._commit(q, stmts, record)
+        record = self._bump(q, writes, events, request_id, result)
+        await self._commit(q, writes, record)
         return dead, int(result["rev"])
 
     async def length(self, account: str, name: str, partition: str | None) -> tuple[int, int]:

@@ -77,22 +77,75 @@ async def _transact(db: Any, sql: str, params: dict[str, Any]) -> None:
         raise StoreWriteError(next((f for f in failures if _NOT_EXECUTED not in f), failures[0]))
 
 
+#: Renamed SQL of each (statement text, position): composing a transaction of many
+#: statements renames every ``$var``, and the same few statement texts recur.
+_RENAMED: dict[tuple[str, int], str] = {}
+_RENAMED_MAX = 4096
+
+
+def _renamed(sql: str, index: int) -> str:
+    key = (sql, index)
+    found = _RENAMED.get(key)
+    if found is None:
+        prefix = f"s{index}_"
+        found = _VAR_RE.sub(lambda m: f"${prefix}{m.group(1)}", sql)
+        if len(_RENAMED) >= _RENAMED_MAX:
+            _RENAMED.clear()
+        _RENAMED[key] = found
+    return found
+
+
 def _compose(statements: list[Statement]) -> tuple[str, dict[str, Any]]:
     """One transaction of many statements; each statement's ``$vars`` get a unique prefix."""
     parts: list[str] = []
     params: dict[str, Any] = {}
     for index, (sql, vars_) in enumerate(statements):
+        parts.append(_renamed(sql, index))
         prefix = f"s{index}_"
-
-        def rename(match: re.Match[str], prefix: str = prefix) -> str:
-            return f"${prefix}{match.group(1)}"
-
-        parts.append(_VAR_RE.sub(rename, sql))
-        params.update({prefix + k: v for k, v in vars_.items()})
+        for k, v in vars_.items():
+            params[prefix + k] = v
     return "BEGIN TRANSACTION;\n" + ";\n".join(parts) + ";\nCOMMIT TRANSACTION;", params
 
 
-_Pending = tuple[list[Statement], "asyncio.Future[None] | None"]
+class WriteSet:
+    """Writes that several operations add to until the group committer takes them.
+
+    Operations on one hot object (a queue, a dict) add their changes to its open write set
+    and wait on :attr:`future`; when the committer takes the set for a transaction it calls
+    :meth:`render` once, so the changes of every operation in it become a few statements
+    (each row written once, with its latest state) instead of a few per operation. Once
+    :attr:`taken`, a set is closed: later operations open a new one.
+    """
+
+    def __init__(self, after: WriteSet | None = None, *, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        # ``loop``: the running loop, when the caller has it (asking costs a system call).
+        self.future: asyncio.Future[None] = (loop or asyncio.get_running_loop()).create_future()
+        self.taken = False
+        #: The set this one was planned on top of: when it fails, this one must not commit
+        #: (its statements assume that one's), and fails with :meth:`chain_error` instead.
+        self.after = after
+
+    def render(self) -> list[Statement]:
+        """The statements of everything added so far (called once, when taken)."""
+        raise NotImplementedError
+
+    def chain_error(self, cause: BaseException) -> BaseException:
+        """The error this set fails with when the set it was planned on failed."""
+        return cause
+
+    def broken(self) -> BaseException | None:
+        """The error to fail with, without running, when the set before it failed."""
+        after = self.after
+        if after is None or not after.future.done():
+            return None
+        if after.future.cancelled():
+            return self.chain_error(asyncio.CancelledError())
+        cause = after.future.exception()
+        return None if cause is None else self.chain_error(cause)
+
+
+_Pending = tuple["list[Statement] | WriteSet", "asyncio.Future[None] | None"]
+_Batched = tuple[list[Statement], "asyncio.Future[None] | None", "WriteSet | None"]
 
 
 class _GroupCommitter:
@@ -122,7 +175,7 @@ class _GroupCommitter:
             await self._idle.wait()
             await asyncio.sleep(0)
 
-    def submit(self, statements: list[Statement], future: asyncio.Future[None] | None) -> None:
+    def submit(self, statements: list[Statement] | WriteSet, future: asyncio.Future[None] | None) -> None:
         self._pending.append((statements, future))
         self._idle.clear()
         self._wake.set()
@@ -133,13 +186,35 @@ class _GroupCommitter:
                 await self._wake.wait()
                 self._wake.clear()
                 while self._pending:
-                    batch: list[_Pending] = []
+                    batch: list[_Batched] = []
                     count = 0
-                    while self._pending and (count < MAX_BATCH or not batch):
-                        item = self._pending.pop(0)
-                        batch.append(item)
-                        count += len(item[0])
-                    await self._flush(batch)
+                    pending = self._pending
+                    taken = 0
+                    while taken < len(pending) and (count < MAX_BATCH or not batch):
+                        what, future = pending[taken]
+                        taken += 1
+                        if isinstance(what, WriteSet):
+                            what.taken = True
+                            error = what.broken()
+                            if error is not None:
+                                self._settle(future, error)
+                                continue
+                            try:
+                                statements = what.render()
+                            except Exception as exc:  # pragma: no cover - a bug in a renderer
+                                log.exception("rendering a write set failed")
+                                self._settle(future, exc)
+                                continue
+                        else:
+                            statements = what
+                        batch.append((statements, future, what if isinstance(what, WriteSet) else None))
+                        count += len(statements)
+                    del pending[:taken]
+                    if count:
+                        await self._flush(batch)
+                    else:
+                        for _, future, _ in batch:
+                            self._settle(future, None)
                 self._idle.set()
         except asyncio.CancelledError:
             raise
@@ -147,15 +222,23 @@ class _GroupCommitter:
             log.exception("group committer died")
             raise
 
-    async def _flush(self, batch: list[_Pending]) -> None:
+    async def _flush(self, batch: list[_Batched]) -> None:
         try:
-            await _transact(self._db, *_compose([stmt for statements, _ in batch for stmt in statements]))
+            await _transact(self._db, *_compose([stmt for statements, _, _ in batch for stmt in statements]))
         except Exception as exc:
             if len(batch) == 1:
                 self._settle(batch[0][1], exc)
                 return
-            # One bad group must not fail its neighbours: retry each on its own.
-            for statements, future in batch:
+            # One bad group must not fail its neighbours: retry each on its own (a write set
+            # planned on one that failed fails with it).
+            for statements, future, write_set in batch:
+                error = write_set.broken() if write_set is not None else None
+                if error is not None:
+                    self._settle(future, error)
+                    continue
+                if not statements:
+                    self._settle(future, None)
+                    continue
                 try:
                     await _transact(self._db, *_compose(statements))
                 except Exception as one_exc:
@@ -163,7 +246,7 @@ class _GroupCommitter:
                 else:
                     self._settle(future, None)
             return
-        for _, future in batch:
+        for _, future, _ in batch:
             self._settle(future, None)
 
     @staticmethod
@@ -191,10 +274,13 @@ class StoreBase:
         self.url = url
         self._db: Any = None
         self._committer: _GroupCommitter | None = None
+        #: The loop the store was opened on (and runs its writes on).
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     async def open(self) -> None:
         """Connects, selects the namespace and applies the schema."""
         cbor.install()
+        self.loop = asyncio.get_running_loop()
         self._db = AsyncSurreal(self.url)
         if hasattr(self._db, "connect"):
             await self._db.connect()
@@ -220,6 +306,12 @@ class StoreBase:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._committer.submit(statements, future)
         await future
+
+    def submit_write_set(self, write_set: WriteSet) -> None:
+        """Queues a write set: rendered and committed when its turn comes; its future
+        settles once it committed (or failed)."""
+        assert self._committer is not None
+        self._committer.submit(write_set, write_set.future)
 
     def write_behind(self, statements: list[Statement]) -> None:
         """Queues statements to commit soon; errors are logged."""

@@ -8,8 +8,9 @@ from typing import Any
 
 from surrealdb import RecordID
 
+from apothic.server.dict_records import DICT_CHAIN_BROKEN
 from apothic.server.dicts import DictEntryRecord, DictLeaseRecord, DictRecord
-from apothic.server.store_base import Statement, StoreBase, _deletes, _key, _rid, _upserts
+from apothic.server.store_base import Statement, StoreBase, StoreWriteError, _deletes, _key, _rid, _upserts
 
 #: Error text of a dict write whose dict changed since it was read (another replica wrote).
 _DICT_CONFLICT = "dict changed concurrently"
@@ -129,11 +130,11 @@ class PrimitiveStore(StoreBase):
         request_id: str,
         n: int,
         result: dict[str, Any],
-        evict: list[str],
+        evict: list[str | int],
         at: float,
     ) -> list[Statement]:
         """Records that a request id was applied at ``at`` (server clock, seconds) with what it
-        answered, and forgets ``evict``."""
+        answered, and deletes the recorded request rows ``evict`` (by key)."""
         doc = {"account": account, "queue": name, "request_id": request_id, "n": n, "result": result, "at": at}
         stmts: list[Statement] = [
             (
@@ -144,6 +145,30 @@ class PrimitiveStore(StoreBase):
         if evict:
             stmts.append(_deletes([RecordID("queue_request", [account, name, old]) for old in evict]))
         return stmts
+
+    def queue_request_batch_statement(
+        self, account: str, name: str, row_key: int, requests: list[tuple[str, int, dict[str, Any], float]]
+    ) -> Statement:
+        """Records several request ids ``(request id, n, result, applied at)`` in one row,
+        keyed by an int (a row of one request id is keyed by that id, a string, so the two
+        never collide); its ``n`` is the last one's."""
+        last_n, last_at = requests[-1][1], requests[-1][3]
+        doc = {
+            "account": account,
+            "queue": name,
+            "request_id": f"#{row_key}",
+            "n": last_n,
+            "result": {"batch": [[request_id, result, at] for request_id, _, result, at in requests]},
+            "at": last_at,
+        }
+        return (
+            "CREATE $id CONTENT $doc RETURN NONE",
+            {"id": RecordID("queue_request", [account, name, row_key]), "doc": doc},
+        )
+
+    def queue_forget_requests_statement(self, account: str, name: str, row_keys: list[str | int]) -> Statement:
+        """Deletes recorded request rows by key."""
+        return _deletes([RecordID("queue_request", [account, name, key]) for key in row_keys])
 
     # -- dicts -------------------------------------------------------------------------
     # A dict is one ``dict`` record (rev), one ``dict_entry`` record per key ([dict key,
@@ -215,13 +240,24 @@ class PrimitiveStore(StoreBase):
         rows = await self._q("SELECT account, name FROM dict_lease GROUP BY account, name")
         return [(r["account"], r["name"]) for r in rows]
 
-    async def dict_requests(self, dict_id: str) -> list[tuple[str, dict[str, Any], float]]:
-        """The request ids a dict remembers, with their outcome and when they were applied
-        (seconds; 0 when unknown), oldest first."""
+    async def dict_requests(self, dict_id: str) -> list[tuple[str, dict[str, Any], float, str | int]]:
+        """The request ids a dict remembers, with their outcome, when they were applied
+        (seconds; 0 when unknown) and the key of the row that records them, oldest first.
+
+        A row records one request id (keyed by it) or several (keyed by an int; its
+        ``outcome`` is ``{"batch": [[request id, outcome, at], ...]}``)."""
         rows = await self._q(
-            "SELECT request_id, outcome, at, seq FROM dict_request WHERE dict = $d ORDER BY seq", {"d": dict_id}
+            "SELECT id, request_id, outcome, at, seq FROM dict_request WHERE dict = $d ORDER BY seq", {"d": dict_id}
         )
-        return [(r["request_id"], r["outcome"], r.get("at") or 0.0) for r in rows]
+        out: list[tuple[str, dict[str, Any], float, str | int]] = []
+        for r in rows:
+            row_key = r["id"].id[1] if isinstance(r.get("id"), RecordID) else r["request_id"]
+            batch = r["outcome"].get("batch") if isinstance(row_key, int) else None
+            if batch is None:
+                out.append((r["request_id"], r["outcome"], r.get("at") or 0.0, row_key))
+            else:
+                out += [(rid, outcome, at or 0.0, row_key) for rid, outcome, at in batch]
+        return out
 
     async def delete_dict(self, dict_id: str) -> None:
         """Deletes a dict's row, its entries and its request ids."""
@@ -241,26 +277,32 @@ class PrimitiveStore(StoreBase):
         writes: list[DictEntryRecord],
         deletes: list[str],
         *,
-        request: tuple[str, int, dict[str, Any], float] | None = None,
-        evicted_requests: list[str] | None = None,
+        requests: list[tuple[str, int, dict[str, Any], float]] | None = None,
+        request_row: int | None = None,
+        evicted_requests: list[str | int] | None = None,
         lease_puts: list[DictLeaseRecord] | None = None,
         lease_drops: list[str] | None = None,
+        new_writes: int | None = None,
+        existing: frozenset[str] | set[str] = frozenset(),
     ) -> list[Statement]:
-        """Statements of one dict mutation.
+        """Statements of one dict mutation, or of several in a row (a write set).
 
         Guarded on the dict row's write counter still being at ``record.writes``
-        (:meth:`is_dict_conflict` recognizes the failure), they advance it by one, move the
-        rev to ``new_rev`` and write the entries. ``request`` (id, seq, outcome, applied at) is stored
-        for idempotent retries and ``evicted_requests`` are forgotten; ``lease_puts`` are
-        created or updated and ``lease_drops`` deleted. With no writes and no deletes the
-        rev stays (the write counter advances).
+        (:meth:`is_dict_conflict` recognizes the failure), they advance it to
+        ``new_writes`` (default: by one), move the rev to ``new_rev`` and write the
+        entries (those whose keys are in ``existing`` are stored already: they are
+        rewritten, the others upserted). ``requests`` (id, seq, outcome, applied at) are
+        stored for idempotent retries, in one row keyed ``request_row`` when given (else
+        one row each, keyed by the id), and the request rows ``evicted_requests`` (by key)
+        are deleted; ``lease_puts`` are created or updated and ``lease_drops`` deleted. With
+        no writes and no deletes the rev stays (the write counter advances).
         """
         dict_rid = _rid("dict", record.dict_id)
         dkey = _key(record.dict_id)
         guard = {
             "d": dict_rid,
             "expected": record.writes,
-            "writes": record.writes + 1,
+            "writes": record.writes + 1 if new_writes is None else new_writes,
             "rev": new_rev,
             "msg": f"{_DICT_CONFLICT}: {record.dict_id} changed since write {record.writes}",
         }
@@ -268,37 +310,63 @@ class PrimitiveStore(StoreBase):
             ("IF $d.writes != $expected { THROW $msg }; UPDATE $d SET rev = $rev, writes = $writes RETURN NONE", guard)
         ]
         if writes:
+            fresh = []
+            for e in writes:
+                rid = RecordID("dict_entry", [dkey, e.key])
+                doc = {
+                    "account": record.account,
+                    "dict": record.dict_id,
+                    "key": e.key,
+                    "value": e.value,
+                    "format": e.format,
+                    "version": e.version,
+                    "mod_rev": e.mod_rev,
+                    "create_rev": e.create_rev,
+                    "lease": e.lease,
+                }
+                if e.key in existing:
+                    # Cheaper than an UPSERT (or a FOR loop of them) in SurrealDB.
+                    stmts.append(("UPDATE $id CONTENT $doc RETURN NONE", {"id": rid, "doc": doc}))
+                else:
+                    fresh.append({"id": rid, "doc": doc})
+            if fresh:
+                stmts.append(_upserts(fresh))
+        if deletes:
+            stmts.append(_deletes([RecordID("dict_entry", [dkey, k]) for k in deletes]))
+        if evicted_requests:
+            stmts.append(_deletes([RecordID("dict_request", [dkey, r]) for r in evicted_requests]))
+        if requests and request_row is not None:
+            last_seq, last_at = requests[-1][1], requests[-1][3]
+            doc = {
+                "account": record.account,
+                "dict": record.dict_id,
+                "request_id": f"#{request_row}",
+                "seq": last_seq,
+                "at": last_at,
+                "outcome": {"batch": [[rid, outcome, at] for rid, _, outcome, at in requests]},
+            }
+            stmts.append(
+                (
+                    "CREATE $id CONTENT $doc RETURN NONE",
+                    {"id": RecordID("dict_request", [dkey, request_row]), "doc": doc},
+                )
+            )
+        elif requests:
             rows = [
                 {
-                    "id": RecordID("dict_entry", [dkey, e.key]),
+                    "id": RecordID("dict_request", [dkey, request_id]),
                     "doc": {
                         "account": record.account,
                         "dict": record.dict_id,
-                        "key": e.key,
-                        "value": e.value,
-                        "format": e.format,
-                        "version": e.version,
-                        "mod_rev": e.mod_rev,
-                        "create_rev": e.create_rev,
-                        "lease": e.lease,
+                        "request_id": request_id,
+                        "seq": seq,
+                        "at": at,
+                        "outcome": outcome,
                     },
                 }
-                for e in writes
+                for request_id, seq, outcome, at in requests
             ]
             stmts.append(_upserts(rows))
-        if deletes:
-            stmts.append(_deletes([RecordID("dict_entry", [dkey, k]) for k in deletes]))
-        if request is not None:
-            request_id, seq, outcome, at = request
-            doc = {"account": record.account, "dict": record.dict_id, "request_id": request_id, "seq": seq, "at": at}
-            stmts.append(
-                (
-                    "UPSERT $id CONTENT $doc RETURN NONE",
-                    {"id": RecordID("dict_request", [dkey, request_id]), "doc": {**doc, "outcome": outcome}},
-                )
-            )
-        if evicted_requests:
-            stmts.append(_deletes([RecordID("dict_request", [dkey, r]) for r in evicted_requests]))
         if lease_puts:
             rows = [
                 {
@@ -323,6 +391,12 @@ class PrimitiveStore(StoreBase):
         """A dict's committed write counter (None when it no longer exists)."""
         writes = await self._q("SELECT VALUE writes FROM ONLY $d", {"d": _rid("dict", dict_id)})
         return int(writes) if writes is not None else None
+
+    @staticmethod
+    def dict_chain_conflict() -> StoreWriteError:
+        """The error of a dict write that did not run because a write it was planned on
+        top of failed (:meth:`is_dict_conflict` recognizes it)."""
+        return StoreWriteError(f"{_DICT_CONFLICT}: {DICT_CHAIN_BROKEN}")
 
     @staticmethod
     def is_dict_conflict(exc: BaseException) -> bool:

@@ -68,6 +68,8 @@ class CallServicer(call_grpc.CallServiceServicer):
     ) -> AsyncIterator[call_pb.StreamCallsResponse]:
         results: list[call_pb.CallResult] = []
         ready = asyncio.Event()
+        # Kept: asyncio.create_task asks for the running loop on every call (a system call).
+        loop = asyncio.get_running_loop()
         reading = True
         running: dict[int, asyncio.Task[None]] = {}
 
@@ -108,7 +110,7 @@ class CallServicer(call_grpc.CallServiceServicer):
                             message_ = f"call id {call_id} is already in flight on this stream"
                             answer(_error(call_id, "INVALID_ARGUMENT", message_))
                         else:
-                            running[call_id] = asyncio.create_task(run(call_id, field, getattr(call, field)))
+                            running[call_id] = loop.create_task(run(call_id, field, getattr(call, field)))
                 if running:
                     await asyncio.gather(*running.values(), return_exceptions=True)
             finally:

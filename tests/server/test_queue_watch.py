@@ -152,9 +152,10 @@ async def test_a_failed_commit_is_never_published(manager: QueueManager, store: 
     await manager.create(ACCOUNT, "q", None)
     rev = await manager.put(ACCOUNT, "q", "", _payloads(1))
     stream = manager.watch(ACCOUNT, "q", snapshot=False, after_rev=rev, partition=None)
-    # Another writer (a second replica, say) recorded the request id the next put uses: that
-    # put's transaction fails on it after memory already changed.
-    await store.commit(store.queue_request_statements(ACCOUNT, "q", "taken", 1, {"op": "put", "rev": 1}, [], 0.0))
+    # Another writer (a second replica, say) wrote the row that records the request ids of
+    # the next write set (keyed by the first one's number, 1): that put's transaction fails
+    # on it after memory already changed.
+    await store.commit([store.queue_request_batch_statement(ACCOUNT, "q", 1, [("other", 1, {"op": "put"}, 0.0)])])
     with pytest.raises(Unavailable, match="did not commit"):
         await manager.put(ACCOUNT, "q", "", _payloads(2), request_id="taken")
     # The queue was reloaded from the store; the next put commits and is the next change (the
