@@ -7,6 +7,7 @@ SurrealDB.
 from apothic import config, exceptions
 from apothic.app import App
 from apothic.cloud_bucket import CloudBucketMount
+from apothic.cls import Cls, enter, exit, method
 from apothic.concurrency import batched, concurrent
 from apothic.config import ClientConfig
 from apothic.dict import Dict, DictChange, DictEntry, DictEvent
@@ -33,6 +34,7 @@ from apothic.models import (
 )
 from apothic.queue import Claim, Queue, QueueChange, QueueEvent, QueueItemState
 from apothic.retries import Retries
+from apothic.sandbox import Sandbox, SandboxFileInfo, SandboxInfo, SandboxProcess, SandboxStatus
 from apothic.schedules import Cron, Period
 from apothic.secret import Secret, SecretInfo
 from apothic.volume import Volume, VolumeInfo
@@ -44,6 +46,7 @@ __all__ = [
     "AppInfo",
     "Claim",
     "ClientConfig",
+    "Cls",
     "CloudBucketMount",
     "Cron",
     "DeploymentInfo",
@@ -76,6 +79,11 @@ __all__ = [
     "QueueItemState",
     "RemoteFunction",
     "Retries",
+    "Sandbox",
+    "SandboxFileInfo",
+    "SandboxInfo",
+    "SandboxProcess",
+    "SandboxStatus",
     "ScheduleInfo",
     "Secret",
     "SecretInfo",
@@ -85,6 +93,9 @@ __all__ = [
     "batched",
     "concurrent",
     "config",
+    "enter",
     "exceptions",
+    "exit",
     "gather",
+    "method",
 ]

@@ -21,6 +21,7 @@ from apothic import _serialization as ser
 from apothic._client_dict import DictCalls
 from apothic._client_image import BuildProgress, ImageCalls, image_to_pb
 from apothic._client_queue import QueueCalls
+from apothic._client_sandbox import SandboxCalls
 from apothic._client_secret import SecretCalls
 from apothic._client_volume import VolumeCalls
 from apothic._proto.v1 import (
@@ -56,6 +57,7 @@ from apothic.models import (
     JobStatus,
     Outcome,
     ScheduleInfo,
+    ServiceLogLine,
 )
 from apothic.options import FunctionDefinition
 from apothic.retries import Retries
@@ -169,6 +171,8 @@ def deployment_from_pb(dep: pb.Deployment) -> DeploymentInfo:
         function_names=tuple(f.name for f in dep.functions),
         created_at=_time(dep.created_at),
         updated_at=_time(dep.updated_at),
+        web_urls=dict(dep.web_urls),
+        spec_hashes={f.name: f.spec_hash for f in dep.functions},
     )
 
 
@@ -236,7 +240,7 @@ def function_ref(app_name: str, function_name: str, deployment_id: str = "") -> 
     return pb.FunctionRef(app_name=app_name, function_name=function_name, deployment_id=deployment_id)
 
 
-class Client(DictCalls, ImageCalls, QueueCalls, SecretCalls, VolumeCalls):
+class Client(DictCalls, ImageCalls, QueueCalls, SandboxCalls, SecretCalls, VolumeCalls):
     """A connection to one control plane, bound to the event loop that created it."""
 
     def __init__(self, config: ClientConfig) -> None:
@@ -514,6 +518,20 @@ class Client(DictCalls, ImageCalls, QueueCalls, SecretCalls, VolumeCalls):
                 time=_time(ev.time),
                 kind=ev.kind,
                 deployment=deployment_from_pb(ev.deployment) if ev.HasField("deployment") else None,
+            )
+
+    async def tail_service_logs(
+        self, deployment_id: str, function_name: str, *, follow: bool = False
+    ) -> AsyncIterator[ServiceLogLine]:
+        """A web service's output: its retained tail, then (``follow``) new output until the
+        caller stops iterating."""
+        req = app_pb.TailServiceLogsRequest(deployment_id=deployment_id, function_name=function_name, follow=follow)
+        async for resp in self._stream(self._app.TailServiceLogs, req):
+            yield ServiceLogLine(
+                container_id=resp.container_id,
+                stream=LOG_STREAM_FROM_PB.get(resp.stream, "stdout"),
+                data=resp.data,
+                time=_time(resp.time),
             )
 
     async def list_apps(self) -> list[AppInfo]:

@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
-from apothic import _source
+from apothic import _source, web
 from apothic._lazy import get_client
 from apothic._sync import run_sync
 from apothic.config import ClientConfig
@@ -184,6 +184,74 @@ class App:
             return decorate(_func)
         return decorate
 
+    # -- web services (logic in apothic.web) --------------------------------------------
+
+    def asgi(self, _func: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+        """Registers a function that returns an ASGI app, served over HTTP (see
+        :mod:`apothic.web`). Takes ``@app.function``'s options plus ``keep_warm_s`` and
+        ``service_startup_timeout_s``; works with or without parentheses.
+
+        Returns:
+            A :class:`~apothic.web.WebFunction`; ``service_url`` names its address.
+        """
+        return web.decorator(self, "asgi", _func, options)
+
+    def wsgi_app(self, _func: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+        """Registers a function that returns a WSGI app, served over HTTP (options as
+        :meth:`asgi`)."""
+        return web.decorator(self, "wsgi", _func, options)
+
+    def web_server(self, port: int, *, startup_timeout: float | None = None, **options: Any) -> Any:
+        """Registers a function that starts a server listening on ``port`` in its container
+        (it may return a handle whose ``close()`` stops it); ``startup_timeout``: seconds
+        the port may take to accept connections (options as :meth:`asgi`)."""
+        return web.decorator(self, "web_server", None, {**options, "startup_timeout": startup_timeout}, port=port)
+
+    def endpoint(self, _func: Callable[..., Any] | None = None, /, *, method: str = "GET", **options: Any) -> Any:
+        """Registers a plain function as an HTTP endpoint: query parameters and a JSON body
+        become its arguments, its return value (dicts, lists, pydantic models) the JSON
+        answer, an exception a 500 with a JSON body (options as :meth:`asgi`)."""
+        return web.decorator(self, "endpoint", _func, options, method=method)
+
+    def fastapi_endpoint(
+        self, _func: Callable[..., Any] | None = None, /, *, method: str = "GET", **options: Any
+    ) -> Any:
+        """Like :meth:`endpoint`, with FastAPI's parameter declarations (``Query``,
+        ``Body``, pydantic models) honoured."""
+        return web.decorator(self, "fastapi_endpoint", _func, options, method=method)
+
+    def cls(self, _cls: type | None = None, /, **options: Any) -> Any:
+        """Registers a stateful class: its ``@apothic.method()`` methods run remotely on
+        instances that keep their state in their container (see :mod:`apothic.cls`).
+
+        Works as ``@app.cls`` and ``@app.cls(...)``; takes the options of
+        :meth:`function` (``max_containers`` defaults to 1, so an instance's state is one).
+
+        Returns:
+            A :class:`~apothic.cls.Cls`: call it for an instance, ``.named(name)`` for a
+            shared one.
+
+        Raises:
+            InvalidConfigError: an invalid option, or a class without remote methods.
+        """
+        from apothic.cls import Cls
+
+        def decorate(klass: type) -> Cls:
+            if not isinstance(klass, type):
+                raise InvalidConfigError(f"@app.cls must decorate a class, got {klass!r}")
+            return Cls(self, klass, options)
+
+        if _cls is not None:
+            return decorate(_cls)
+        return decorate
+
+    def sandbox(self, **options: Any) -> Any:
+        """Creates a sandbox on this app's control plane and waits until it runs commands:
+        ``apothic.Sandbox.create(...)`` with the app's client (see :class:`apothic.Sandbox`)."""
+        from apothic.sandbox import Sandbox
+
+        return Sandbox.create(client=self._client, **options)
+
     def local_entrypoint(self, _func: Callable[..., Any] | None = None, /, *, name: str | None = None) -> Any:
         """Marks a function that ``apothic run FILE`` calls locally after deploying.
 
@@ -203,16 +271,15 @@ class App:
         for name, fn in self.functions.items():
             raw = fn.raw_function
             by_value = raw.__module__ == "__main__" or fn.options.serialized or "<locals>" in raw.__qualname__
-            defs.append(
-                definition(
-                    name,
-                    fn.options,
-                    raw,
-                    module="" if by_value else raw.__module__,
-                    qualname=raw.__qualname__,
-                    pickled=_pickle_by_value(raw) if by_value else b"",
-                )
+            spec = definition(
+                name,
+                fn.options,
+                raw,
+                module="" if by_value else raw.__module__,
+                qualname=raw.__qualname__,
+                pickled=_pickle_by_value(raw) if by_value else b"",
             )
+            defs.append(web.with_web(spec, fn))
         return defs
 
     def deploy(self, *, progress: BuildProgress | None = None) -> str:

@@ -18,6 +18,7 @@ Control plane (``apothic server`` / ``apothic up``; flags override):
                             dir), ``mem://``, or ``ws://host:port`` for a server/cluster
 ``APOTHIC_HOST``            address to listen on (default ``127.0.0.1``)
 ``APOTHIC_GRPC_PORT``       gRPC port (default ``50051``; 0 picks a free one)
+``APOTHIC_HTTP_PORT``       HTTP ingress port for web services (default ``8000``; 0 picks a free one)
 ``APOTHIC_SECRET_KEY``      Fernet key secrets are encrypted with (default: the state
                             dir's ``secret.key``, generated on first start, mode 0600);
                             replicas sharing a database must share it
@@ -147,6 +148,8 @@ class ServerEnv:
     host: str
     grpc_port: int
     secret_key: str = field(default="", repr=False)
+    #: The HTTP ingress's port (``APOTHIC_HTTP_PORT``, default 8000).
+    http_port: int = 8000
 
 
 def server_env() -> ServerEnv:
@@ -157,12 +160,18 @@ def server_env() -> ServerEnv:
         grpc_port = int(port)
     except ValueError as exc:
         raise InvalidConfigError(f"APOTHIC_GRPC_PORT must be an integer, got {port!r}") from exc
+    http = os.environ.get("APOTHIC_HTTP_PORT", "8000")
+    try:
+        http_port = int(http)
+    except ValueError as exc:
+        raise InvalidConfigError(f"APOTHIC_HTTP_PORT must be an integer, got {http!r}") from exc
     return ServerEnv(
         state_dir=state_dir,
         db_url=os.environ.get("APOTHIC_DB_URL") or None,
         host=os.environ.get("APOTHIC_HOST", "127.0.0.1"),
         grpc_port=grpc_port,
         secret_key=os.environ.get("APOTHIC_SECRET_KEY", ""),
+        http_port=http_port,
     )
 
 

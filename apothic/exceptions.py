@@ -13,7 +13,8 @@
     │   ├── AlreadyExistsError      ALREADY_EXISTS
     │   ├── AuthError               UNAUTHENTICATED / PERMISSION_DENIED
     │   ├── FailedPreconditionError FAILED_PRECONDITION / ABORTED
-    │   │   └── ImageBuildError     an image failed to build (names the step; has the log tail)
+    │   │   ├── ImageBuildError     an image failed to build (names the step; has the log tail)
+    │   │   └── SandboxTerminatedError  a call to a sandbox that has ended (terminated, timed out, failed)
     │   ├── ResourceExhaustedError  RESOURCE_EXHAUSTED
     │   │   └── QueueFullError      a put found the queue's partition full (also a ``queue.Full``)
     │   ├── UnavailableError        UNAVAILABLE / DEADLINE_EXCEEDED (transport)
@@ -56,6 +57,7 @@ __all__ = [
     "RemoteError",
     "RemoteTraceback",
     "ResourceExhaustedError",
+    "SandboxTerminatedError",
     "SerializationError",
     "ServiceError",
     "UnavailableError",
@@ -134,6 +136,11 @@ class ImageBuildError(FailedPreconditionError):
         self.executor = executor
         self.step = step
         self.log_tail = log_tail
+
+
+class SandboxTerminatedError(FailedPreconditionError):
+    """The sandbox has ended (terminated, past its timeout, or failed to start): it runs no
+    more commands. The message says how it ended; create a new sandbox."""
 
 
 class ResourceExhaustedError(ServiceError):

@@ -6,6 +6,7 @@ Frozen dataclasses, never protobuf messages.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -186,6 +187,21 @@ class DeploymentInfo:
     function_names: tuple[str, ...]
     created_at: datetime | None
     updated_at: datetime | None
+    #: The URL of each web service of the deployment, by function name.
+    web_urls: Mapping[str, str] = field(default_factory=dict)
+    #: Each function's spec hash: equal in two deployments when nothing that decides how it
+    #: runs changed (code, image, secrets, volumes, env, options).
+    spec_hashes: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ServiceLogLine:
+    """A chunk of what a web service's container printed (``apothic deployment logs``)."""
+
+    container_id: str
+    stream: str
+    data: str
+    time: datetime | None
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ class LocalRuntime:
         state_dir: state directory (a temporary one when None).
         host: address to listen on.
         port: gRPC port; 0 picks a free one.
+        http_port: port of the HTTP ingress for web services; 0 picks a free one.
         workers: how many local workers to start.
         api_key: reuse this key when it is still valid (``apothic up`` across restarts).
         watch: how watches of queues and dicts retain changes and report progress (tests
@@ -64,6 +65,7 @@ class LocalRuntime:
         state_dir: Path | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        http_port: int = 0,
         workers: int = 1,
         api_key: str | None = None,
         watch: WatchSettings | None = None,
@@ -78,6 +80,7 @@ class LocalRuntime:
         self.db_url = db_url
         self.host = host
         self.port = port
+        self.http_port = http_port
         self.worker_count = workers
         self.api_key = api_key or ""
         self.watch = watch
@@ -94,6 +97,12 @@ class LocalRuntime:
         return self.plane.address
 
     @property
+    def http_url(self) -> str:
+        """``http://host:port`` of the control plane's HTTP ingress (web services)."""
+        assert self.plane is not None, "the runtime is not started"
+        return self.plane.http_url
+
+    @property
     def config(self) -> ClientConfig:
         """Client configuration for this runtime."""
         return ClientConfig(base_url=self.address, api_key=self.api_key, profile="local")
@@ -104,7 +113,9 @@ class LocalRuntime:
         from apothic.server.server import create_server
         from apothic.server.settings import ServerSettings
 
-        settings = ServerSettings(db_url=self.db_url, state_dir=self.state_dir, host=self.host, grpc_port=self.port)
+        settings = ServerSettings(
+            db_url=self.db_url, state_dir=self.state_dir, host=self.host, grpc_port=self.port, http_port=self.http_port
+        )
         if self.watch is not None:
             settings = replace(settings, watch=self.watch)
         self.plane = create_server(settings)
@@ -156,7 +167,12 @@ class LocalRuntime:
                 hostname=hostname,
                 local_volumes_dir=self.state_dir / "hosts" / (hostname or "local") / "vast_local",
             ),
-            transport=InProcessTransport(self.plane.worker_servicer.Session, self.address),
+            transport=InProcessTransport(
+                self.plane.worker_servicer.Session,
+                self.address,
+                self.plane.worker_servicer.Tunnel,
+                self.plane.worker_servicer.tunnels.attach_stream,
+            ),
         )
         self.workers.append(worker)
         self._worker_tasks.append(asyncio.create_task(worker.run(), name=f"apothic-{worker_id}"))

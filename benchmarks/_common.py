@@ -138,10 +138,11 @@ def source_state() -> str:
 
 
 @contextlib.contextmanager
-def runtime_process(db_url: str | None = None) -> Iterator[dict[str, Any]]:
+def runtime_process(db_url: str | None = None, *, workers: int | None = None) -> Iterator[dict[str, Any]]:
     """Starts ``python -m benchmarks._runtime`` and yields its ``base_url``, ``api_key`` and ``pid``.
 
-    ``db_url`` picks the runtime's store (its default when None).
+    ``db_url`` picks the runtime's store (its default when None); ``workers`` how many
+    in-process workers it starts (its default when None).
 
     The runtime's log goes to a temporary file, quoted when it fails to start. On exit its
     stdin is closed (it stops cleanly), then it is terminated if it lingers.
@@ -151,7 +152,13 @@ def runtime_process(db_url: str | None = None) -> Iterator[dict[str, Any]]:
     """
     with tempfile.TemporaryFile(mode="w+") as log_file:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks._runtime", *(["--db-url", db_url] if db_url is not None else [])],
+            [
+                sys.executable,
+                "-m",
+                "benchmarks._runtime",
+                *(["--db-url", db_url] if db_url is not None else []),
+                *(["--workers", str(workers)] if workers is not None else []),
+            ],
             cwd=ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

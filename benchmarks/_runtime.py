@@ -55,7 +55,9 @@ async def serve(*, db_url: str, workers: int) -> None:
     try:
         await runtime.astart()
         tune_gc_for_serving()  # as `apothic up` does
-        sys.stdout.write(json.dumps({"base_url": runtime.address, "api_key": runtime.api_key}) + "\n")
+        sys.stdout.write(
+            json.dumps({"base_url": runtime.address, "api_key": runtime.api_key, "http_url": runtime.http_url}) + "\n"
+        )
         sys.stdout.flush()
         _watch_stdin(loop, done)
         await done.wait()

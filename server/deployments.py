@@ -27,6 +27,7 @@ from apothic.server.models import (
     utcnow,
 )
 from apothic.server.watch import Change, WatchItem, WatchSettings, watch
+from apothic.server.web import web_options
 
 if TYPE_CHECKING:
     from apothic.server.scheduler import Scheduler
@@ -258,6 +259,11 @@ class DeploymentManager:
         if spec is None:
             names = ", ".join(sorted(f.name for f in dep.functions))
             raise NotFound(f"app {dep.app_name!r} has no function {function_name!r} (it has: {names})")
+        if web_options(spec) is not None:
+            raise InvalidArgument(
+                f"function {function_name!r} of app {dep.app_name!r} is a web service: call it over HTTP "
+                f"(its URL: {function_name}.get_web_url(), or `apothic deploy` prints it), not as a job"
+            )
         if dep.status == DEPLOYMENT_STOPPED:
             raise FailedPrecondition(
                 f"deployment {dep.deployment_id} of app {dep.app_name!r} is stopped; deploy it again"

@@ -66,6 +66,8 @@ class FunctionSpecRecord:
     #: S3-compatible buckets the container mounts, each a JSON reference without credentials
     #: (see :func:`apothic.server.buckets.mount_ref`).
     bucket_mounts: tuple[str, ...] = ()
+    #: What decides how the function runs, hashed (see ``FunctionSpec.spec_hash``).
+    spec_hash: str = ""
     #: The function's image: a serialized ``ImageSpec`` (empty: the worker's own environment),
     #: and its content id.
     image: bytes = b""

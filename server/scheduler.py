@@ -21,8 +21,15 @@ from typing import Any
 
 from apothic.server import ids
 from apothic.server.errors import ResourceExhausted
-from apothic.server.models import JOB_QUEUED, JOB_TIMED_OUT, DeploymentRecord, FunctionSpecRecord
+from apothic.server.models import (
+    DEPLOYMENT_LIVE,
+    JOB_QUEUED,
+    JOB_TIMED_OUT,
+    DeploymentRecord,
+    FunctionSpecRecord,
+)
 from apothic.server.placement import OfferFilter, describe_offer, function_filters, unmet
+from apothic.server.web import WebOptions, connections_per_container, web_options
 from apothic.server.work import Work
 
 log = logging.getLogger("apothic.server.scheduler")
@@ -31,6 +38,10 @@ log = logging.getLogger("apothic.server.scheduler")
 CONTAINERS_PER_CORE = 4
 #: How often idle containers are checked for scale-down.
 REAP_INTERVAL_S = 1.0
+#: Chunks of a web service's own output kept per function (its startup log tail).
+SERVICE_LOG_CHUNKS = 200
+
+service_log = logging.getLogger("apothic.service")
 
 
 @dataclass(frozen=True)
@@ -77,7 +88,25 @@ class BuildImage:
     contexts: tuple[str, ...]
 
 
-Command = StartContainer | StopContainer | RunInput | CancelInput | BuildImage
+@dataclass(frozen=True)
+class ServiceLogLine:
+    """A chunk of what a web service container printed outside any input."""
+
+    time: float  # wall clock, seconds
+    container_id: str
+    stream: str
+    data: str
+
+
+@dataclass(frozen=True)
+class OpenTunnel:
+    """Open a tunnel stream to a service container's port (see :mod:`apothic.server.tunnels`)."""
+
+    tunnel_id: str
+    container_id: str
+
+
+Command = StartContainer | StopContainer | RunInput | CancelInput | BuildImage | OpenTunnel
 
 
 @dataclass(eq=False)
@@ -113,6 +142,13 @@ class ContainerHandle:
     idle_since: float = field(default_factory=time.monotonic)
     #: When the container was started: ties go to the oldest, so warm ones are reused.
     created: float = field(default_factory=time.monotonic)
+    #: Open client connections (tunnels) of a service container.
+    connections: int = 0
+
+    @property
+    def busy(self) -> bool:
+        """Running an input or serving a connection."""
+        return bool(self.inflight) or self.connections > 0
 
     def free_for(self, work: Work) -> int:
         """Inputs like ``work`` this container can take now."""
@@ -133,6 +169,31 @@ class FunctionPool:
     filters: tuple[OfferFilter, ...] = ()
     containers: set[ContainerHandle] = field(default_factory=set)
     closed: bool = False
+    #: How the function serves HTTP; None for a function that takes inputs.
+    web: WebOptions | None = None
+    #: Why the pool's last container failed to start ("" when the last one started).
+    startup_failure: str = ""
+    #: Woken whenever one of the pool's containers becomes ready or goes away.
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The end of what the service's containers printed outside any input.
+    log_tail: deque[ServiceLogLine] = field(default_factory=lambda: deque(maxlen=SERVICE_LOG_CHUNKS))
+    #: Followers of the service's output (``TailServiceLogs``): each gets every new line.
+    log_followers: set[asyncio.Queue[ServiceLogLine]] = field(default_factory=set)
+
+    def log_text(self, limit: int = 4096) -> str:
+        """The end of the service's output, at most ``limit`` characters."""
+        return "".join(line.data for line in self.log_tail)[-limit:]
+
+    @property
+    def idle_window_s(self) -> float:
+        """Seconds an idle container stays warm."""
+        if self.web is not None and self.web.keep_warm_s > 0:
+            return self.web.keep_warm_s
+        return self.spec.scaledown_window_s
+
+    def notify(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
 
     @property
     def key(self) -> tuple[str, str]:
@@ -193,7 +254,7 @@ class Scheduler:
         pool = self.pools.get(key)
         if pool is None:
             pool = self.pools[key] = FunctionPool(
-                deployment=deployment, spec=spec, filters=function_filters(spec.options_json)
+                deployment=deployment, spec=spec, filters=function_filters(spec.options_json), web=web_options(spec)
             )
         elif pool.closed:
             # A call pinned to a retired deployment still runs: containers start on demand.
@@ -257,7 +318,64 @@ class Scheduler:
             work = pool.pending.popleft()
             if not work.final:
                 self._assign(container, work)
-        if not container.inflight:
+        if not container.busy:
+            container.idle_since = time.monotonic()
+
+    # -- services ----------------------------------------------------------------------
+
+    def service_container(self, pool: FunctionPool) -> ContainerHandle | None:
+        """The ready container of a service with the fewest connections, starting one (or
+        one more, when every ready one is at its connection target) as needed; None while
+        none is ready yet (wait on ``pool.changed``)."""
+        ready = [c for c in pool.containers if c.state == "ready"]
+        best = min(ready, key=lambda c: (c.connections, c.created), default=None)
+        target = connections_per_container(pool.spec)
+        # A web_server binds a fixed port: a second container on one host could not.
+        single = pool.web is not None and pool.web.kind == "web_server"
+        crowded = best is None or (best.connections >= target and not single)
+        if crowded and not pool.starting and len(pool.containers) < pool.limit:
+            worker = self._pick_worker(pool)
+            if worker is not None:
+                self._start_container(pool, worker)
+        return best
+
+    def service_pool(self, deployment: DeploymentRecord, spec: FunctionSpecRecord) -> FunctionPool | None:
+        """A web service's pool for reading its output: the existing one, or a new one for a
+        live deployment; None for a stopped deployment without one."""
+        pool = self.pools.get((deployment.deployment_id, spec.name))
+        if pool is None and deployment.status == DEPLOYMENT_LIVE:
+            pool = self.pool(deployment, spec)
+        return pool
+
+    def service_unplaceable(self, pool: FunctionPool) -> str | None:
+        """Why no connected worker can run a service, or None when one may."""
+        return self._unplaceable(pool)
+
+    def service_log(self, container_id: str, stream: str, data: str) -> None:
+        """Output a web service container printed: kept as its function's log tail and
+        logged (logger ``apothic.service``)."""
+        container = self.containers.get(container_id)
+        if container is None:
+            return
+        pool = container.pool
+        line = ServiceLogLine(time.time(), container_id, stream, data)
+        pool.log_tail.append(line)
+        for follower in pool.log_followers:
+            with contextlib.suppress(asyncio.QueueFull):  # a follower that fell behind misses lines
+                follower.put_nowait(line)
+        service_log.info(
+            "%s/%s %s %s: %s", pool.deployment.app_name, pool.spec.name, container_id, stream, data.rstrip()
+        )
+
+    def open_tunnel(self, container: ContainerHandle, tunnel_id: str) -> None:
+        """Asks the container's worker to open tunnel ``tunnel_id`` to it."""
+        container.connections += 1
+        container.worker.outbox.put_nowait(OpenTunnel(tunnel_id=tunnel_id, container_id=container.container_id))
+
+    def tunnel_closed(self, container: ContainerHandle) -> None:
+        """A connection to a service container ended: it may go idle."""
+        container.connections = max(0, container.connections - 1)
+        if not container.busy:
             container.idle_since = time.monotonic()
 
     def cancel(self, work: Work) -> None:
@@ -327,7 +445,7 @@ class Scheduler:
 
     def _reclaim_idle(self, worker: WorkerHandle) -> bool:
         """Stops the longest-idle container on a full worker to make room."""
-        idle = [c for c in worker.containers.values() if c.state == "ready" and not c.inflight]
+        idle = [c for c in worker.containers.values() if c.state == "ready" and not c.busy]
         if not idle:
             return False
         victim = min(idle, key=lambda c: c.idle_since)
@@ -406,6 +524,8 @@ class Scheduler:
             return
         container.state = "ready"
         container.idle_since = time.monotonic()
+        container.pool.startup_failure = ""
+        container.pool.notify()
         if container.pool.closed:
             self._stop_container(container, "its deployment stopped")
             return
@@ -420,6 +540,9 @@ class Scheduler:
         self._forget(container)
         container.state = "gone"
         pool = container.pool
+        if startup_failed:
+            pool.startup_failure = reason
+        pool.notify()
         lost, container.inflight = list(container.inflight.values()), {}
         if pool.spec.prefetch:
             # A serial container runs what it holds in the order handed over: only the
@@ -516,13 +639,13 @@ class Scheduler:
                 now = time.monotonic()
                 for key, pool in list(self.pools.items()):
                     idle = sorted(
-                        (c for c in pool.containers if c.state == "ready" and not c.inflight),
+                        (c for c in pool.containers if c.state == "ready" and not c.busy),
                         key=lambda c: c.idle_since,
                     )
                     keep = pool.spec.min_containers if not pool.closed else 0
                     removable = max(0, len(pool.containers) - keep)
                     for container in idle[:removable]:
-                        if now - container.idle_since >= pool.spec.scaledown_window_s or pool.closed:
+                        if now - container.idle_since >= pool.idle_window_s or pool.closed:
                             self._stop_container(container, "idle past its scale-down window")
                     if pool.closed and not pool.containers:
                         self.pools.pop(key, None)

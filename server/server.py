@@ -22,6 +22,7 @@ from apothic._proto.v1 import (
     function_service_pb2,
     image_service_pb2,
     queue_service_pb2,
+    sandbox_service_pb2,
     secret_service_pb2,
     volume_service_pb2,
     worker_service_pb2,
@@ -32,6 +33,7 @@ from apothic._proto.v1 import dict_service_pb2_grpc as dict_grpc
 from apothic._proto.v1 import function_service_pb2_grpc as fn_grpc
 from apothic._proto.v1 import image_service_pb2_grpc as image_grpc
 from apothic._proto.v1 import queue_service_pb2_grpc as queue_grpc
+from apothic._proto.v1 import sandbox_service_pb2_grpc as sandbox_grpc
 from apothic._proto.v1 import secret_service_pb2_grpc as secret_grpc
 from apothic._proto.v1 import volume_service_pb2_grpc as volume_grpc
 from apothic._proto.v1 import worker_service_pb2_grpc as w_grpc
@@ -39,6 +41,7 @@ from apothic.server.auth import Accounts, AuthInterceptor
 from apothic.server.deployments import DeploymentManager
 from apothic.server.dicts import DictManager
 from apothic.server.images import ImageManager
+from apothic.server.ingress import Ingress
 from apothic.server.jobs import JobManager
 from apothic.server.models import JOB_FAILED
 from apothic.server.queues import QueueManager
@@ -51,6 +54,7 @@ from apothic.server.servicers.dicts import DictServicer
 from apothic.server.servicers.functions import FunctionServicer
 from apothic.server.servicers.images import ImageServicer
 from apothic.server.servicers.queues import QueueServicer
+from apothic.server.servicers.sandboxes import SandboxServicer
 from apothic.server.servicers.secrets import SecretServicer
 from apothic.server.servicers.volumes import VolumeServicer
 from apothic.server.servicers.workers import WorkerServicer
@@ -69,6 +73,7 @@ SERVICE_NAMES = (
     queue_service_pb2.DESCRIPTOR.services_by_name["QueueService"].full_name,
     call_service_pb2.DESCRIPTOR.services_by_name["CallService"].full_name,
     secret_service_pb2.DESCRIPTOR.services_by_name["SecretService"].full_name,
+    sandbox_service_pb2.DESCRIPTOR.services_by_name["SandboxService"].full_name,
     volume_service_pb2.DESCRIPTOR.services_by_name["VolumeService"].full_name,
     image_service_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name,
 )
@@ -108,6 +113,15 @@ class ControlPlane:
         self.worker_servicer.accounts = self.accounts
         #: Fires scheduled functions (``@app.function(schedule=...)``).
         self.schedules = ScheduleRunner(self.deployments, self.jobs, self.store)
+        #: The HTTP ingress for web services (see apothic.server.ingress).
+        self.ingress = Ingress(
+            deployments=self.deployments,
+            scheduler=self.scheduler,
+            tunnels=self.worker_servicer.tunnels,
+            host=settings.host,
+            port=settings.http_port,
+            max_body_bytes=settings.http_max_body_bytes,
+        )
         self.server: grpc.aio.Server | None = None
         self.calls: CallServicer | None = None
         self.port = 0
@@ -117,6 +131,11 @@ class ControlPlane:
     def address(self) -> str:
         """``host:port`` clients and workers dial."""
         return f"{self.settings.host}:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        """``http://host:port`` of the HTTP ingress that serves web services."""
+        return self.ingress.url
 
     def _lock_state_dir(self) -> None:
         url = self.settings.resolved_db_url()
@@ -179,11 +198,14 @@ class ControlPlane:
         )
         functions = FunctionServicer(self.deployments, self.jobs)
         fn_grpc.add_FunctionServiceServicer_to_server(functions, server)
-        app_grpc.add_AppServiceServicer_to_server(
-            AppServicer(self.deployments, self.jobs, self.schedules, self.secrets, self.images), server
-        )
+        await self.ingress.start()
+        apps = AppServicer(self.deployments, self.jobs, self.schedules, self.secrets, self.images)
+        apps.web_base_url = self.ingress.url
+        app_grpc.add_AppServiceServicer_to_server(apps, server)
         image_grpc.add_ImageServiceServicer_to_server(ImageServicer(self.images), server)
         secret_grpc.add_SecretServiceServicer_to_server(SecretServicer(self.secrets), server)
+        sandboxes = SandboxServicer(self.deployments, self.jobs, self.secrets, self.images)
+        sandbox_grpc.add_SandboxServiceServicer_to_server(sandboxes, server)
         volume_grpc.add_VolumeServiceServicer_to_server(VolumeServicer(self.volumes), server)
         w_grpc.add_WorkerServiceServicer_to_server(self.worker_servicer, server)
         dicts, queues = DictServicer(self.dicts), QueueServicer(self.queues)
@@ -232,6 +254,7 @@ class ControlPlane:
             worker.outbox.put_nowait(None)  # ends in-process sessions too
         if self.calls is not None:
             self.calls.close()
+        await self.ingress.stop()
         if self.server is not None:
             await self.server.stop(self.settings.shutdown_grace_s if grace is None else grace)
         await self.scheduler.stop()

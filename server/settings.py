@@ -18,6 +18,9 @@ class ServerSettings:
         state_dir: directory for the embedded database and the lock file.
         host: address to listen on.
         grpc_port: gRPC port; 0 picks a free one.
+        http_port: port of the HTTP ingress for web services; 0 picks a free one.
+        http_max_body_bytes: largest request body (by Content-Length) the ingress accepts;
+            larger ones are answered with 413.
         shutdown_grace_s: seconds in-flight RPCs get on shutdown.
         watch: how watch streams (jobs, apps, deployments, queues, dicts) retain changes and
             report progress.
@@ -31,6 +34,8 @@ class ServerSettings:
     state_dir: Path = field(default_factory=lambda: Path.home() / ".apothic")
     host: str = "127.0.0.1"
     grpc_port: int = 50051
+    http_port: int = 0
+    http_max_body_bytes: int = 32 * 1024 * 1024
     shutdown_grace_s: float = 5.0
     watch: WatchSettings = field(default_factory=WatchSettings)
     secret_key: str = field(default="", repr=False)

@@ -27,6 +27,7 @@ from apothic.worker.containers import (
     Ready,
     Report,
     Result,
+    ServiceLog,
     Yield,
 )
 from apothic.worker.images import Images
@@ -34,6 +35,7 @@ from apothic.worker.process import ExecLauncher, Launcher
 from apothic.worker.recipe import BuildFailed, BuiltImage, ImageBuilder, Recipe, recipe_from_pb
 from apothic.worker.settings import WorkerSettings
 from apothic.worker.transport import GrpcTransport, SessionTransport
+from apothic.worker.tunnel import serve_tunnel
 from apothic.worker.zygote_pool import ZygotePool
 
 log = logging.getLogger("apothic.worker")
@@ -86,6 +88,12 @@ def _to_message(report: Report) -> w_pb.SessionRequest:
                 item=pb.Payload(format=_FORMAT_CODES[report.value_format], data=report.value),
             )
         )
+    if isinstance(report, ServiceLog):
+        return w_pb.SessionRequest(
+            input_log=w_pb.InputLog(
+                container_id=report.container_id, stream=_STREAM_CODES[report.stream], data=report.data
+            )
+        )
     if isinstance(report, Ready):
         return w_pb.SessionRequest(container_ready=w_pb.ContainerReady(container_id=report.container_id))
     assert isinstance(report, Exited)
@@ -117,6 +125,8 @@ def _execution(spec: pb.FunctionSpec) -> dict[str, object]:
         options = json.loads(spec.options_json or "{}")
     except ValueError:
         options = {}
+    if isinstance(options.get("web"), dict):
+        env["APOTHIC_WEB"] = json.dumps(options["web"])  # a web service: see apothic._container.web
     return {
         "max_inputs": max_inputs,
         "env": tuple(env.items()),
@@ -394,6 +404,13 @@ class Worker:
                         task.add_done_callback(tasks.discard)
                     elif which == "build_image":
                         task = asyncio.create_task(self._build(msg.build_image))
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
+                    elif which == "open_tunnel":
+                        ot = msg.open_tunnel
+                        container = self.containers.containers.get(ot.container_id)
+                        port = container.port if container is not None and container.ready else None
+                        task = asyncio.create_task(serve_tunnel(self.transport, ot.tunnel_id, port, ot.container_id))
                         tasks.add(task)
                         task.add_done_callback(tasks.discard)
                     elif which == "cancel_input":

@@ -29,6 +29,8 @@ log = logging.getLogger("apothic.worker.containers")
 #: Output forwarded per attempt; the control plane keeps the same amount.
 LOG_LIMIT_BYTES = 1024 * 1024
 STDERR_TAIL_BYTES = 4096
+#: Chunks of a service container's own output kept for its startup error.
+SERVICE_LOG_LINES = 50
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,16 @@ class Yield:
     value: bytes
 
 
-Report = Ready | Exited | Log | Result | Yield
+@dataclass(frozen=True)
+class ServiceLog:
+    """Output a web service container printed outside any input."""
+
+    container_id: str
+    stream: str
+    data: str
+
+
+Report = Ready | Exited | Log | Result | Yield | ServiceLog
 
 
 @dataclass(eq=False)
@@ -161,6 +172,10 @@ class ProcessContainer:
         self._outgoing: list[bytes] = []
         self._exit_reason: str | None = None
         self._task: asyncio.Task[None] | None = None
+        #: The loopback port a web service container serves on (None: not a service).
+        self.port: int | None = None
+        #: The end of what a service container printed outside any input.
+        self.service_log: deque[str] = deque(maxlen=SERVICE_LOG_LINES)
 
     async def start(self) -> None:
         env = dict(self._env)
@@ -198,7 +213,11 @@ class ProcessContainer:
 
     def _startup_deadline(self) -> None:
         if not self.ready and self._exit_reason is None:
-            self.kill(f"the container did not become ready within {self.spec.startup_timeout_s:g}s")
+            reason = f"the container did not become ready within {self.spec.startup_timeout_s:g}s"
+            tail = "".join(self.service_log)[-STDERR_TAIL_BYTES:].strip()
+            if tail:
+                reason += f"; its last output:\n{tail}"
+            self.kill(reason)
 
     def run(
         self, job_id: str, attempt: int, args_format: str, args: bytes, result_format: str, timeout_s: float
@@ -303,6 +322,10 @@ class ProcessContainer:
                 self.kill(reason)
 
     def _on_log(self, job_id: str, attempt: int, stream: str, data: str) -> None:
+        if not job_id:  # a service container's own output
+            self.service_log.append(data)
+            self._report(ServiceLog(self.spec.container_id, stream, data))
+            return
         item = self.inflight.get(job_id)
         if item is None or item.attempt != attempt or item.log_truncated:
             return
@@ -359,6 +382,7 @@ class ProcessContainer:
                             self._report(Yield(job_id, attempt, seq, fmt, data))
                     elif kind == protocol.READY:
                         self.ready = True
+                        self.port = msg[1] if len(msg) > 1 else None
                         self._report(Ready(self.spec.container_id))
                     elif kind == protocol.INIT_FAILED:
                         startup_error = msg[1]

@@ -7,6 +7,7 @@ same process (``apothic up``'s local worker), skipping serialization and loopbac
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
@@ -26,6 +27,8 @@ _CHANNEL_OPTIONS = [
 
 Requests = AsyncIterator[w_pb.SessionRequest]
 Responses = AsyncIterator[w_pb.SessionResponse]
+TunnelRequests = AsyncIterator[w_pb.TunnelRequest]
+TunnelResponses = AsyncIterator[w_pb.TunnelResponse]
 
 
 class SessionTransport(Protocol):
@@ -40,27 +43,65 @@ class GrpcTransport:
     def __init__(self, base_url: str, api_key: str) -> None:
         self.base_url = base_url
         self._metadata = (("authorization", f"Bearer {api_key}"),)
+        self._stub: w_grpc.WorkerServiceStub | None = None
 
     @contextlib.asynccontextmanager
     async def open(self, requests: Requests) -> AsyncIterator[Responses]:
         async with grpc.aio.insecure_channel(self.base_url, options=_CHANNEL_OPTIONS) as channel:
-            call = w_grpc.WorkerServiceStub(channel).Session(requests, metadata=self._metadata)
+            self._stub = w_grpc.WorkerServiceStub(channel)
+            call = self._stub.Session(requests, metadata=self._metadata)
             try:
                 yield call.__aiter__()
             finally:
+                self._stub = None
                 call.cancel()
+
+    @contextlib.asynccontextmanager
+    async def tunnel(self, requests: TunnelRequests) -> AsyncIterator[TunnelResponses]:
+        """A ``WorkerService.Tunnel`` stream on the session's channel."""
+        if self._stub is None:
+            raise ConnectionError("the worker has no open session to tunnel through")
+        call = self._stub.Tunnel(requests, metadata=self._metadata)
+        try:
+            yield call.__aiter__()
+        finally:
+            call.cancel()
 
 
 class InProcessTransport:
     """A session handed directly to a control plane's session handler in this process."""
 
-    def __init__(self, handler: Callable[[Requests, Any], Responses], base_url: str) -> None:
+    def __init__(
+        self,
+        handler: Callable[[Requests, Any], Responses],
+        base_url: str,
+        tunnel_handler: Callable[[TunnelRequests, Any], TunnelResponses] | None = None,
+        stream_handler: Callable[[str, asyncio.StreamReader, asyncio.StreamWriter], bool] | None = None,
+    ) -> None:
         self._handler = handler
+        self._tunnel_handler = tunnel_handler
+        #: Hands a connection to a container straight to the control plane's tunnel
+        #: (``TunnelBroker.attach_stream``): no stream in between.
+        self.attach_stream = stream_handler
         self.base_url = base_url
 
     @contextlib.asynccontextmanager
     async def open(self, requests: Requests) -> AsyncIterator[Responses]:
         responses = self._handler(requests, None)
+        try:
+            yield responses
+        finally:
+            aclose = getattr(responses, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
+
+    @contextlib.asynccontextmanager
+    async def tunnel(self, requests: TunnelRequests) -> AsyncIterator[TunnelResponses]:
+        """A tunnel handed straight to the control plane's tunnel handler."""
+        if self._tunnel_handler is None:
+            raise ConnectionError("this in-process transport has no tunnel handler")
+        responses = self._tunnel_handler(requests, None)
         try:
             yield responses
         finally:

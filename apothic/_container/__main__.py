@@ -8,7 +8,8 @@ source directory), ``APOTHIC_PYTHON_PATH`` (more ``sys.path`` entries,
 ``APOTHIC_PICKLED_FUNCTION`` (a file), and how inputs run: ``APOTHIC_MAX_INPUTS``,
 ``APOTHIC_BATCH_MAX_SIZE``, ``APOTHIC_BATCH_WAIT_MS``; ``APOTHIC_VOLUMES`` (JSON, mount
 path -> volume name: mounted before the function is imported, committed on exit);
-``APOTHIC_LOCAL_VOLUMES`` (JSON, mount path -> a directory on this host: vast_local volumes).
+``APOTHIC_LOCAL_VOLUMES`` (JSON, mount path -> a directory on this host: vast_local volumes);
+``APOTHIC_WEB`` (JSON: a web service's kind and settings; see apothic._container.web).
 """
 
 from __future__ import annotations
@@ -57,6 +58,34 @@ def _config() -> RunnerConfig:
     )
 
 
+def _serve_web(
+    func: Callable[..., Any],
+    channel: protocol.BlockingChannel,
+    outputs: tuple[OutputForwarder, OutputForwarder],
+    running: Running,
+) -> None:
+    """Runs a web service until the worker says stop; its output is the container's own
+    (job id "")."""
+    from apothic._container import web
+
+    for out in outputs:
+        out.default = ("", 0)
+    running.add(("", 0))
+    try:
+        service = web.start(func, json.loads(os.environ["APOTHIC_WEB"]))
+    except BaseException:  # noqa: BLE001 - a startup failure of any kind is reported
+        for out in outputs:
+            out.flush()
+        channel.send((protocol.INIT_FAILED, traceback.format_exc()))
+        sys.stdout.flush()
+        os._exit(1)
+    channel.send((protocol.READY, service.port))
+    while (frames := channel.recv_batch()) is not None:
+        if any(frame[0] == protocol.STOP for frame in frames):
+            break
+    service.close()
+
+
 def main() -> None:
     path = os.environ.get("APOTHIC_CONTAINER_SOCKET")
     if path:
@@ -93,11 +122,17 @@ def main() -> None:
                 out.flush()
 
     threading.Thread(target=flusher, name="apothic-flusher", daemon=True).start()
-    runner = Runner(func, channel, outputs, fds, running, _config())
-    channel.send((protocol.READY,))
-    while (frames := channel.recv_batch()) is not None:
-        if not runner.handle(frames):
-            break
+    if os.environ.get("APOTHIC_WEB"):
+        _serve_web(func, channel, outputs, running)
+    else:
+        runner = Runner(func, channel, outputs, fds, running, _config())
+        channel.send((protocol.READY,))
+        while (frames := channel.recv_batch()) is not None:
+            if not runner.handle(frames):
+                break
+    if "apothic._cls_runtime" in sys.modules:  # @app.cls instances: their @exit methods
+        for error in sys.modules["apothic._cls_runtime"].run_exit_hooks():
+            sys.stderr.write(f"an @exit method failed: {error}\n")
     if os.environ.get("APOTHIC_VOLUMES"):
         from apothic.volume import _commit_mounts
 

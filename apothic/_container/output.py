@@ -56,6 +56,8 @@ class OutputForwarder(io.TextIOBase):
         self._stream = stream
         self._buf: list[tuple[Key | None, str]] = []
         self._size = 0
+        #: Where output outside any input goes (a web service's own output); None drops it.
+        self.default: Key | None = None
         self._lock = threading.Lock()
 
     def writable(self) -> bool:
@@ -65,7 +67,7 @@ class OutputForwarder(io.TextIOBase):
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         with self._lock:
-            self._buf.append((current_input.get(), text))
+            self._buf.append((current_input.get() or self.default, text))
             self._size += len(text)
             if self._size >= CHUNK_CHARS:
                 self._flush_locked()

@@ -4,7 +4,7 @@ tuple. Both ends are this package's code, so plain pickle is safe here.
 Worker → container: ``(RUN, job_id, attempt, args_format, args, result_format)``,
 ``(CANCEL, job_id)``, ``(STOP,)``.
 
-Container → worker: ``(READY,)``, ``(INIT_FAILED, traceback)``,
+Container → worker: ``(READY,)`` (``(READY, port)`` from a web service), ``(INIT_FAILED, traceback)``,
 ``(LOG, job_id, attempt, stream, text)``, ``(YIELD, job_id, attempt, seq, format, data)``,
 ``(RESULTS, [(job_id, attempt, ok, format, payload), ...])`` where ``payload`` is the
 encoded value when ``ok`` and ``(type, message, traceback, pickled)`` otherwise.

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import typer
 
-from apothic.cli import dict_cmds, queue_cmds, runtime_cmds, secret_cmds, volume_cmds
+from apothic.cli import dict_cmds, queue_cmds, runtime_cmds, sandbox_cmds, secret_cmds, volume_cmds, web_cmds
 from apothic.cli._common import JSON_OPT, handle_errors
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -34,8 +34,10 @@ app.add_typer(app_app, name="app")
 runtime_cmds.register(app)
 dict_cmds.register(app)
 queue_cmds.register(app)
+sandbox_cmds.register(app)
 secret_cmds.register(app)
 volume_cmds.register(app)
+web_cmds.register(deployment_app)
 
 
 def _client_call(coro_factory: Callable[[Any], Any]) -> Any:
@@ -76,6 +78,8 @@ def deploy(
         f"[green]✓[/green] Deployed [bold]{info.app_name}[/bold] version {info.version} "
         f"({info.deployment_id}) with {len(info.function_names)} function(s): {', '.join(info.function_names)}"
     )
+    for name, url in sorted(info.web_urls.items()):
+        console.print(f"  [bold]{name}[/bold] serves {url}")
 
 
 @app.command(context_settings={"allow_extra_args": False})

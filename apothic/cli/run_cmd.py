@@ -125,6 +125,8 @@ def run_file(target: str, app_name: str | None) -> None:
             ctx = app.run(progress=BuildDisplay(status, console))
             ctx.__enter__()
         console.print(f"[green]✓[/green] App [bold]{app.name}[/bold] running ({app.deployment_id})")
+        for name, url in sorted(app.deployment.web_urls.items() if app.deployment else ()):
+            console.print(f"  [bold]{name}[/bold] serves {url}")
         watcher = _AppWatcher(app.name)
         real_stdout = sys.stdout
         sys.stdout = _LineAtomicWriter(real_stdout)

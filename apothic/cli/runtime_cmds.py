@@ -44,6 +44,7 @@ def register(app: typer.Typer) -> None:
     def up(
         state_dir: Path = typer.Option(None, "--state-dir", help="State directory (default ~/.apothic)."),
         port: int = typer.Option(None, "--port", help="gRPC port (default 50051; 0 picks a free one)."),
+        http_port: int = typer.Option(None, "--http-port", help="HTTP ingress port for web services (default 8000)."),
         host: str = typer.Option(None, "--host", help="Address to listen on."),
         db_url: str = typer.Option(None, "--db-url", help="SurrealDB URL (default surrealkv under the state dir)."),
         workers: int = typer.Option(1, "--workers", min=0, help="Local workers to start."),
@@ -72,6 +73,7 @@ def register(app: typer.Typer) -> None:
             state_dir=folder,
             host=host or env.host,
             port=env.grpc_port if port is None else port,
+            http_port=env.http_port if http_port is None else http_port,
             workers=workers,
             api_key=existing.api_key if existing else None,
         )
@@ -81,6 +83,7 @@ def register(app: typer.Typer) -> None:
             tune_gc_for_serving()
             path = write_profile(profile, base_url=runtime.address, api_key=runtime.api_key)
             console.print(f"[green]✓[/green] Apothic is up at [bold]{runtime.address}[/bold] ({workers} worker(s))")
+            console.print(f"  web services: {runtime.http_url}/<app>/<function>/")
             console.print(f"  state: {folder}   client profile {profile!r} written to {path}")
             console.print("  Press Ctrl-C to stop.")
             try:
@@ -95,6 +98,7 @@ def register(app: typer.Typer) -> None:
     def server(
         state_dir: Path = typer.Option(None, "--state-dir", help="State directory (default ~/.apothic)."),
         port: int = typer.Option(None, "--port", help="gRPC port."),
+        http_port: int = typer.Option(None, "--http-port", help="HTTP ingress port for web services (default 8000)."),
         host: str = typer.Option(None, "--host", help="Address to listen on."),
         db_url: str = typer.Option(None, "--db-url", help="SurrealDB URL: surrealkv://PATH, mem://, ws://HOST:PORT."),
         key_file: Path = typer.Option(
@@ -118,6 +122,7 @@ def register(app: typer.Typer) -> None:
             state_dir=folder,
             host=host or env.host,
             grpc_port=env.grpc_port if port is None else port,
+            http_port=env.http_port if http_port is None else http_port,
             secret_key=env.secret_key,
         )
         keys = key_file or folder / "api-key"
@@ -138,6 +143,7 @@ def register(app: typer.Typer) -> None:
                 keys.write_text(key + "\n")
                 keys.chmod(0o600)
             console.print(f"[green]✓[/green] control plane at [bold]{plane.address}[/bold]; API key in {keys}")
+            console.print(f"  web services: {plane.http_url}/<app>/<function>/")
             try:
                 await _until_signal()
             finally:

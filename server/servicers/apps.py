@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import grpc.aio
 
@@ -11,14 +14,32 @@ from apothic._proto.v1 import app_service_pb2_grpc as app_grpc
 from apothic._proto.v1 import types_pb2 as pb
 from apothic.server.auth import current_account
 from apothic.server.deployments import DeploymentManager, validate_name
-from apothic.server.errors import FailedPrecondition, NotFound
+from apothic.server.errors import FailedPrecondition, InvalidArgument, NotFound
 from apothic.server.images import ImageManager
 from apothic.server.jobs import JobManager
 from apothic.server.models import utcnow
+from apothic.server.scheduler import ServiceLogLine
 from apothic.server.schedules import ScheduleRunner
 from apothic.server.secrets import SecretManager
 from apothic.server.servicers import convert, image_specs
 from apothic.server.watch import Change, SnapshotChunk
+from apothic.server.web import web_options
+
+#: Lines a TailServiceLogs follower may fall behind by before it misses some.
+FOLLOW_QUEUE_LINES = 1000
+
+
+def _with_spec_hash(spec: pb.FunctionSpec, archive: bytes) -> pb.FunctionSpec:
+    """The spec with ``spec_hash`` set: its code (the archive the module comes from, or the
+    pickled function inside the spec) and every field, inline secret values included."""
+    out = pb.FunctionSpec()
+    out.CopyFrom(spec)
+    out.spec_hash = ""
+    digest = hashlib.sha256()
+    digest.update(hashlib.sha256(archive).digest() if spec.module else b"by-value")
+    digest.update(out.SerializeToString(deterministic=True))
+    out.spec_hash = digest.hexdigest()
+    return out
 
 
 class AppServicer(app_grpc.AppServiceServicer):
@@ -35,11 +56,14 @@ class AppServicer(app_grpc.AppServiceServicer):
         self.secrets = secrets
         self.jobs = jobs
         self.schedules = schedules
+        #: ``http://host:port`` of the HTTP ingress; deployments name their services' URLs
+        #: under it (set by the control plane).
+        self.web_base_url = ""
 
     async def DeployApp(
         self, request: app_pb.DeployAppRequest, context: grpc.aio.ServicerContext
     ) -> app_pb.DeployAppResponse:
-        functions = await self._with_images(request)
+        functions = [_with_spec_hash(f, request.source_archive) for f in await self._with_images(request)]
         dep = await self.deployments.deploy(
             current_account.get(),
             request.app_name,
@@ -47,7 +71,7 @@ class AppServicer(app_grpc.AppServiceServicer):
             request.source_archive,
             ephemeral=request.ephemeral,
         )
-        return app_pb.DeployAppResponse(deployment=convert.deployment_to_pb(dep))
+        return app_pb.DeployAppResponse(deployment=convert.deployment_to_pb(dep, self.web_base_url))
 
     async def _with_images(self, request: app_pb.DeployAppRequest) -> list[pb.FunctionSpec]:
         """The request's functions with their images checked, named and built on every
@@ -85,19 +109,21 @@ class AppServicer(app_grpc.AppServiceServicer):
         self, request: app_pb.GetDeploymentRequest, context: grpc.aio.ServicerContext
     ) -> app_pb.GetDeploymentResponse:
         dep = await self.deployments.get(current_account.get(), request.deployment_id)
-        return app_pb.GetDeploymentResponse(deployment=convert.deployment_to_pb(dep))
+        return app_pb.GetDeploymentResponse(deployment=convert.deployment_to_pb(dep, self.web_base_url))
 
     async def ListDeployments(
         self, request: app_pb.ListDeploymentsRequest, context: grpc.aio.ServicerContext
     ) -> app_pb.ListDeploymentsResponse:
         deps = await self.deployments.list_deployments(current_account.get(), request.app_name, request.limit)
-        return app_pb.ListDeploymentsResponse(deployments=[convert.deployment_to_pb(d) for d in deps])
+        return app_pb.ListDeploymentsResponse(
+            deployments=[convert.deployment_to_pb(d, self.web_base_url) for d in deps]
+        )
 
     async def StopDeployment(
         self, request: app_pb.StopDeploymentRequest, context: grpc.aio.ServicerContext
     ) -> app_pb.StopDeploymentResponse:
         dep = await self.deployments.stop(current_account.get(), request.deployment_id)
-        return app_pb.StopDeploymentResponse(deployment=convert.deployment_to_pb(dep))
+        return app_pb.StopDeploymentResponse(deployment=convert.deployment_to_pb(dep, self.web_base_url))
 
     async def DeleteDeployment(
         self, request: app_pb.DeleteDeploymentRequest, context: grpc.aio.ServicerContext
@@ -187,3 +213,36 @@ class AppServicer(app_grpc.AppServiceServicer):
                 for v in views
             ]
         )
+
+    async def TailServiceLogs(
+        self, request: app_pb.TailServiceLogsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[app_pb.TailServiceLogsResponse]:
+        dep = await self.deployments.get(current_account.get(), request.deployment_id)
+        spec = dep.function(request.function_name)
+        if spec is None:
+            raise NotFound(f"deployment {dep.deployment_id} has no function {request.function_name!r}")
+        if web_options(spec) is None:
+            raise InvalidArgument(f"function {spec.name!r} of app {dep.app_name!r} is not a web service")
+        scheduler = self.deployments.scheduler
+        pool = scheduler.service_pool(dep, spec) if scheduler is not None else None
+        if pool is None:
+            return
+        follower: asyncio.Queue[ServiceLogLine] = asyncio.Queue(FOLLOW_QUEUE_LINES)
+        if request.follow:
+            pool.log_followers.add(follower)  # before the tail: no line falls in between
+        try:
+            for line in list(pool.log_tail):
+                yield _log_line(line)
+            while request.follow:
+                yield _log_line(await follower.get())
+        finally:
+            pool.log_followers.discard(follower)
+
+
+def _log_line(line: ServiceLogLine) -> app_pb.TailServiceLogsResponse:
+    return app_pb.TailServiceLogsResponse(
+        container_id=line.container_id,
+        stream=convert.LOG_STREAM_CODES.get(line.stream, pb.LOG_STREAM_STDOUT),
+        data=line.data,
+        time=convert.timestamp(datetime.fromtimestamp(line.time, UTC)),
+    )

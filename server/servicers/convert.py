@@ -33,6 +33,7 @@ from apothic.server.models import (
 from apothic.server.secrets import INLINE_PREFIX
 from apothic.server.volumes import mount_ref, split_mount_ref
 from apothic.server.watch import Progress, Reset, SnapshotEnd
+from apothic.server.web import web_options
 
 FORMAT_NAMES = {pb.PAYLOAD_FORMAT_CLOUDPICKLE: "cloudpickle", pb.PAYLOAD_FORMAT_JSON: "json"}
 FORMAT_CODES = {v: k for k, v in FORMAT_NAMES.items()}
@@ -173,6 +174,7 @@ def spec_from_pb(
         secrets=_secret_refs(spec, seal),
         volumes=tuple(mount_ref(spec.name, v.name, v.mount_path) for v in spec.volumes),
         bucket_mounts=buckets.refs_from_pb(spec, seal),
+        spec_hash=spec.spec_hash,
         image=spec.image.SerializeToString(deterministic=True) if spec.HasField("image") else b"",
         image_id=spec.image.image_id if spec.HasField("image") else "",
         **_schedule_fields(spec),
@@ -263,12 +265,19 @@ def spec_to_pb(spec: FunctionSpecRecord) -> pb.FunctionSpec:
         secrets=[pb.FunctionSecret(name=ref) for ref in spec.secrets if not ref.startswith(INLINE_PREFIX)],
         volumes=[pb.FunctionVolume(name=n, mount_path=p) for n, p in map(split_mount_ref, spec.volumes)],
         bucket_mounts=[_bucket_mount_to_pb(buckets.parse_mount_ref(ref)) for ref in spec.bucket_mounts],
+        spec_hash=spec.spec_hash,
         schedule=schedule_to_pb(spec),
         image=pb.ImageSpec.FromString(spec.image) if spec.image else None,
     )
 
 
-def deployment_to_pb(dep: DeploymentRecord) -> pb.Deployment:
+def deployment_to_pb(dep: DeploymentRecord, web_base_url: str = "") -> pb.Deployment:
+    """A Deployment message; ``web_base_url`` (the HTTP ingress) names its services' URLs."""
+    web_urls = (
+        {f.name: f"{web_base_url}/{dep.app_name}/{f.name}" for f in dep.functions if web_options(f) is not None}
+        if web_base_url
+        else {}
+    )
     return pb.Deployment(
         deployment_id=dep.deployment_id,
         app_name=dep.app_name,
@@ -279,6 +288,7 @@ def deployment_to_pb(dep: DeploymentRecord) -> pb.Deployment:
         created_at=timestamp(dep.created_at),
         updated_at=timestamp(dep.updated_at),
         archive_sha256=dep.archive_sha256,
+        web_urls=web_urls,
     )
 
 

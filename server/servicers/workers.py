@@ -16,12 +16,13 @@ from apothic._proto.v1 import worker_service_pb2_grpc as w_grpc
 from apothic.server import buckets, ids
 from apothic.server.auth import Accounts
 from apothic.server.deployments import DeploymentManager
-from apothic.server.errors import DomainError, InvalidArgument
+from apothic.server.errors import DomainError, InvalidArgument, NotFound
 from apothic.server.images import ImageManager
 from apothic.server.scheduler import (
     BuildImage,
     CancelInput,
     Command,
+    OpenTunnel,
     RunInput,
     Scheduler,
     StartContainer,
@@ -31,6 +32,7 @@ from apothic.server.scheduler import (
 from apothic.server.secrets import SecretManager
 from apothic.server.servicers import convert, image_specs
 from apothic.server.servicers.images import outcome_from_pb
+from apothic.server.tunnels import Tunnel, TunnelBroker, TunnelClosed
 from apothic.server.volumes import VolumeManager, split_mount_ref
 
 log = logging.getLogger("apothic.server.workers")
@@ -88,6 +90,8 @@ class WorkerServicer(w_grpc.WorkerServiceServicer):
         self.images = images
         #: Tells vast_local volumes apart (set by the control plane).
         self.volumes: VolumeManager | None = None
+        #: Tunnels the HTTP ingress waits for (see apothic.server.tunnels).
+        self.tunnels = TunnelBroker()
         #: Mints each container's own credential (set by the control plane); without it,
         #: containers use the worker's API key.
         self.accounts: Accounts | None = None
@@ -107,6 +111,10 @@ class WorkerServicer(w_grpc.WorkerServiceServicer):
             return w_pb.SessionResponse(build_image=build)
         if isinstance(cmd, RunInput):
             return w_pb.SessionResponse(run_input=_run_input(cmd))
+        if isinstance(cmd, OpenTunnel):
+            return w_pb.SessionResponse(
+                open_tunnel=w_pb.OpenTunnel(tunnel_id=cmd.tunnel_id, container_id=cmd.container_id)
+            )
         if isinstance(cmd, StartContainer):
             # The function's plain ``env=`` option first; its secrets override it.
             env: dict[str, str] = _option_env(cmd.spec.options_json)
@@ -181,6 +189,9 @@ class WorkerServicer(w_grpc.WorkerServiceServicer):
                 self._result(r)
         elif which == "input_result":
             self._result(msg.input_result)
+        elif which == "input_log" and not msg.input_log.job_id:
+            lg = msg.input_log
+            sched.service_log(lg.container_id, convert.LOG_STREAM_NAMES.get(lg.stream, "stdout"), lg.data)
         elif which == "input_log":
             lg = msg.input_log
             sched.input_log("", lg.job_id, lg.attempt, convert.LOG_STREAM_NAMES.get(lg.stream, "stdout"), lg.data)
@@ -272,3 +283,53 @@ class WorkerServicer(w_grpc.WorkerServiceServicer):
             self.scheduler.worker_lost(worker, "its session ended")
             if self.images is not None:
                 self.images.worker_lost(worker)
+
+    async def _tunnel_read(self, requests: AsyncIterator[w_pb.TunnelRequest], tunnel: Tunnel) -> None:
+        """The service's bytes, from the worker to the ingress."""
+        end = TunnelClosed("the worker's tunnel stream ended without a close")
+        try:
+            async for msg in requests:
+                which = msg.WhichOneof("message")
+                if which == "data":
+                    if not tunnel.closed:
+                        await tunnel.from_worker.put(msg.data.data)
+                elif which == "close":
+                    end = TunnelClosed(msg.close.error)
+                    break
+        except (asyncio.CancelledError, grpc.aio.AioRpcError):
+            end = TunnelClosed("the worker's tunnel stream broke")
+        finally:
+            if not tunnel.closed:
+                with contextlib.suppress(asyncio.QueueFull):
+                    tunnel.from_worker.put_nowait(end)
+
+    async def Tunnel(
+        self, request_iterator: AsyncIterator[w_pb.TunnelRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[w_pb.TunnelResponse]:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("message") != "open":
+            raise InvalidArgument("a tunnel must start with an open message")
+        tunnel = self.tunnels.attach(first.open.tunnel_id)
+        if tunnel is None:
+            raise NotFound(f"tunnel {first.open.tunnel_id!r} is not awaited; the ingress gave up on it")
+        reader = asyncio.create_task(self._tunnel_read(request_iterator, tunnel))
+        try:
+            while True:
+                chunk = await tunnel.to_worker.get()
+                if isinstance(chunk, TunnelClosed):
+                    yield w_pb.TunnelResponse(close=w_pb.TunnelClose(error=chunk.error))
+                    if not chunk.error:
+                        # A half-close: the service may still answer, until the worker's side
+                        # ends or the ingress aborts the tunnel.
+                        abort = asyncio.ensure_future(tunnel.to_worker.get())
+                        await asyncio.wait((reader, abort), return_when=asyncio.FIRST_COMPLETED)
+                        if abort.done() and isinstance(late := abort.result(), TunnelClosed) and late.error:
+                            yield w_pb.TunnelResponse(close=w_pb.TunnelClose(error=late.error))
+                        abort.cancel()
+                    break
+                yield w_pb.TunnelResponse(data=w_pb.TunnelData(data=chunk))
+        finally:
+            tunnel.detach()
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader

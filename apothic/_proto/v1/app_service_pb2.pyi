@@ -579,3 +579,62 @@ class ScheduledFunction(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ScheduledFunction: _TypeAlias = ScheduledFunction  # noqa: Y015
+
+@_typing.final
+class TailServiceLogsRequest(_message.Message):
+    """Arguments of TailServiceLogs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPLOYMENT_ID_FIELD_NUMBER: _builtins.int
+    FUNCTION_NAME_FIELD_NUMBER: _builtins.int
+    FOLLOW_FIELD_NUMBER: _builtins.int
+    deployment_id: _builtins.str
+    function_name: _builtins.str
+    follow: _builtins.bool
+    """Keep streaming new output after the retained tail."""
+    def __init__(
+        self,
+        *,
+        deployment_id: _builtins.str = ...,
+        function_name: _builtins.str = ...,
+        follow: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment_id", b"deployment_id", "follow", b"follow", "function_name", b"function_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TailServiceLogsRequest: _TypeAlias = TailServiceLogsRequest  # noqa: Y015
+
+@_typing.final
+class TailServiceLogsResponse(_message.Message):
+    """A chunk of a web service's output."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTAINER_ID_FIELD_NUMBER: _builtins.int
+    STREAM_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    container_id: _builtins.str
+    stream: _types_pb2.LogStream.ValueType
+    data: _builtins.str
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        container_id: _builtins.str = ...,
+        stream: _types_pb2.LogStream.ValueType = ...,
+        data: _builtins.str = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_id", b"container_id", "data", b"data", "stream", b"stream", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TailServiceLogsResponse: _TypeAlias = TailServiceLogsResponse  # noqa: Y015

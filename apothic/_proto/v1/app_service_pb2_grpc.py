@@ -85,6 +85,11 @@ class AppServiceStub:
                 request_serializer=apothic_dot_v1_dot_app__service__pb2.ListSchedulesRequest.SerializeToString,
                 response_deserializer=apothic_dot_v1_dot_app__service__pb2.ListSchedulesResponse.FromString,
                 _registered_method=True)
+        self.TailServiceLogs = channel.unary_stream(
+                '/apothic.v1.AppService/TailServiceLogs',
+                request_serializer=apothic_dot_v1_dot_app__service__pb2.TailServiceLogsRequest.SerializeToString,
+                response_deserializer=apothic_dot_v1_dot_app__service__pb2.TailServiceLogsResponse.FromString,
+                _registered_method=True)
 
 
 class AppServiceServicer:
@@ -177,6 +182,16 @@ class AppServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TailServiceLogs(self, request, context):
+        """Streams what a web service's containers print outside any request handler's job: the
+        retained tail first, then, with `follow`, new output as it is printed until the caller
+        cancels. Fails with NOT_FOUND for an unknown deployment or function, and
+        INVALID_ARGUMENT when the function is not a web service.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AppServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -229,6 +244,11 @@ def add_AppServiceServicer_to_server(servicer, server):
                     servicer.ListSchedules,
                     request_deserializer=apothic_dot_v1_dot_app__service__pb2.ListSchedulesRequest.FromString,
                     response_serializer=apothic_dot_v1_dot_app__service__pb2.ListSchedulesResponse.SerializeToString,
+            ),
+            'TailServiceLogs': grpc.unary_stream_rpc_method_handler(
+                    servicer.TailServiceLogs,
+                    request_deserializer=apothic_dot_v1_dot_app__service__pb2.TailServiceLogsRequest.FromString,
+                    response_serializer=apothic_dot_v1_dot_app__service__pb2.TailServiceLogsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -502,6 +522,33 @@ class AppService:
             '/apothic.v1.AppService/ListSchedules',
             apothic_dot_v1_dot_app__service__pb2.ListSchedulesRequest.SerializeToString,
             apothic_dot_v1_dot_app__service__pb2.ListSchedulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TailServiceLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/apothic.v1.AppService/TailServiceLogs',
+            apothic_dot_v1_dot_app__service__pb2.TailServiceLogsRequest.SerializeToString,
+            apothic_dot_v1_dot_app__service__pb2.TailServiceLogsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -76,6 +76,12 @@ class AppServiceStub:
     run time and its last run. Fails with INVALID_ARGUMENT for a malformed app name and
     NOT_FOUND for an app that does not exist.
     """
+    TailServiceLogs: _grpc.UnaryStreamMultiCallable[_app_service_pb2.TailServiceLogsRequest, _app_service_pb2.TailServiceLogsResponse]
+    """Streams what a web service's containers print outside any request handler's job: the
+    retained tail first, then, with `follow`, new output as it is printed until the caller
+    cancels. Fails with NOT_FOUND for an unknown deployment or function, and
+    INVALID_ARGUMENT when the function is not a web service.
+    """
 
 @_typing.type_check_only
 class AppServiceAsyncStub(AppServiceStub):
@@ -124,6 +130,12 @@ class AppServiceAsyncStub(AppServiceStub):
     """Lists the scheduled functions of live deployments, with each one's schedule, its next
     run time and its last run. Fails with INVALID_ARGUMENT for a malformed app name and
     NOT_FOUND for an app that does not exist.
+    """
+    TailServiceLogs: _aio.UnaryStreamMultiCallable[_app_service_pb2.TailServiceLogsRequest, _app_service_pb2.TailServiceLogsResponse]  # type: ignore[assignment]
+    """Streams what a web service's containers print outside any request handler's job: the
+    retained tail first, then, with `follow`, new output as it is printed until the caller
+    cancels. Fails with NOT_FOUND for an unknown deployment or function, and
+    INVALID_ARGUMENT when the function is not a web service.
     """
 
 class AppServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -230,6 +242,18 @@ class AppServiceServicer(metaclass=_abc_1.ABCMeta):
         """Lists the scheduled functions of live deployments, with each one's schedule, its next
         run time and its last run. Fails with INVALID_ARGUMENT for a malformed app name and
         NOT_FOUND for an app that does not exist.
+        """
+
+    @_abc_1.abstractmethod
+    def TailServiceLogs(
+        self,
+        request: _app_service_pb2.TailServiceLogsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_app_service_pb2.TailServiceLogsResponse], _abc.AsyncIterator[_app_service_pb2.TailServiceLogsResponse]]:
+        """Streams what a web service's containers print outside any request handler's job: the
+        retained tail first, then, with `follow`, new output as it is printed until the caller
+        cancels. Fails with NOT_FOUND for an unknown deployment or function, and
+        INVALID_ARGUMENT when the function is not a web service.
         """
 
 def add_AppServiceServicer_to_server(servicer: AppServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

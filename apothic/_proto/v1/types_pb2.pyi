@@ -470,6 +470,7 @@ class FunctionSpec(_message.Message):
     VOLUMES_FIELD_NUMBER: _builtins.int
     IMAGE_FIELD_NUMBER: _builtins.int
     BUCKET_MOUNTS_FIELD_NUMBER: _builtins.int
+    SPEC_HASH_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     module: _builtins.str
     """Module to import from the source archive; empty when the function ships by value."""
@@ -505,6 +506,12 @@ class FunctionSpec(_message.Message):
     """The function is a generator: its items stream back as it yields them."""
     is_async: _builtins.bool
     """The function is async: a container can cancel one of its inputs without stopping."""
+    spec_hash: _builtins.str
+    """Set by the control plane at deploy, ignored when a client sends it: a SHA-256 (hex) of
+    everything that decides how the function runs (its code, by the source archive or the
+    pickled function; its image; its secrets, inline values included; volumes, bucket mounts,
+    env and every other option). Equal hashes in two deployments mean the same function.
+    """
     @_builtins.property
     def retry_policy(self) -> Global___RetryPolicy:
         """How failed attempts are retried; unset means no retries."""
@@ -561,10 +568,11 @@ class FunctionSpec(_message.Message):
         volumes: _abc.Iterable[Global___FunctionVolume] | None = ...,
         image: Global___ImageSpec | None = ...,
         bucket_mounts: _abc.Iterable[Global___FunctionBucketMount] | None = ...,
+        spec_hash: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "retry_policy", b"retry_policy", "schedule", b"schedule"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_max_size", b"batch_max_size", "batch_wait_ms", b"batch_wait_ms", "bucket_mounts", b"bucket_mounts", "image", b"image", "is_async", b"is_async", "is_generator", b"is_generator", "max_concurrent_inputs", b"max_concurrent_inputs", "max_containers", b"max_containers", "max_pending_tasks", b"max_pending_tasks", "min_containers", b"min_containers", "module", b"module", "name", b"name", "options_json", b"options_json", "pickled_function", b"pickled_function", "qualname", b"qualname", "retry_policy", b"retry_policy", "scaledown_window_s", b"scaledown_window_s", "schedule", b"schedule", "secrets", b"secrets", "startup_timeout_s", b"startup_timeout_s", "target_concurrent_inputs", b"target_concurrent_inputs", "timeout_s", b"timeout_s", "volumes", b"volumes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_max_size", b"batch_max_size", "batch_wait_ms", b"batch_wait_ms", "bucket_mounts", b"bucket_mounts", "image", b"image", "is_async", b"is_async", "is_generator", b"is_generator", "max_concurrent_inputs", b"max_concurrent_inputs", "max_containers", b"max_containers", "max_pending_tasks", b"max_pending_tasks", "min_containers", b"min_containers", "module", b"module", "name", b"name", "options_json", b"options_json", "pickled_function", b"pickled_function", "qualname", b"qualname", "retry_policy", b"retry_policy", "scaledown_window_s", b"scaledown_window_s", "schedule", b"schedule", "secrets", b"secrets", "spec_hash", b"spec_hash", "startup_timeout_s", b"startup_timeout_s", "target_concurrent_inputs", b"target_concurrent_inputs", "timeout_s", b"timeout_s", "volumes", b"volumes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1215,6 +1223,26 @@ class Deployment(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class WebUrlsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     DEPLOYMENT_ID_FIELD_NUMBER: _builtins.int
     APP_NAME_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
@@ -1224,6 +1252,7 @@ class Deployment(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     ARCHIVE_SHA256_FIELD_NUMBER: _builtins.int
+    WEB_URLS_FIELD_NUMBER: _builtins.int
     deployment_id: _builtins.str
     app_name: _builtins.str
     version: _builtins.int
@@ -1238,6 +1267,12 @@ class Deployment(_message.Message):
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def web_urls(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The URL the control plane's HTTP ingress serves each web service of the deployment at,
+        by function name; empty for a deployment without web services.
+        """
+
     def __init__(
         self,
         *,
@@ -1250,10 +1285,11 @@ class Deployment(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         archive_sha256: _builtins.str = ...,
+        web_urls: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_name", b"app_name", "archive_sha256", b"archive_sha256", "created_at", b"created_at", "deployment_id", b"deployment_id", "ephemeral", b"ephemeral", "functions", b"functions", "status", b"status", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_name", b"app_name", "archive_sha256", b"archive_sha256", "created_at", b"created_at", "deployment_id", b"deployment_id", "ephemeral", b"ephemeral", "functions", b"functions", "status", b"status", "updated_at", b"updated_at", "version", b"version", "web_urls", b"web_urls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

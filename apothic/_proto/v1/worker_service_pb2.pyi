@@ -20,6 +20,131 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class TunnelRequest(_message.Message):
+    """A message from a worker on a tunnel: the open first, then the service's bytes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPEN_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    CLOSE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def open(self) -> Global___TunnelOpen: ...
+    @_builtins.property
+    def data(self) -> Global___TunnelData: ...
+    @_builtins.property
+    def close(self) -> Global___TunnelClose: ...
+    def __init__(
+        self,
+        *,
+        open: Global___TunnelOpen | None = ...,
+        data: Global___TunnelData | None = ...,
+        close: Global___TunnelClose | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["close", b"close", "data", b"data", "message", b"message", "open", b"open"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["close", b"close", "data", b"data", "message", b"message", "open", b"open"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["open", "data", "close"]  # noqa: Y015
+    _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
+
+Global___TunnelRequest: _TypeAlias = TunnelRequest  # noqa: Y015
+
+@_typing.final
+class TunnelResponse(_message.Message):
+    """A message from the control plane on a tunnel: the client's bytes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    CLOSE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def data(self) -> Global___TunnelData: ...
+    @_builtins.property
+    def close(self) -> Global___TunnelClose: ...
+    def __init__(
+        self,
+        *,
+        data: Global___TunnelData | None = ...,
+        close: Global___TunnelClose | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["close", b"close", "data", b"data", "message", b"message"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["close", b"close", "data", b"data", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["data", "close"]  # noqa: Y015
+    _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
+
+Global___TunnelResponse: _TypeAlias = TunnelResponse  # noqa: Y015
+
+@_typing.final
+class TunnelOpen(_message.Message):
+    """The first message of a tunnel: which OpenTunnel it answers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TUNNEL_ID_FIELD_NUMBER: _builtins.int
+    tunnel_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        tunnel_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tunnel_id", b"tunnel_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TunnelOpen: _TypeAlias = TunnelOpen  # noqa: Y015
+
+@_typing.final
+class TunnelData(_message.Message):
+    """Bytes of the connection, in order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TunnelData: _TypeAlias = TunnelData  # noqa: Y015
+
+@_typing.final
+class TunnelClose(_message.Message):
+    """The sender has no more bytes to send (a half-close). A non-empty error means the
+    connection failed (the service refused it, or it broke) and the tunnel is over.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ERROR_FIELD_NUMBER: _builtins.int
+    error: _builtins.str
+    def __init__(
+        self,
+        *,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TunnelClose: _TypeAlias = TunnelClose  # noqa: Y015
+
+@_typing.final
 class SessionRequest(_message.Message):
     """A message from a worker to the control plane."""
 
@@ -93,6 +218,7 @@ class SessionResponse(_message.Message):
     CANCEL_INPUT_FIELD_NUMBER: _builtins.int
     RUN_INPUTS_FIELD_NUMBER: _builtins.int
     BUILD_IMAGE_FIELD_NUMBER: _builtins.int
+    OPEN_TUNNEL_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def welcome(self) -> Global___SessionWelcome: ...
     @_builtins.property
@@ -109,6 +235,8 @@ class SessionResponse(_message.Message):
     def run_inputs(self) -> Global___RunInputs: ...
     @_builtins.property
     def build_image(self) -> Global___BuildImage: ...
+    @_builtins.property
+    def open_tunnel(self) -> Global___OpenTunnel: ...
     def __init__(
         self,
         *,
@@ -120,12 +248,13 @@ class SessionResponse(_message.Message):
         cancel_input: Global___CancelInput | None = ...,
         run_inputs: Global___RunInputs | None = ...,
         build_image: Global___BuildImage | None = ...,
+        open_tunnel: Global___OpenTunnel | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["build_image", b"build_image", "cancel_input", b"cancel_input", "heartbeat", b"heartbeat", "message", b"message", "run_input", b"run_input", "run_inputs", b"run_inputs", "start_container", b"start_container", "stop_container", b"stop_container", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["build_image", b"build_image", "cancel_input", b"cancel_input", "heartbeat", b"heartbeat", "message", b"message", "open_tunnel", b"open_tunnel", "run_input", b"run_input", "run_inputs", b"run_inputs", "start_container", b"start_container", "stop_container", b"stop_container", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["build_image", b"build_image", "cancel_input", b"cancel_input", "heartbeat", b"heartbeat", "message", b"message", "run_input", b"run_input", "run_inputs", b"run_inputs", "start_container", b"start_container", "stop_container", b"stop_container", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["build_image", b"build_image", "cancel_input", b"cancel_input", "heartbeat", b"heartbeat", "message", b"message", "open_tunnel", b"open_tunnel", "run_input", b"run_input", "run_inputs", b"run_inputs", "start_container", b"start_container", "stop_container", b"stop_container", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["welcome", "heartbeat", "start_container", "stop_container", "run_input", "cancel_input", "run_inputs", "build_image"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["welcome", "heartbeat", "start_container", "stop_container", "run_input", "cancel_input", "run_inputs", "build_image", "open_tunnel"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
@@ -316,7 +445,9 @@ Global___ContainerExited: _TypeAlias = ContainerExited  # noqa: Y015
 
 @_typing.final
 class InputLog(_message.Message):
-    """A chunk of output printed while running an input."""
+    """A chunk of output printed while running an input, or by a web service container
+    outside any input (then job_id is empty and container_id names the container).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -324,10 +455,12 @@ class InputLog(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     STREAM_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    CONTAINER_ID_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     attempt: _builtins.int
     stream: _types_pb2.LogStream.ValueType
     data: _builtins.str
+    container_id: _builtins.str
     def __init__(
         self,
         *,
@@ -335,10 +468,11 @@ class InputLog(_message.Message):
         attempt: _builtins.int = ...,
         stream: _types_pb2.LogStream.ValueType = ...,
         data: _builtins.str = ...,
+        container_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "data", b"data", "job_id", b"job_id", "stream", b"stream"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "container_id", b"container_id", "data", b"data", "job_id", b"job_id", "stream", b"stream"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -634,3 +768,27 @@ class CancelInput(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CancelInput: _TypeAlias = CancelInput  # noqa: Y015
+
+@_typing.final
+class OpenTunnel(_message.Message):
+    """Open a Tunnel stream to a service container's port and connect it to the port."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TUNNEL_ID_FIELD_NUMBER: _builtins.int
+    CONTAINER_ID_FIELD_NUMBER: _builtins.int
+    tunnel_id: _builtins.str
+    container_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        tunnel_id: _builtins.str = ...,
+        container_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_id", b"container_id", "tunnel_id", b"tunnel_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpenTunnel: _TypeAlias = OpenTunnel  # noqa: Y015

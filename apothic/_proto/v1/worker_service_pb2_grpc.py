@@ -41,6 +41,11 @@ class WorkerServiceStub:
                 request_serializer=apothic_dot_v1_dot_worker__service__pb2.SessionRequest.SerializeToString,
                 response_deserializer=apothic_dot_v1_dot_worker__service__pb2.SessionResponse.FromString,
                 _registered_method=True)
+        self.Tunnel = channel.stream_stream(
+                '/apothic.v1.WorkerService/Tunnel',
+                request_serializer=apothic_dot_v1_dot_worker__service__pb2.TunnelRequest.SerializeToString,
+                response_deserializer=apothic_dot_v1_dot_worker__service__pb2.TunnelResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServiceServicer:
@@ -58,6 +63,17 @@ class WorkerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Tunnel(self, request_iterator, context):
+        """One bidirectional byte stream per client connection to a web service, opened by the
+        worker when its session asks it to (OpenTunnel). The worker's first message names the
+        tunnel; then both sides send data chunks and a close (a half-close: no more data from
+        that side). Fails with INVALID_ARGUMENT when the first message is not an open, and
+        NOT_FOUND when the control plane is not waiting for that tunnel (it gave up on it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -65,6 +81,11 @@ def add_WorkerServiceServicer_to_server(servicer, server):
                     servicer.Session,
                     request_deserializer=apothic_dot_v1_dot_worker__service__pb2.SessionRequest.FromString,
                     response_serializer=apothic_dot_v1_dot_worker__service__pb2.SessionResponse.SerializeToString,
+            ),
+            'Tunnel': grpc.stream_stream_rpc_method_handler(
+                    servicer.Tunnel,
+                    request_deserializer=apothic_dot_v1_dot_worker__service__pb2.TunnelRequest.FromString,
+                    response_serializer=apothic_dot_v1_dot_worker__service__pb2.TunnelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -96,6 +117,33 @@ class WorkerService:
             '/apothic.v1.WorkerService/Session',
             apothic_dot_v1_dot_worker__service__pb2.SessionRequest.SerializeToString,
             apothic_dot_v1_dot_worker__service__pb2.SessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Tunnel(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/apothic.v1.WorkerService/Tunnel',
+            apothic_dot_v1_dot_worker__service__pb2.TunnelRequest.SerializeToString,
+            apothic_dot_v1_dot_worker__service__pb2.TunnelResponse.FromString,
             options,
             channel_credentials,
             insecure,

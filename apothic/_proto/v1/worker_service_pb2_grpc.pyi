@@ -41,6 +41,13 @@ class WorkerServiceStub:
     container starts and stops, inputs to run and cancellations. Fails with
     INVALID_ARGUMENT when the first message is not a hello.
     """
+    Tunnel: _grpc.StreamStreamMultiCallable[_worker_service_pb2.TunnelRequest, _worker_service_pb2.TunnelResponse]
+    """One bidirectional byte stream per client connection to a web service, opened by the
+    worker when its session asks it to (OpenTunnel). The worker's first message names the
+    tunnel; then both sides send data chunks and a close (a half-close: no more data from
+    that side). Fails with INVALID_ARGUMENT when the first message is not an open, and
+    NOT_FOUND when the control plane is not waiting for that tunnel (it gave up on it).
+    """
 
 @_typing.type_check_only
 class WorkerServiceAsyncStub(WorkerServiceStub):
@@ -54,6 +61,13 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
     then heartbeats, container events, logs and results; the control plane sends
     container starts and stops, inputs to run and cancellations. Fails with
     INVALID_ARGUMENT when the first message is not a hello.
+    """
+    Tunnel: _aio.StreamStreamMultiCallable[_worker_service_pb2.TunnelRequest, _worker_service_pb2.TunnelResponse]  # type: ignore[assignment]
+    """One bidirectional byte stream per client connection to a web service, opened by the
+    worker when its session asks it to (OpenTunnel). The worker's first message names the
+    tunnel; then both sides send data chunks and a close (a half-close: no more data from
+    that side). Fails with INVALID_ARGUMENT when the first message is not an open, and
+    NOT_FOUND when the control plane is not waiting for that tunnel (it gave up on it).
     """
 
 class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -71,6 +85,19 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
         then heartbeats, container events, logs and results; the control plane sends
         container starts and stops, inputs to run and cancellations. Fails with
         INVALID_ARGUMENT when the first message is not a hello.
+        """
+
+    @_abc_1.abstractmethod
+    def Tunnel(
+        self,
+        request_iterator: _MaybeAsyncIterator[_worker_service_pb2.TunnelRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_worker_service_pb2.TunnelResponse], _abc.AsyncIterator[_worker_service_pb2.TunnelResponse]]:
+        """One bidirectional byte stream per client connection to a web service, opened by the
+        worker when its session asks it to (OpenTunnel). The worker's first message names the
+        tunnel; then both sides send data chunks and a close (a half-close: no more data from
+        that side). Fails with INVALID_ARGUMENT when the first message is not an open, and
+        NOT_FOUND when the control plane is not waiting for that tunnel (it gave up on it).
         """
 
 def add_WorkerServiceServicer_to_server(servicer: WorkerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
