@@ -1,5 +1,7 @@
-"""The machinery every queue operation shares: loading queues from the store, applying
-due timers, moving items between queues, and committing each mutation in order.
+"""The machinery every queue operation shares: loading queues from the store (their rows
+with their log rows replayed over them), applying due timers, moving items between queues,
+committing each mutation in order (as appended log rows, apothic.server.queue_oplog) and
+folding committed log rows into the queue rows in the background (the compactor).
 
 :class:`QueueEngine` holds every queue of every account in memory
 (:class:`~apothic.server.queue_state.QueueState`) over the store, which is the truth after a
@@ -17,10 +19,9 @@ import time
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from surrealdb import RecordID
-
 from apothic.server.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from apothic.server.queue_log import DEAD_LETTERED, REDRIVEN, Publisher, QueueEvent, Shown
+from apothic.server.queue_oplog import MAX_FOLD, Compaction, LogEntry, LogSet, compaction, folded, replay
 from apothic.server.queue_state import (
     DLQ_SUFFIX,
     Item,
@@ -32,107 +33,14 @@ from apothic.server.queue_state import (
     validate_queue_name,
 )
 from apothic.server.store import Statement, Store
-from apothic.server.store_base import WriteSet
 from apothic.server.watch import WatchSettings
 
 log = logging.getLogger("apothic.server.queues")
 
 #: How often the expiry loop looks when no timer is due sooner.
 _EXPIRY_POLL_S = 0.5
-
-
-class PlainWrites:
-    """A mutation's writes as statements of its own (see :class:`QueueWrites`)."""
-
-    def __init__(self, store: Store, account: str, name: str, stmts: list[Statement]) -> None:
-        self.store, self.account, self.name, self.stmts = store, account, name, stmts
-
-    def insert(self, items: list[Item]) -> None:
-        self.stmts.append(self.store.queue_insert_items_statement(self.account, self.name, [i.doc() for i in items]))
-
-    def update(self, items: list[Item]) -> None:
-        self.stmts.append(
-            self.store.queue_update_items_statement(self.account, self.name, [i.changes() for i in items])
-        )
-
-    def delete(self, seqs: list[int]) -> None:
-        self.stmts.append(self.store.queue_delete_items_statement(self.account, self.name, seqs))
-
-
-_INSERT, _UPDATE, _DELETE = 0, 1, 2
-
-
-class QueueWrites(WriteSet):
-    """The item, rev and request-id writes of the mutations of one queue that share a
-    transaction. Each item is written once, in its latest state: an item put and claimed
-    in the same set is inserted claimed, one put and acked is never written, one claimed
-    and acked is only deleted."""
-
-    def __init__(self, store: Store, account: str, name: str) -> None:
-        super().__init__(loop=store.loop)
-        self.store, self.account, self.name = store, account, name
-        #: seq -> (_INSERT, whole row) | (_UPDATE, changed fields) | (_DELETE, None), as of
-        #: the last mutation in the set that touched the item.
-        self.items: dict[int, tuple[int, dict[str, Any] | None]] = {}
-        self.rev = 0
-        self.next_seq = 0
-        #: (request id, n, result, applied at) of each recorded request id, stored in one
-        #: row keyed ``row_key`` (the first one's n).
-        self.requests: list[tuple[str, int, dict[str, Any], float]] = []
-        self.row_key: int | None = None
-        #: Stored request rows to delete.
-        self.evicted: list[str | int] = []
-
-    def insert(self, items: list[Item]) -> None:
-        for item in items:
-            self.items[item.seq] = (_INSERT, item.doc())
-
-    def update(self, items: list[Item]) -> None:
-        for item in items:
-            found = self.items.get(item.seq)
-            if found is not None and found[0] == _INSERT:
-                self.items[item.seq] = (_INSERT, item.doc())
-            else:
-                self.items[item.seq] = (_UPDATE, item.changes())
-
-    def delete(self, seqs: list[int]) -> None:
-        for seq in seqs:
-            found = self.items.get(seq)
-            if found is not None and found[0] == _INSERT:
-                del self.items[seq]
-            else:
-                self.items[seq] = (_DELETE, None)
-
-    def render(self) -> list[Statement]:
-        store, account, name = self.store, self.account, self.name
-        inserts: list[dict[str, Any]] = []
-        updates: list[dict[str, Any]] = []
-        deletes: list[int] = []
-        for seq, (kind, doc) in self.items.items():
-            if kind == _INSERT:
-                inserts.append(doc)  # type: ignore[arg-type]
-            elif kind == _UPDATE:
-                updates.append(doc)  # type: ignore[arg-type]
-            else:
-                deletes.append(seq)
-        stmts: list[Statement] = []
-        if deletes:
-            stmts.append(store.queue_delete_items_statement(account, name, deletes))
-        if inserts:
-            stmts.append(store.queue_insert_items_statement(account, name, inserts))
-        if updates:
-            stmts.append(store.queue_update_items_statement(account, name, updates))
-        if self.rev:
-            stmts.append(store.queue_rev_statement(account, name, self.rev, self.next_seq))
-        if self.evicted:
-            stmts.append(store.queue_forget_requests_statement(account, name, self.evicted))
-        if self.requests:
-            assert self.row_key is not None
-            stmts.append(store.queue_request_batch_statement(account, name, self.row_key, self.requests))
-        return stmts
-
-
-Writes = PlainWrites | QueueWrites
+#: How often the compactor folds committed log rows into queue rows.
+COMPACT_INTERVAL_S = 0.25
 
 
 class QueueEngine:
@@ -142,50 +50,83 @@ class QueueEngine:
         store: the open store.
         now: the server's clock (seconds since the epoch); tests inject their own.
         watch: how watch streams retain changes and report progress.
+        compact_interval_s: how often the compactor (started by :meth:`start`) folds
+            committed log rows into queue rows.
     """
 
     def __init__(
-        self, store: Store, *, now: Callable[[], float] = time.time, watch: WatchSettings | None = None
+        self,
+        store: Store,
+        *,
+        now: Callable[[], float] = time.time,
+        watch: WatchSettings | None = None,
+        compact_interval_s: float = COMPACT_INTERVAL_S,
     ) -> None:
         self.store = store
         self.now = now
         self.watch_settings = watch or WatchSettings()
+        self.compact_interval_s = compact_interval_s
         self._queues: dict[tuple[str, str], QueueState] = {}
         self._publisher = Publisher()
+        #: The write set the changes staged with the publisher go to.
+        self._staging: LogSet | None = None
         self._expiry_task: asyncio.Task[None] | None = None
+        self._compactor: asyncio.Task[None] | None = None
         self._closed = False
 
     # -- lifecycle ---------------------------------------------------------------------
 
     async def load(self) -> None:
-        """Rebuilds every queue from the store (the truth after a restart)."""
+        """Rebuilds every queue from the store (the truth after a restart): its rows with
+        its log rows replayed over them."""
+        # No fold runs meanwhile (the compactor starts later; a reload takes its queues out
+        # of memory first, so none is planned for them).
+        logs = await self.store.queue_log_rows()
         queues, items, requests = await self.store.queue_rows()
         self._queues = {}
-        self._adopt(queues, items, requests, {})
+        self._adopt(queues, items, requests, logs, {})
 
     def _adopt(
         self,
         queues: list[dict[str, Any]],
         items: list[dict[str, Any]],
         requests: list[dict[str, Any]],
+        logs: list[dict[str, Any]],
         shown: dict[tuple[str, str], Shown],
     ) -> None:
         """Builds queues from store rows; a queue in ``shown`` keeps its watchers' view."""
-        by_queue: dict[tuple[str, str], list[Item]] = {}
+        by_queue: dict[tuple[str, str], dict[int, Item]] = {}
         for row in items:
-            by_queue.setdefault((row["account"], row["queue"]), []).append(Item.from_row(row))
+            by_queue.setdefault((row["account"], row["queue"]), {})[row["seq"]] = Item.from_row(row)
+        log_rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for row in logs:
+            log_rows.setdefault((row["account"], row["queue"]), []).append(row)
+        request_rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for row in requests:
+            request_rows.setdefault((row["account"], row["queue"]), []).append(row)
         now = self.now()
         for row in queues:
             key = (row["account"], row["name"])
+            folded_lsn = row.get("folded_lsn") or 0
+            rev, next_seq = row["rev"], row["next_seq"]
+            mine = by_queue.get(key, {})
+            entries = [
+                LogEntry.decode(r["lsn"], r["ops"])
+                for r in sorted(log_rows.get(key, ()), key=lambda r: int(r["lsn"]))
+                if r["lsn"] > folded_lsn  # never, unless a fold ran meanwhile
+            ]
+            for entry in entries:
+                replay(mine, entry)
+                rev, next_seq = max(rev, entry.rev), max(next_seq, entry.next_seq)
             view = shown.get(key)
             if view is None:
-                view = Shown(row["rev"], self.watch_settings.retention, self.watch_settings.retention_bytes)
+                view = Shown(rev, self.watch_settings.retention, self.watch_settings.retention_bytes)
             else:
                 # Reloaded after a failed commit: what watchers were sent may not match.
                 view.log.invalidate("its state was reloaded from the store after a failed write")
-                view.log.skip_to(row["rev"])
-            mine = by_queue.get(key, [])
-            view.reset(mine)
+                view.log.skip_to(rev)
+            ordered = [mine[seq] for seq in sorted(mine)]
+            view.reset(ordered)
             expires_at = row.get("expires_at")
             q = self._queues[key] = QueueState(
                 row["account"],
@@ -194,10 +135,13 @@ class QueueEngine:
                 view,
                 maxsize=row.get("maxsize") or 0,
                 expires_at=secs(expires_at) if expires_at is not None else None,
-                rev=row["rev"],
-                next_seq=row["next_seq"],
+                rev=rev,
+                next_seq=next_seq,
             )
-            for item in mine:
+            q.folded_lsn = folded_lsn
+            q.next_lsn = max(folded_lsn, entries[-1].lsn if entries else 0) + 1
+            q.log_entries = entries
+            for item in ordered:
                 q.add(item)
                 if item.leased:
                     q.schedule(item.lease_deadline, item)
@@ -205,33 +149,37 @@ class QueueEngine:
                     q.schedule(item.visible_at, item)
                 else:
                     q.make_ready(item)
-        for row in requests:
-            owner = self._queues.get((row["account"], row["queue"]))
-            if owner is None:
-                continue
-            result = row["result"]
-            row_key = row["id"].id[2] if isinstance(row.get("id"), RecordID) else row["request_id"]
-            batch = result.get("batch") if isinstance(row_key, int) else None
-            entries = batch if batch is not None else [(row["request_id"], result, row.get("at") or 0.0)]
-            for request_id, answer, at in entries:
-                owner.requests.restore(request_id, Request(dict(answer)), at or 0.0)
-                owner.request_rows[request_id] = row_key
-            owner.row_live[row_key] = owner.row_live.get(row_key, 0) + len(entries)
-            owner.request_n = max(owner.request_n, row["n"])
+            # Request ids: the stored rows (by n), then those of the log, in lsn order.
+            for req in sorted(request_rows.get(key, ()), key=lambda r: int(r["n"])):
+                row_key, recorded = self.store.queue_request_entries(req)
+                for request_id, answer, at in recorded:
+                    q.requests.restore(request_id, Request(dict(answer)), at)
+                q.request_rows[row_key] = [r[0] for r in recorded]
+                q.request_n = max(q.request_n, req["n"])
+            for entry in entries:
+                for request_id, n, answer, at in entry.requests:
+                    q.requests.restore(request_id, Request(dict(answer)), at or 0.0)
+                    q.request_n = max(q.request_n, n)
+        orphans = set(log_rows) - {(r["account"], r["name"]) for r in queues}
+        if orphans:
+            log.warning("log rows of %d queues that do not exist were ignored", len(orphans))
 
     def start(self) -> None:
         """Starts the loop that expires leases, ends release delays and deletes ephemeral
-        queues whose heartbeats stopped."""
+        queues whose heartbeats stopped, and the compactor."""
         self._expiry_task = asyncio.create_task(self._expiry_loop(), name="apothic-queue-expiry")
+        self._compactor = asyncio.create_task(self._compact_loop(), name="apothic-queue-compactor")
 
     async def close(self) -> None:
-        """Stops the expiry loop and ends every waiting put, get or claim (UNAVAILABLE)."""
+        """Stops the expiry loop and the compactor and ends every waiting put, get or claim
+        (UNAVAILABLE). Log rows not folded yet stay: the next load replays them."""
         self._closed = True
-        if self._expiry_task is not None:
-            self._expiry_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._expiry_task
-            self._expiry_task = None
+        for task in (self._expiry_task, self._compactor):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._expiry_task = self._compactor = None
         for q in self._queues.values():
             q.signal.fire()
             q.room.fire()
@@ -249,6 +197,51 @@ class QueueEngine:
             log.exception("queue expiry loop died")
             raise
 
+    async def _compact_loop(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(self.compact_interval_s)
+                while await self.compact() and any(len(q.log_entries) >= MAX_FOLD for q in self._queues.values()):
+                    pass  # a backlog: fold on at once
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("queue compactor died: log rows pile up until a restart replays and folds them")
+            raise
+
+    async def compact(self) -> int:
+        """Folds the committed log rows of every queue into its rows now (a queue whose
+        previous fold is still in flight waits for the next round); returns how many
+        queues it folded. A fold that fails leaves its log rows (logged; retried)."""
+        pending: list[asyncio.Future[None]] = []
+        for q in list(self._queues.values()):
+            if q.compacting or not q.log_entries:
+                continue
+            plan = compaction(self.store, q)
+            if plan is None:
+                continue
+            q.compacting = True
+            future = self.store.queue_commit(plan.statements)
+            future.add_done_callback(lambda f, q=q, plan=plan: self._compacted(q, plan, f))
+            pending.append(future)
+        if pending:
+            await asyncio.gather(*(asyncio.shield(f) for f in pending), return_exceptions=True)
+        return len(pending)
+
+    def _compacted(self, q: QueueState, plan: Compaction, future: asyncio.Future[None]) -> None:
+        q.compacting = False
+        error = future.exception() if not future.cancelled() else asyncio.CancelledError()
+        if error is not None:
+            log.error(
+                "folding %d log rows of queue %r of %s failed (they stay, and are folded later): %s",
+                len(plan.entries),
+                q.name,
+                q.account,
+                error,
+            )
+            return
+        folded(q, plan)
+
     async def expire(self) -> None:
         """Processes every due lease expiry and release delay now (wakes waiters, commits
         dead-letter moves) and deletes ephemeral queues whose heartbeats stopped."""
@@ -256,14 +249,15 @@ class QueueEngine:
         for key, q in list(self._queues.items()):
             if key not in self._queues or self._queues[key] is not q:
                 continue  # deleted or reloaded meanwhile
+            writes: list[Statement] | LogSet | None
             if q.expires_at is not None and q.expires_at <= now:
                 log.info("deleting ephemeral queue %r of %s: its client stopped heartbeating", q.name, q.account)
-                stmts = self._drop(q)
+                writes = self._drop(q)
             else:
-                stmts = self._tick(q)
-            if stmts:
+                writes = self._tick(q)
+            if writes:
                 try:
-                    await self._commit(q, stmts)
+                    await self._commit(q, writes)
                 except Unavailable as exc:
                     log.error("%s", exc)
 
@@ -278,8 +272,9 @@ class QueueEngine:
             )
         return q
 
-    def _tick(self, q: QueueState) -> list[Statement]:
-        """Applies due timers in memory; returns the statements of dead-letter moves."""
+    def _tick(self, q: QueueState) -> LogSet | None:
+        """Applies due timers in memory; returns the write set of the dead-letter moves it
+        made (the caller commits it), if any."""
         now = self.now()
         dead: list[Item] = []
         woke = False
@@ -303,27 +298,29 @@ class QueueEngine:
             woke = True
         if woke:
             q.signal.fire()
-        stmts: list[Statement] = []
-        if dead:
-            self._bump(q, stmts, self._dead_letter(q, dead, stmts))
-        return stmts
+        if not dead:
+            return None
+        writes, events = self._dead_letter(q, dead)
+        self._bump(q, writes, events)
+        return writes
 
-    def _dlq(self, q: QueueState, stmts: list[Statement]) -> QueueState:
+    def _dlq(self, q: QueueState) -> tuple[QueueState, Statement | None]:
+        """``q``'s dead-letter queue, and the statement creating it when it is new."""
         dlq = self._queues.get((q.account, q.dlq_name))
-        if dlq is None:
-            shown = Shown(1, self.watch_settings.retention, self.watch_settings.retention_bytes)
-            dlq = self._queues[(q.account, q.dlq_name)] = QueueState(q.account, q.dlq_name, 0, shown)
-            stmts.append(self.store.queue_create_statement(q.account, dlq.name, 0, dt(self.now())))
-        return dlq
+        if dlq is not None:
+            return dlq, None
+        shown = Shown(1, self.watch_settings.retention, self.watch_settings.retention_bytes)
+        dlq = self._queues[(q.account, q.dlq_name)] = QueueState(q.account, q.dlq_name, 0, shown)
+        return dlq, self.store.queue_create_statement(q.account, dlq.name, 0, dt(self.now()))
 
     def _move(
-        self, src: QueueState, dst: QueueState, items: list[Item], stmts: list[Statement], *, redrive: bool
+        self, src: QueueState, dst: QueueState, items: list[Item], writes: LogSet, *, redrive: bool
     ) -> tuple[list[QueueEvent], list[QueueEvent]]:
         """Moves items to another queue with fresh seqs, ignoring its maxsize; returns the
         events of the source and of the destination (the callers bump both revs)."""
         src_events: list[QueueEvent] = []
         dst_events: list[QueueEvent] = []
-        docs = []
+        moved_items = []
         now = self.now()
         for item in items:
             src.remove(item.seq)
@@ -340,7 +337,7 @@ class QueueEngine:
             dst.next_seq += 1
             dst.add(moved)
             dst.make_ready(moved)
-            docs.append(moved.doc())
+            moved_items.append(moved)
             src_events.append(
                 QueueEvent(
                     REDRIVEN if redrive else DEAD_LETTERED,
@@ -352,22 +349,26 @@ class QueueEngine:
                 )
             )
             dst_events.append(QueueEvent.put(moved))
-        stmts.append(self.store.queue_delete_items_statement(src.account, src.name, [i.seq for i in items]))
-        stmts.append(self.store.queue_insert_items_statement(dst.account, dst.name, docs))
+        writes.part(src).delete([i.seq for i in items])
+        writes.part(dst).insert(moved_items)
         dst.signal.fire()
         return src_events, dst_events
 
-    def _dead_letter(self, q: QueueState, items: list[Item], stmts: list[Statement]) -> list[QueueEvent]:
-        """Moves items to the dead-letter queue (bumping its rev); returns ``q``'s events."""
-        dlq = self._dlq(q, stmts)
-        mine, theirs = self._move(q, dlq, items, stmts, redrive=False)
-        self._bump(dlq, stmts, theirs)
-        return mine
+    def _dead_letter(self, q: QueueState, items: list[Item]) -> tuple[LogSet, list[QueueEvent]]:
+        """Moves items to the dead-letter queue (bumping its rev); returns the write set and
+        ``q``'s events (the caller bumps ``q``)."""
+        dlq, create = self._dlq(q)
+        writes = self._writes(q, dlq)
+        if create is not None:
+            writes.pre.append(create)
+        mine, theirs = self._move(q, dlq, items, writes, redrive=False)
+        self._bump(dlq, writes, theirs)
+        return writes, mine
 
     def _bump(
         self,
         q: QueueState,
-        stmts: list[Statement] | Writes,
+        writes: LogSet,
         events: list[QueueEvent],
         request_id: str = "",
         result: dict[str, Any] | None = None,
@@ -375,12 +376,8 @@ class QueueEngine:
         """Bumps the rev (``result`` gets it), stages the change its watchers will see once
         the commit lands, and records the request id."""
         q.rev += 1
-        if isinstance(stmts, QueueWrites):
-            stmts.rev, stmts.next_seq = q.rev, q.next_seq
-        else:
-            if isinstance(stmts, PlainWrites):
-                stmts = stmts.stmts
-            stmts.append(self.store.queue_rev_statement(q.account, q.name, q.rev, q.next_seq))
+        part = writes.part(q)
+        part.rev, part.next_seq = q.rev, q.next_seq
         self._publisher.stage(q.shown, q.rev, events)
         if result is None:
             return None
@@ -389,48 +386,36 @@ class QueueEngine:
             return None
         record = Request(result)
         now = self.now()
-        evict = q.requests.due(now)
-        q.requests.add(request_id, record, now, evict)
+        # Forgotten ids' stored rows go with the next fold (apothic.server.queue_oplog).
+        q.requests.add(request_id, record, now, q.requests.due(now))
         q.request_n += 1
-        gone = self._forget_requests(q, evict) if evict else []
-        if isinstance(stmts, QueueWrites):
-            if stmts.row_key is None:
-                stmts.row_key = q.request_n
-            row_key: str | int = stmts.row_key
-            stmts.requests.append((request_id, q.request_n, result, now))
-            stmts.evicted += gone
-        else:
-            row_key = request_id
-            stmts += self.store.queue_request_statements(q.account, q.name, request_id, q.request_n, result, gone, now)
-        q.request_rows[request_id] = row_key
-        q.row_live[row_key] = q.row_live.get(row_key, 0) + 1
+        part.requests.append((request_id, q.request_n, result, now))
         return record
 
-    @staticmethod
-    def _forget_requests(q: QueueState, request_ids: list[str]) -> list[str | int]:
-        """The stored rows to delete once ``request_ids`` are forgotten: a row recording
-        several ids goes once none of them is remembered."""
-        gone: list[str | int] = []
-        for request_id in request_ids:
-            row_key = q.request_rows.pop(request_id, request_id)
-            left = q.row_live.get(row_key, 1) - 1
-            if left > 0:
-                q.row_live[row_key] = left
-            else:
-                q.row_live.pop(row_key, None)
-                gone.append(row_key)
-        return gone
-
-    def _writes(self, q: QueueState, stmts: list[Statement]) -> Writes:
-        """Where a mutation of ``q`` writes: the queue's open write set (shared with the
-        mutations around it), or, when ``stmts`` already holds statements (a due timer
-        dead-lettered items), those statements, committed on their own."""
-        if stmts:
-            return PlainWrites(self.store, q.account, q.name, stmts)
+    def _writes(self, q: QueueState, *others: QueueState) -> LogSet:
+        """The write set a mutation of ``q`` (moving items to or from ``others``) joins: the
+        queue's open one, shared with the mutations around it, unless one of ``others`` has
+        a set in flight that it must come after; else a new one, submitted now (after every
+        set of those queues)."""
         ws = q.write_set
-        if ws is None or ws.taken:
-            ws = q.write_set = QueueWrites(self.store, q.account, q.name)
+        if ws is not None and not ws.taken and all(other.write_set is ws or _settled(other) for other in others):
+            for other in others:
+                other.write_set = other.last_set = ws
+        else:
+            afters = []
+            for x in (q, *others):
+                last = x.last_set
+                if last is not None and not _succeeded(last) and last not in afters:
+                    afters.append(last)
+            ws = LogSet(self.store, afters)
+            for x in (q, *others):
+                x.write_set = x.last_set = ws
             self.store.submit_write_set(ws)
+        if ws is not self._staging:
+            if self._staging is not None:
+                # What was staged so far lands with the set it was written to.
+                self._publisher.submit(self._staging.future)
+            self._staging = ws
         return ws
 
     def _seal(self, q: QueueState) -> None:
@@ -442,16 +427,14 @@ class QueueEngine:
             if other is not None:
                 other.write_set = None
 
-    async def _commit(self, q: QueueState, stmts: list[Statement] | Writes, record: Request | None = None) -> None:
+    async def _commit(self, q: QueueState, writes: list[Statement] | LogSet, record: Request | None = None) -> None:
         """Commits statements (with the changes staged since the last commit) and waits; a
         write set is already queued."""
-        if isinstance(stmts, QueueWrites):
-            future = stmts.future
+        if isinstance(writes, LogSet):
+            future = writes.future
         else:
-            if isinstance(stmts, PlainWrites):
-                stmts = stmts.stmts
             self._seal(q)
-            future = self.store.queue_commit(stmts)
+            future = self.store.queue_commit(writes)
         self._publisher.submit(future)
         if record is not None:
             record.committed = future
@@ -475,6 +458,7 @@ class QueueEngine:
                 shown[key] = old.shown
                 old.signal.fire()
                 old.room.fire()
+        logs = await self.store.queue_log_rows()
         queues, items, requests = await self.store.queue_rows()
 
         def mine(row: dict[str, Any], col: str) -> bool:
@@ -484,6 +468,7 @@ class QueueEngine:
             [r for r in queues if mine(r, "name")],
             [r for r in items if mine(r, "queue")],
             [r for r in requests if mine(r, "queue")],
+            [r for r in logs if mine(r, "queue")],
             shown,
         )
         for key, view in shown.items():
@@ -533,10 +518,10 @@ class QueueEngine:
             last_error=item.last_error,
         )
 
-    async def _guarded(self, q: QueueState, stmts: list[Statement], exc: DomainError) -> NoReturn:
+    async def _guarded(self, q: QueueState, ticked: LogSet | None, exc: DomainError) -> NoReturn:
         """Commits what a tick already changed before re-raising a rejected call's error."""
-        if stmts:
-            await self._commit(q, stmts)
+        if ticked is not None:
+            await self._commit(q, ticked)
         raise exc
 
     def _drop(self, q: QueueState) -> list[Statement]:
@@ -553,3 +538,13 @@ class QueueEngine:
             if gone is not q:
                 stmts += self.store.queue_delete_statements(gone.account, gone.name)
         return stmts
+
+
+def _succeeded(ws: LogSet) -> bool:
+    future = ws.future
+    return future.done() and not future.cancelled() and future.exception() is None
+
+
+def _settled(q: QueueState) -> bool:
+    """Whether every write set of ``q`` committed."""
+    return q.last_set is None or _succeeded(q.last_set)

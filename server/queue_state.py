@@ -19,8 +19,8 @@ from apothic.server.request_ids import RecentRequests
 if TYPE_CHECKING:
     import asyncio
 
-    from apothic.server.queue_engine import QueueWrites
     from apothic.server.queue_log import Shown
+    from apothic.server.queue_oplog import LogEntry, LogSet
 
 #: Largest item, in bytes of its serialized payload.
 MAX_ITEM_BYTES = 1024 * 1024
@@ -193,12 +193,20 @@ class QueueState:
     requests: RecentRequests[Request] = field(default_factory=RecentRequests)
     #: Numbers recorded request ids, so the oldest can be forgotten first.
     request_n: int = 0
-    #: The stored row that records each remembered request id (its id for a row of its
-    #: own, an int for a row recording several), and how many remembered ids each row holds.
-    request_rows: dict[str, str | int] = field(default_factory=dict)
-    row_live: dict[str | int, int] = field(default_factory=dict)
-    #: The write set the queue's next hot mutation joins (apothic.server.queue_engine).
-    write_set: QueueWrites | None = None
+    #: The stored ``queue_request`` rows, oldest first: their key (an int for a row
+    #: recording several ids, the id for an older row of one) and the ids each records.
+    request_rows: dict[str | int, list[str]] = field(default_factory=dict)
+    #: The write set the queue's next hot mutation joins (apothic.server.queue_oplog), and
+    #: the last one it submitted (the next one fails when that one does).
+    write_set: LogSet | None = None
+    last_set: LogSet | None = None
+    #: The lsn of the queue's next log row, and of the last one folded into its rows.
+    next_lsn: int = 1
+    folded_lsn: int = 0
+    #: Committed log entries not folded yet, in lsn order (the compactor's work).
+    log_entries: list[LogEntry] = field(default_factory=list)
+    #: Whether a compaction of this queue is in flight.
+    compacting: bool = False
 
     @property
     def dlq_name(self) -> str:

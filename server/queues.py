@@ -3,13 +3,15 @@
 The store is the source of truth; :class:`QueueManager` keeps every queue in memory (a
 :class:`~apothic.server.queue_state.QueueState`: its items, a ready heap per partition and a
 timer heap for leases and delays) and rebuilds it from the store at start. Each operation
-changes memory synchronously, adds its writes to the queue's open write set (or, when it
-moves items between queues, hands its own statements to the store's group committer) in
-that same order, and answers once they committed, so concurrent operations share
-transactions and never interleave inconsistently. A write set writes each item row once in
-its latest state and records all its request ids in one row
-(:class:`~apothic.server.queue_engine.QueueWrites`). Watchers see each committed change once it landed, in
-commit order (apothic.server.queue_log).
+changes memory synchronously, adds its writes to the queue's open write set in that same
+order, and answers once that set committed, so concurrent operations share transactions and
+never interleave inconsistently. A write set is persisted as one appended log row per queue
+it touches (:class:`~apothic.server.queue_oplog.LogSet`: each item in its latest state, the
+new rev, the request ids it applied); a background compactor folds committed log rows into
+the queue's item and request rows in one transaction that deletes them, and a load replays
+what is left over those rows (apothic.server.queue_oplog). Moving items between queues
+(dead-lettering, redrive) writes both queues' log rows in one transaction. Watchers see each
+committed change once it landed, in commit order (apothic.server.queue_log).
 
 Guarantees:
 
@@ -46,7 +48,7 @@ from apothic.server.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from apothic.server.queue_engine import QueueEngine, Writes
+from apothic.server.queue_engine import QueueEngine
 from apothic.server.queue_log import (
     ACKED,
     CLAIMED,
@@ -76,7 +78,6 @@ from apothic.server.queue_state import (
     dt,
     validate_queue_name,
 )
-from apothic.server.store import Statement
 from apothic.server.watch import Change, ChangeLog, WatchItem, watch
 
 __all__ = [
@@ -184,9 +185,9 @@ class QueueManager(QueueEngine):
             NotFound: no such queue.
         """
         q = self._get(account, name)
-        stmts = self._tick(q)
-        if stmts:
-            await self._commit(q, stmts)
+        ticked = self._tick(q)
+        if ticked is not None:
+            await self._commit(q, ticked)
         return q.view()
 
     async def delete(self, account: str, name: str) -> None:
@@ -260,11 +261,11 @@ class QueueManager(QueueEngine):
             if replayed is not None:
                 return int(replayed["rev"])
             room = q.room.waiter()
-            stmts = self._tick(q)
+            ticked = self._tick(q)
             if q.fits(partition, len(payloads)):
                 break
-            if stmts:
-                await self._commit(q, stmts)
+            if ticked is not None:
+                await self._commit(q, ticked)
             left = give_up - time.monotonic()
             if left <= 0:
                 raise ResourceExhausted(
@@ -284,8 +285,8 @@ class QueueManager(QueueEngine):
             q.make_ready(item)
             items.append(item)
             events.append(QueueEvent.put(item))
-        writes = self._writes(q, stmts)
-        writes.insert(items)
+        writes = self._writes(q)
+        writes.part(q).insert(items)
         result: dict[str, Any] = {"op": "put"}
         record = self._bump(q, writes, events, request_id, result)
         q.signal.fire()
@@ -327,12 +328,12 @@ class QueueManager(QueueEngine):
             if replayed is not None:
                 return self._replay_claims(q, replayed), int(replayed["rev"])
             waiter = q.signal.waiter()
-            stmts = self._tick(q)
+            ticked = self._tick(q)
             items = q.pop_ready(partition, n)
             if items:
-                return await self._take(q, items, lease_s, stmts, request_id)
-            if stmts:
-                await self._commit(q, stmts)
+                return await self._take(q, items, lease_s, request_id)
+            if ticked is not None:
+                await self._commit(q, ticked)
             left = give_up - time.monotonic()
             if left <= 0:
                 return [], q.rev
@@ -342,11 +343,12 @@ class QueueManager(QueueEngine):
                 await asyncio.wait_for(waiter.wait(), left)
 
     async def _take(
-        self, q: QueueState, items: list[Item], lease_s: float | None, stmts: list[Statement], request_id: str
+        self, q: QueueState, items: list[Item], lease_s: float | None, request_id: str
     ) -> tuple[list[TakenItem], int]:
         result: dict[str, Any] = {"op": "take"}
         events = []
-        writes = self._writes(q, stmts)
+        writes = self._writes(q)
+        part = writes.part(q)
         if lease_s is None:
             taken = []
             for item in items:
@@ -354,7 +356,7 @@ class QueueManager(QueueEngine):
                 taken.append(self._taken(item, claimed=False))
                 q.remove(item.seq)
                 events.append(QueueEvent(REMOVED, item.seq, item.partition, attempt=item.attempt))
-            writes.delete([i.seq for i in items])
+            part.delete([i.seq for i in items])
         else:
             deadline = self.now() + lease_s
             for item in items:
@@ -374,7 +376,7 @@ class QueueManager(QueueEngine):
                     )
                 )
             taken = [self._taken(item, claimed=True) for item in items]
-            writes.update(items)
+            part.update(items)
             result["claims"] = [[i.seq, i.epoch] for i in items]
         record = self._bump(q, writes, events, request_id, result)
         await self._commit(q, writes, record)
@@ -403,17 +405,17 @@ class QueueManager(QueueEngine):
         replayed = await self._replay(q, request_id, "ack")
         if replayed is not None:
             return int(replayed["rev"])
-        stmts = self._tick(q)
+        ticked = self._tick(q)
         try:
             items = {item.seq: item for item in (self._held(q, r) for r in receipts)}
         except DomainError as exc:
-            await self._guarded(q, stmts, exc)
+            await self._guarded(q, ticked, exc)
         events = []
         for item in items.values():
             q.remove(item.seq)
             events.append(QueueEvent(ACKED, item.seq, item.partition, attempt=item.attempt))
-        writes = self._writes(q, stmts)
-        writes.delete(list(items))
+        writes = self._writes(q)
+        writes.part(q).delete(list(items))
         result: dict[str, Any] = {"op": "ack"}
         record = self._bump(q, writes, events, request_id, result)
         await self._commit(q, writes, record)
@@ -434,15 +436,15 @@ class QueueManager(QueueEngine):
         replayed = await self._replay(q, request_id, "renew")
         if replayed is not None:
             return dt(replayed["deadline"]), int(replayed["rev"])
-        stmts = self._tick(q)
+        ticked = self._tick(q)
         try:
             item = self._held(q, receipt)
         except DomainError as exc:
-            await self._guarded(q, stmts, exc)
+            await self._guarded(q, ticked, exc)
         item.lease_deadline = self.now() + lease_s
         q.schedule(item.lease_deadline, item)
-        writes = self._writes(q, stmts)
-        writes.update([item])
+        writes = self._writes(q)
+        writes.part(q).update([item])
         result: dict[str, Any] = {"op": "renew", "deadline": item.lease_deadline}
         event = QueueEvent(RENEWED, item.seq, item.partition, attempt=item.attempt, lease_deadline=item.lease_deadline)
         record = self._bump(q, writes, [event], request_id, result)
@@ -465,17 +467,16 @@ class QueueManager(QueueEngine):
         replayed = await self._replay(q, request_id, "release")
         if replayed is not None:
             return bool(replayed["dead_lettered"]), int(replayed["rev"])
-        stmts = self._tick(q)
+        ticked = self._tick(q)
         try:
             item = self._held(q, receipt)
         except DomainError as exc:
-            await self._guarded(q, stmts, exc)
+            await self._guarded(q, ticked, exc)
         item.leased = False
         item.last_error = error or f"released after attempt {item.attempt}"
         dead = bool(q.max_attempts and item.attempt >= q.max_attempts)
-        writes: list[Statement] | Writes = stmts
         if dead:
-            events = self._dead_letter(q, [item], stmts)
+            writes, events = self._dead_letter(q, [item])
         else:
             item.visible_at = self.now() + delay_s
             if delay_s > 0:
@@ -483,8 +484,8 @@ class QueueManager(QueueEngine):
             else:
                 q.make_ready(item)
                 q.signal.fire()
-            writes = self._writes(q, stmts)
-            writes.update([item])
+            writes = self._writes(q)
+            writes.part(q).update([item])
             events = [
                 QueueEvent(
                     RELEASED,
@@ -524,15 +525,16 @@ class QueueManager(QueueEngine):
         replayed = await self._replay(q, request_id, "clear")
         if replayed is not None:
             return int(replayed["removed"]), int(replayed["rev"])
-        stmts = self._tick(q)
+        self._tick(q)  # its moves join the write set below
         gone = [item for item in q.items.values() if partition is None or item.partition == partition]
         for item in gone:
             q.remove(item.seq)
         events = [QueueEvent(REMOVED, item.seq, item.partition, attempt=item.attempt) for item in gone]
-        stmts.append(self.store.queue_clear_statement(account, name, partition))
+        writes = self._writes(q)
+        writes.part(q).delete([item.seq for item in gone])
         result: dict[str, Any] = {"op": "clear", "removed": len(gone)}
-        record = self._bump(q, stmts, events, request_id, result)
-        await self._commit(q, stmts, record)
+        record = self._bump(q, writes, events, request_id, result)
+        await self._commit(q, writes, record)
         return len(gone), int(result["rev"])
 
     async def redrive(self, account: str, name: str, request_id: str = "") -> tuple[int, int]:
@@ -546,19 +548,22 @@ class QueueManager(QueueEngine):
         replayed = await self._replay(q, request_id, "redrive")
         if replayed is not None:
             return int(replayed["moved"]), int(replayed["rev"])
-        stmts = self._tick(q)
+        self._tick(q)  # its moves commit before (or with) the write set below
         dlq = self._queues.get((account, q.dlq_name))
         moved: list[Item] = []
         events: list[QueueEvent] = []
         if dlq is not None:
-            stmts += self._tick(dlq)
+            self._tick(dlq)
             moved = [dlq.items[seq] for seq in sorted(dlq.items)]
-            if moved:
-                theirs, events = self._move(dlq, q, moved, stmts, redrive=True)
-                self._bump(dlq, stmts, theirs)
+        if dlq is not None and moved:
+            writes = self._writes(q, dlq)
+            theirs, events = self._move(dlq, q, moved, writes, redrive=True)
+            self._bump(dlq, writes, theirs)
+        else:
+            writes = self._writes(q)
         result: dict[str, Any] = {"op": "redrive", "moved": len(moved)}
-        record = self._bump(q, stmts, events, request_id, result)
-        await self._commit(q, stmts, record)
+        record = self._bump(q, writes, events, request_id, result)
+        await self._commit(q, writes, record)
         return len(moved), int(result["rev"])
 
     # -- watches -----------------------------------------------------------------------

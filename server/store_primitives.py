@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+import cbor2
 from surrealdb import RecordID
 
 from apothic.server.dict_records import DICT_CHAIN_BROKEN
@@ -21,9 +23,10 @@ class PrimitiveStore(StoreBase):
 
     # -- queues ------------------------------------------------------------------------
     # A queue is one ``queue`` record ([account, name]: rev, next_seq, max_attempts, maxsize,
-    # expires_at when ephemeral), one ``queue_item`` record per item not yet acked ([account,
-    # name, seq]) and the request ids it recently applied (``queue_request``). See
-    # apothic.server.queues.
+    # expires_at when ephemeral, folded_lsn), one ``queue_item`` record per item not yet acked
+    # ([account, name, seq]), the request ids it recently applied (``queue_request``), and
+    # the log rows of its write sets not folded into those yet (``queue_oplog``, [account,
+    # name, lsn]). See apothic.server.queues and apothic.server.queue_oplog.
 
     def queue_commit(self, statements: list[Statement]) -> asyncio.Future[None]:
         """Queues statements and returns the future settled once they committed (or failed).
@@ -75,12 +78,43 @@ class PrimitiveStore(StoreBase):
             {"id": RecordID("queue", [account, name]), "at": expires_at},
         )
 
-    def queue_rev_statement(self, account: str, name: str, rev: int, next_seq: int) -> Statement:
-        """Records a queue's new rev and next item seq."""
+    def queue_fold_statement(self, account: str, name: str, rev: int, next_seq: int, folded_lsn: int) -> Statement:
+        """Records a queue's rev and next item seq as of its last folded log row."""
         return (
-            "UPDATE $id SET rev = $rev, next_seq = $next RETURN NONE",
-            {"id": RecordID("queue", [account, name]), "rev": rev, "next": next_seq},
+            "UPDATE $id SET rev = $rev, next_seq = $next, folded_lsn = $lsn RETURN NONE",
+            {"id": RecordID("queue", [account, name]), "rev": rev, "next": next_seq, "lsn": folded_lsn},
         )
+
+    @staticmethod
+    def queue_log_row(account: str, name: str, lsn: int, ops: bytes) -> dict[str, Any]:
+        """A ``queue_oplog`` row: one write set's entry (apothic.server.queue_oplog)."""
+        return {
+            "id": RecordID("queue_oplog", [account, name, lsn]),
+            "account": account,
+            "queue": name,
+            "lsn": lsn,
+            "ops": ops,
+        }
+
+    @staticmethod
+    def queue_log_statement(rows: list[dict[str, Any]]) -> Statement:
+        """Appends log rows (:meth:`queue_log_row`); fails the write when one exists."""
+        if len(rows) == 1:
+            row = rows[0]
+            return (
+                "CREATE $id CONTENT $doc RETURN NONE",
+                {"id": row["id"], "doc": {k: v for k, v in row.items() if k != "id"}},
+            )
+        return ("INSERT INTO queue_oplog $rows RETURN NONE", {"rows": rows})
+
+    @staticmethod
+    def queue_log_delete_statement(account: str, name: str, lsns: list[int]) -> Statement:
+        """Deletes a queue's log rows by lsn."""
+        return _deletes([RecordID("queue_oplog", [account, name, lsn]) for lsn in lsns])
+
+    async def queue_log_rows(self) -> list[dict[str, Any]]:
+        """Every queue log row (account, queue, lsn, ops) of all accounts."""
+        return list(await self._q("SELECT account, queue, lsn, ops FROM queue_oplog"))
 
     def queue_insert_items_statement(self, account: str, name: str, items: list[dict[str, Any]]) -> Statement:
         """Inserts items; each dict holds seq, partition, format, data, attempt, epoch, leased,
@@ -106,65 +140,49 @@ class PrimitiveStore(StoreBase):
         """Deletes items by seq."""
         return _deletes([RecordID("queue_item", [account, name, seq]) for seq in seqs])
 
-    def queue_clear_statement(self, account: str, name: str, partition: str | None) -> Statement:
-        """Deletes every item of one partition of a queue, or of all its partitions."""
-        where = "account = $acct AND queue = $name" + ("" if partition is None else " AND partition = $part")
-        return (
-            f"DELETE queue_item WHERE {where} RETURN NONE",
-            {"acct": account, "name": name, "part": partition or ""},
-        )
-
     def queue_delete_statements(self, account: str, name: str) -> list[Statement]:
-        """Deletes a queue record, its items and its recorded request ids."""
+        """Deletes a queue record, its items, its recorded request ids and its log rows."""
         params = {"acct": account, "name": name}
         return [
             ("DELETE $id RETURN NONE", {"id": RecordID("queue", [account, name])}),
             ("DELETE queue_item WHERE account = $acct AND queue = $name RETURN NONE", params),
             ("DELETE queue_request WHERE account = $acct AND queue = $name RETURN NONE", dict(params)),
+            ("DELETE queue_oplog WHERE account = $acct AND queue = $name RETURN NONE", dict(params)),
         ]
-
-    def queue_request_statements(
-        self,
-        account: str,
-        name: str,
-        request_id: str,
-        n: int,
-        result: dict[str, Any],
-        evict: list[str | int],
-        at: float,
-    ) -> list[Statement]:
-        """Records that a request id was applied at ``at`` (server clock, seconds) with what it
-        answered, and deletes the recorded request rows ``evict`` (by key)."""
-        doc = {"account": account, "queue": name, "request_id": request_id, "n": n, "result": result, "at": at}
-        stmts: list[Statement] = [
-            (
-                "CREATE $id CONTENT $doc RETURN NONE",
-                {"id": RecordID("queue_request", [account, name, request_id]), "doc": doc},
-            )
-        ]
-        if evict:
-            stmts.append(_deletes([RecordID("queue_request", [account, name, old]) for old in evict]))
-        return stmts
 
     def queue_request_batch_statement(
-        self, account: str, name: str, row_key: int, requests: list[tuple[str, int, dict[str, Any], float]]
+        self, account: str, name: str, row_key: int, requests: Sequence[Sequence[Any]]
     ) -> Statement:
         """Records several request ids ``(request id, n, result, applied at)`` in one row,
-        keyed by an int (a row of one request id is keyed by that id, a string, so the two
-        never collide); its ``n`` is the last one's."""
+        keyed by an int (an older row of one request id is keyed by that id, a string, so
+        the two never collide); its ``n`` is the last one's. The ids, results and times are
+        CBOR-encoded in ``packed`` (:meth:`queue_request_entries` reads them back)."""
         last_n, last_at = requests[-1][1], requests[-1][3]
         doc = {
             "account": account,
             "queue": name,
             "request_id": f"#{row_key}",
             "n": last_n,
-            "result": {"batch": [[request_id, result, at] for request_id, _, result, at in requests]},
+            "result": {},
             "at": last_at,
+            "packed": cbor2.dumps([[request_id, result, at] for request_id, _, result, at in requests]),
         }
         return (
             "CREATE $id CONTENT $doc RETURN NONE",
             {"id": RecordID("queue_request", [account, name, row_key]), "doc": doc},
         )
+
+    @staticmethod
+    def queue_request_entries(row: dict[str, Any]) -> tuple[str | int, list[tuple[str, dict[str, Any], float]]]:
+        """A stored request row's key and the ``(request id, result, applied at)`` it records
+        (a packed row, an older row of several in ``result.batch``, or one of one id)."""
+        row_key = row["id"].id[2] if isinstance(row.get("id"), RecordID) else row["request_id"]
+        if row.get("packed") is not None:
+            return row_key, [(rid, result, at or 0.0) for rid, result, at in cbor2.loads(row["packed"])]
+        batch = row["result"].get("batch") if isinstance(row_key, int) else None
+        if batch is not None:
+            return row_key, [(rid, result, at or 0.0) for rid, result, at in batch]
+        return row_key, [(row["request_id"], row["result"], row.get("at") or 0.0)]
 
     def queue_forget_requests_statement(self, account: str, name: str, row_keys: list[str | int]) -> Statement:
         """Deletes recorded request rows by key."""

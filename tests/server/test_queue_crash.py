@@ -137,11 +137,15 @@ def test_queue_survives_kill_9_during_puts_claims_and_acks(tmp_path: Path) -> No
             plane.start()
             kills.append(time.monotonic_ns())
         producers, consumers = children[:PRODUCERS], children[PRODUCERS:]
-        for proc in producers:
-            assert proc.wait(120) == 0, (tmp_path / "p0.err").read_text()
+
+        def failed(who: str) -> str:
+            return f"{who} failed:\n{(tmp_path / f'{who}.err').read_text()}\nserver:\n{plane.output()[-5000:]}"
+
+        for i, proc in enumerate(producers):
+            assert proc.wait(120) == 0, failed(f"p{i}")
         done.touch()
-        for proc in consumers:
-            assert proc.wait(120) == 0, (tmp_path / "c0.err").read_text()
+        for i, proc in enumerate(consumers):
+            assert proc.wait(120) == 0, failed(f"c{i}")
         elapsed = time.monotonic() - started
         # Its client retries it with the same request id, well within the SDK's retry window
         # (UNAVAILABLE_RETRY_S) but a few thousand other operations later: it is applied once.

@@ -48,7 +48,7 @@ class _Model:
 
 
 class QueueMachine(RuleBasedStateMachine):
-    """put / get / claim / ack / renew / release / expire / redrive / clear / restart."""
+    """put / get / claim / ack / renew / release / expire / redrive / clear / compact / restart."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -272,6 +272,12 @@ class QueueMachine(RuleBasedStateMachine):
         assert removed == len(gone)
         for v in gone:
             del self.items[v]
+
+    @rule()
+    def compact(self) -> None:
+        # What the background compactor does: fold the committed log rows into the rows
+        # (a restart then replays what is left over them).
+        self.run(self.manager.compact())
 
     @rule()
     def restart(self) -> None:

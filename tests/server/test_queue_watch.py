@@ -12,6 +12,7 @@ import pytest
 
 from apothic.server.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from apothic.server.queue_log import CLAIMED, DEAD_LETTERED, PUT, REDRIVEN, QueueEvent
+from apothic.server.queue_oplog import LogEntry
 from apothic.server.queue_state import EPHEMERAL_LEASE_S
 from apothic.server.queues import QueueManager
 from apothic.server.store import Store
@@ -152,10 +153,11 @@ async def test_a_failed_commit_is_never_published(manager: QueueManager, store: 
     await manager.create(ACCOUNT, "q", None)
     rev = await manager.put(ACCOUNT, "q", "", _payloads(1))
     stream = manager.watch(ACCOUNT, "q", snapshot=False, after_rev=rev, partition=None)
-    # Another writer (a second replica, say) wrote the row that records the request ids of
-    # the next write set (keyed by the first one's number, 1): that put's transaction fails
-    # on it after memory already changed.
-    await store.commit([store.queue_request_batch_statement(ACCOUNT, "q", 1, [("other", 1, {"op": "put"}, 0.0)])])
+    # Another writer (a second replica, say) appended the log row the next write set
+    # appends (the queue's second, lsn 2): that put's transaction fails on it after memory
+    # already changed.
+    theirs = LogEntry(2, rev, 2, [], [("other", 1, {"op": "put", "rev": rev}, 0.0)]).encode()
+    await store.commit([store.queue_log_statement([store.queue_log_row(ACCOUNT, "q", 2, theirs)])])
     with pytest.raises(Unavailable, match="did not commit"):
         await manager.put(ACCOUNT, "q", "", _payloads(2), request_id="taken")
     # The queue was reloaded from the store; the next put commits and is the next change (the
