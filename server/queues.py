@@ -188,6 +188,13 @@ class QueueManager(QueueEngine):
         ticked = self._tick(q)
         if ticked is not None:
             await self._commit(q, ticked)
+        last = q.last_set
+        if last is not None and not last.future.done():
+            # A read answers with committed state only: what another caller's write (or a
+            # dead-letter move into this queue) has planned but not yet committed is waited for.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(last.future)
+            q = self._get(account, name)
         return q.view()
 
     async def delete(self, account: str, name: str) -> None:
