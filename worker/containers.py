@@ -362,6 +362,7 @@ class ProcessContainer:
 
     async def _pump(self, reader: asyncio.StreamReader) -> None:
         startup_error = ""
+        finalized = False
         buffer = bytearray()
         try:
             while True:
@@ -388,8 +389,14 @@ class ProcessContainer:
                         startup_error = msg[1]
         except ConnectionError:
             pass
+        except GeneratorExit:
+            # Finalized by the garbage collector after its event loop closed (a runtime stopped
+            # without draining): there is no loop left to report the exit on.
+            finalized = True
+            raise
         finally:
-            await self._finish(startup_error)
+            if not finalized:
+                await self._finish(startup_error)
 
     async def _finish(self, startup_error: str) -> None:
         assert self.proc is not None
