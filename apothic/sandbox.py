@@ -148,6 +148,19 @@ class _Create:
         return run_sync(self.aio(**kwargs), "Sandbox.create()", async_form="await Sandbox.create.aio(...)")
 
 
+async def _attach(client: ClientConfig | None, **which: str) -> Sandbox:
+    """A handle on a running sandbox, by id or name.
+
+    Raises:
+        NotFoundError: no such sandbox.
+        SandboxTerminatedError: it has ended.
+    """
+    info = await get_client(client).get_sandbox(**which)
+    if info.status.is_final:
+        raise _ended_error(info)
+    return Sandbox(info, client)
+
+
 class _FromId:
     """``Sandbox.from_id(id)``; ``await Sandbox.from_id.aio(id)`` is the async form."""
 
@@ -158,10 +171,7 @@ class _FromId:
             NotFoundError: no such sandbox.
             SandboxTerminatedError: it has ended.
         """
-        info = await get_client(client).get_sandbox(sandbox_id=sandbox_id)
-        if info.status.is_final:
-            raise _ended_error(info)
-        return Sandbox(info, client)
+        return await _attach(client, sandbox_id=sandbox_id)
 
     def __call__(self, sandbox_id: str, *, client: ClientConfig | None = None) -> Sandbox:
         """Reattaches to a running sandbox by id (see :meth:`aio`)."""
@@ -178,10 +188,7 @@ class _FromName:
             NotFoundError: no sandbox has the name.
             SandboxTerminatedError: the latest sandbox of that name has ended.
         """
-        info = await get_client(client).get_sandbox(name=name)
-        if info.status.is_final:
-            raise _ended_error(info)
-        return Sandbox(info, client)
+        return await _attach(client, name=name)
 
     def __call__(self, name: str, *, client: ClientConfig | None = None) -> Sandbox:
         """Reattaches to the running sandbox called ``name`` (see :meth:`aio`)."""

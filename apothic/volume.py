@@ -41,6 +41,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from apothic._files import files_under
 from apothic._lazy import get_client
 from apothic._sync import run_sync
 from apothic.config import ClientConfig
@@ -505,15 +506,6 @@ class _Mount:
     root: Path
     synced: dict[str, str] = field(default_factory=dict)
 
-    def _local(self) -> dict[str, Path]:
-        files: dict[str, Path] = {}
-        for dirpath, _, filenames in os.walk(self.root):
-            for filename in filenames:
-                path = Path(dirpath) / filename
-                if path.is_file() and not path.is_symlink():
-                    files[path.relative_to(self.root).as_posix()] = path
-        return files
-
     async def download(self, config: ClientConfig | None) -> int:
         client = get_client(config)
         entries = await client.list_volume_files(self.name, "", recursive=True)
@@ -536,7 +528,7 @@ class _Mount:
     async def upload(self, config: ClientConfig | None) -> int:
         client = get_client(config)
         changed = 0
-        local = self._local()
+        local = files_under(self.root)
         for path, file in sorted(local.items()):
             content = await asyncio.to_thread(file.read_bytes)
             sha = hashlib.sha256(content).hexdigest()

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from apothic._files import files_under
+
 #: The environment variable the control plane puts mounts (and credentials) in.
 ENV_VAR = "APOTHIC_BUCKET_MOUNTS"
 #: The secret keys a bucket's credentials are read from.
@@ -133,15 +135,6 @@ class BucketMount:
         st = (self.root / rel).stat()
         self.synced[rel] = _Synced(st.st_size, st.st_mtime_ns, hashlib.md5(content).hexdigest(), time.time_ns())
 
-    def _local(self) -> dict[str, Path]:
-        files: dict[str, Path] = {}
-        for dirpath, _, filenames in os.walk(self.root):
-            for filename in filenames:
-                path = Path(dirpath) / filename
-                if path.is_file() and not path.is_symlink():
-                    files[path.relative_to(self.root).as_posix()] = path
-        return files
-
     def download(self) -> int:
         """Downloads every object under the prefix (the container's start, or putting a
         read-only mount back); returns how many files were written."""
@@ -173,7 +166,7 @@ class BucketMount:
     def changes(self) -> tuple[dict[str, bytes], list[str]]:
         """``(new or changed files with their content, deleted files)`` since the last sync."""
         changed: dict[str, bytes] = {}
-        local = self._local()
+        local = files_under(self.root)
         for rel, path in sorted(local.items()):
             known = self.synced.get(rel)
             st = path.stat()

@@ -10,7 +10,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 from surrealdb import RecordID
 
 from apothic.server.dicts import DictManager, PutOutcome
@@ -23,16 +22,6 @@ ACCOUNT = "accounts:pipeline"
 
 async def _next(stream: AsyncIterator[Any]) -> Any:
     return await asyncio.wait_for(stream.__anext__(), 5)
-
-
-@pytest.fixture
-async def store() -> AsyncIterator[Store]:
-    store = Store("mem://")
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 async def _cas_loop(dicts: DictManager, key: str, rounds: int, wins: list[int], revs: list[int]) -> None:

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +23,6 @@ from apothic.server.store import Store
 
 ACCOUNT = "accounts:oplog"
 NOW = 1_000_000.0
-
-
-@pytest.fixture
-async def store() -> AsyncIterator[Store]:
-    store = Store("mem://")
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 def _manager(store: Store, **kwargs: Any) -> QueueManager:

@@ -34,14 +34,6 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture
-async def store() -> AsyncIterator[Store]:
-    store = Store("mem://")
-    await store.open()
-    yield store
-    await store.close()
-
-
 def _manager(store: Store, clock: Clock, retention: int = 1000) -> QueueManager:
     return QueueManager(store, now=clock, watch=WatchSettings(retention=retention, progress_s=0.05))
 

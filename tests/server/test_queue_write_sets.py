@@ -6,26 +6,13 @@ after a reload (a restart)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
-
-import pytest
 
 from apothic.server.queues import QueueManager
 from apothic.server.request_ids import RecentRequests
 from apothic.server.store import Store
 
 ACCOUNT = "accounts:sets"
-
-
-@pytest.fixture
-async def store() -> AsyncIterator[Store]:
-    store = Store("mem://")
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 def _count_flushes(store: Store) -> list[int]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -12,16 +11,6 @@ import pytest
 from surrealdb import RecordID
 
 from apothic.server.store import MAX_BATCH, Statement, Store
-
-
-@pytest.fixture
-async def store() -> AsyncIterator[Store]:
-    s = Store("mem://")
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 def _create(key: str, **doc: Any) -> Statement:
