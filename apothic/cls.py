@@ -31,8 +31,35 @@ instances (see :mod:`apothic._cls_runtime`). By default a class runs in one cont
 (``max_containers=1``), so an instance's state is the same for every caller; with more
 containers each keeps its own copy of an instance (as Modal's classes do). Methods may
 be async (then the whole class should be: an all-async class interleaves calls).
-``@apothic.concurrent`` on the class lets one container run several calls at once;
-``@batched`` methods and generator methods are refused at decoration.
+``@apothic.concurrent`` on the class lets one container run several calls at once.
+
+``@apothic.batched`` on a method (with or without ``@method()``, as Modal's
+``@modal.batched``)::
+
+    @apothic.batched(max_batch_size=8, wait_ms=50)
+    def embed(self, texts: list[str]) -> list[int]:   # called once per batch
+        return [len(t) for t in texts]
+
+    c.embed.remote("one text")          # each caller passes one input, gets its element
+    list(c.embed.map(texts))            # concurrent calls of one instance share batches
+
+The calls of one batched method on one instance are grouped inside the container up to
+``max_batch_size`` or ``wait_ms``; a result of the wrong length or an exception fails
+every caller of that batch. To let batches form, the class's container takes up to the
+largest ``max_batch_size`` inputs at once, while its other method bodies keep the
+class's own limit (``@concurrent``'s ``max_inputs``; one at a time without it), a whole
+batch counting as one body. ``@concurrent`` on the class and ``@batched`` methods
+therefore mix: ``@concurrent(max_inputs=4)`` with a ``max_batch_size=16`` method takes
+16 inputs per container and runs at most 4 bodies at once. ``@batched`` on the class
+itself, ``@concurrent`` on a method, and a batched generator are refused at decoration.
+
+Generator methods (sync or async) stream their items: ``c.tokens.remote_gen(n)`` (and
+``.aio.remote_gen``) yields them as the method produces them. The control plane streams
+only from a function declared a generator, so a class with generator methods deploys a
+second function, ``<Class>__gen``, that serves them in containers of its own: an
+instance used by both kinds of method is constructed (and ``@enter``-ed) once in each,
+and the two copies do not share state. Calling a generator method with ``.remote()``,
+``.spawn()`` or ``.map()`` (or a plain one with ``.remote_gen()``) raises ``TypeError``.
 """
 
 from __future__ import annotations
@@ -45,10 +72,21 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from apothic._cls_runtime import ENTER, EXIT, LIFECYCLE_ATTR, METHOD, TERMINATE, make_dispatcher, marked
-from apothic.concurrency import BATCHED_ATTR, CONCURRENT_ATTR
+from apothic._cls_runtime import (
+    ENTER,
+    EXIT,
+    GEN_SUFFIX,
+    LIFECYCLE_ATTR,
+    METHOD,
+    TERMINATE,
+    is_generator,
+    make_dispatcher,
+    make_gen_dispatcher,
+    marked,
+)
+from apothic.concurrency import BATCHED_ATTR, CONCURRENT_ATTR, BatchedConfig, ConcurrentConfig, concurrent
 from apothic.config import ClientConfig
-from apothic.exceptions import InvalidConfigError
+from apothic.exceptions import InvalidConfigError, NotFoundError
 from apothic.functions import RemoteFunction, _Invocable
 from apothic.job import Job
 
@@ -62,14 +100,28 @@ def _marker(kind: str) -> Callable[[F], F]:
     def decorate(func: F) -> F:
         if not callable(func):
             raise InvalidConfigError(f"@apothic.{kind}() must decorate a method, got {func!r}")
-        if kind == METHOD and (inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func)):
-            raise InvalidConfigError(f"{func.__qualname__}: generator methods are not supported; return a list")
-        if kind == METHOD and hasattr(func, BATCHED_ATTR):
-            raise InvalidConfigError(f"{func.__qualname__}: @batched is not supported on methods; use a function")
+        _check_method(func, kind)
         setattr(func, LIFECYCLE_ATTR, kind)
         return func
 
     return decorate
+
+
+def _check_method(func: Any, kind: str) -> None:
+    """Refuses markers that contradict each other on one function.
+
+    Raises:
+        InvalidConfigError: ``@batched`` on a lifecycle hook or a generator, or
+            ``@concurrent`` on a method.
+    """
+    name = getattr(func, "__qualname__", repr(func))
+    if hasattr(func, BATCHED_ATTR):
+        if kind != METHOD:
+            raise InvalidConfigError(f"{name}: @batched goes on a remote method, not on an @{kind}() hook")
+        if is_generator(func):
+            raise InvalidConfigError(f"{name}: a generator method cannot be @batched")
+    if hasattr(func, CONCURRENT_ATTR):
+        raise InvalidConfigError(f"{name}: @apothic.concurrent goes on the class, not on a method")
 
 
 def enter() -> Callable[[F], F]:
@@ -109,8 +161,15 @@ class _MethodAio:
         self._h._check(args, kwargs)
         return await self._h._function.aio.spawn(self._h._header, *args, **kwargs)
 
+    async def remote_gen(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        """Calls a generator method and yields its items as it produces them."""
+        self._h._check(args, kwargs, streaming=True)
+        async for item in self._h._gen_function().aio.remote_gen(self._h._header, *args, **kwargs):
+            yield item
+
     async def map(self, *iterables: Iterable[Any], kwargs: dict[str, Any] | None = None) -> AsyncIterator[Any]:
         """Calls the method once per input and yields the results in order."""
+        self._h._check_kind(streaming=False)
         rows = ((self._h._header, *row) for row in zip(*iterables, strict=False))
         async for value in self._h._function.aio.starmap(rows, kwargs=kwargs):
             yield value
@@ -131,12 +190,29 @@ class RemoteMethod:
     def __repr__(self) -> str:
         return f"RemoteMethod({self._instance!r}.{self._name})"
 
-    def _check(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def _check_kind(self, *, streaming: bool) -> None:
+        """Refuses a generator method called for a value, and the other way round (known
+        here for a local class; a class looked up by name is checked by its container)."""
+        if self._local is None:
+            return
+        qualified = f"{self._instance._cls.name}.{self._name}"
+        if is_generator(self._local) and not streaming:
+            raise TypeError(f"{qualified} is a generator method: iterate over its items with .remote_gen(...)")
+        if streaming and not is_generator(self._local):
+            raise TypeError(f"{qualified} is not a generator method; call it with .remote(...)")
+
+    def _check(self, args: tuple[Any, ...], kwargs: dict[str, Any], *, streaming: bool = False) -> None:
+        self._check_kind(streaming=streaming)
         if self._local is not None:
             try:
                 inspect.signature(self._local).bind(None, *args, **kwargs)
             except TypeError as exc:
                 raise TypeError(f"{self._instance._cls.name}.{self._name}(): {exc}") from None
+
+    def _gen_function(self) -> _Invocable[..., Any]:
+        found = self._instance._cls._gen_function()
+        assert found is not None, "_check_kind refused a generator call on a class without generator methods"
+        return found
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         """Calls the method on the instance and returns its value (its exception re-raised)."""
@@ -148,8 +224,19 @@ class RemoteMethod:
         self._check(args, kwargs)
         return self._function.spawn(self._header, *args, **kwargs)
 
+    def remote_gen(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        """Calls a generator method and yields its items as it produces them.
+
+        Raises:
+            TypeError: the method is not a generator method.
+            Exception: what the method raised, after the items it yielded before.
+        """
+        self._check(args, kwargs, streaming=True)
+        return self._gen_function().remote_gen(self._header, *args, **kwargs)
+
     def map(self, *iterables: Iterable[Any], kwargs: dict[str, Any] | None = None, **opts: Any) -> Iterator[Any]:
         """Calls the method once per input (zipped iterables) and yields the results."""
+        self._check_kind(streaming=False)
         return self._function.starmap(
             ((self._header, *row) for row in zip(*iterables, strict=False)), kwargs=kwargs, **opts
         )
@@ -158,10 +245,12 @@ class RemoteMethod:
         self, rows: Iterable[Iterable[Any]], kwargs: dict[str, Any] | None = None, **opts: Any
     ) -> Iterator[Any]:
         """Calls the method once per argument tuple and yields the results."""
+        self._check_kind(streaming=False)
         return self._function.starmap(((self._header, *row) for row in rows), kwargs=kwargs, **opts)
 
     def spawn_map(self, *iterables: Iterable[Any], kwargs: dict[str, Any] | None = None) -> builtins.list[Job]:
         """Starts one job per input; returns their handles."""
+        self._check_kind(streaming=False)
         return [self.spawn(*row, **(kwargs or {})) for row in zip(*iterables, strict=False)]
 
 
@@ -183,8 +272,19 @@ class Instance:
         return RemoteMethod(self, name, self._cls._method(name))
 
     def terminate(self) -> None:
-        """Runs the instance's ``@exit`` methods and drops it; later calls on it fail."""
-        self._cls._function().remote((self.key, self._params, TERMINATE))
+        """Runs the instance's ``@exit`` methods and drops it; later calls on it fail (in
+        the containers of the class's generator methods too, when it has any)."""
+        header = (self.key, self._params, TERMINATE)
+        self._cls._function().remote(header)
+        gen = self._cls._gen_function()
+        if gen is None:
+            return
+        try:
+            for _ in gen.remote_gen(header):
+                pass
+        except NotFoundError:
+            if not isinstance(self._cls, RemoteCls):
+                raise  # a class looked up by name may have no generator methods
 
     def to_ref(self) -> str:
         """A string naming this instance; :meth:`Cls.from_ref` reattaches to it anywhere."""
@@ -210,15 +310,66 @@ class Cls:
             raise InvalidConfigError(
                 f"class {raw.__name__} has no @apothic.method(); mark the methods to call remotely"
             )
+        if hasattr(raw, BATCHED_ATTR):
+            raise InvalidConfigError(f"class {raw.__name__}: @batched goes on its methods, not on the class")
         self._methods = {name: getattr(raw, name) for name in methods}
-        is_async = all(inspect.iscoroutinefunction(m) for m in self._methods.values())
-        dispatcher = make_dispatcher(raw, is_async=is_async)
-        concurrent = getattr(raw, CONCURRENT_ATTR, None)
-        if concurrent is not None:
-            setattr(dispatcher, CONCURRENT_ATTR, concurrent)
-        options = {"max_containers": 1, **options, "serialized": True, "name": self.name}
-        self._fn = app.function(**options)(dispatcher)
+        for name in methods:
+            _check_method(inspect.getattr_static(raw, name), METHOD)
+        plain = [m for m in self._methods.values() if not is_generator(m)]
+        gens = [m for m in self._methods.values() if is_generator(m)]
+        batches: list[BatchedConfig] = [getattr(m, BATCHED_ATTR) for m in plain if hasattr(m, BATCHED_ATTR)]
+        class_concurrent: ConcurrentConfig | None = getattr(raw, CONCURRENT_ATTR, None)
+        options = {"max_containers": 1, **options, "serialized": True}
+        options.pop("name", None)  # the class's functions are named after it
+        if batches:
+            dispatcher, options_main = self._batched_dispatcher(raw, plain, batches, class_concurrent, options)
+        else:
+            dispatcher = make_dispatcher(raw, is_async=bool(plain) and all(map(inspect.iscoroutinefunction, plain)))
+            if class_concurrent is not None:
+                setattr(dispatcher, CONCURRENT_ATTR, class_concurrent)
+            options_main = options
+        self._fn = app.function(**options_main, name=self.name)(dispatcher)
+        self._gen_fn: _Invocable[..., Any] | None = None
+        if gens:
+            gen_dispatcher = make_gen_dispatcher(raw, is_async=all(map(inspect.isasyncgenfunction, gens)))
+            if class_concurrent is not None:
+                setattr(gen_dispatcher, CONCURRENT_ATTR, class_concurrent)
+            self._gen_fn = app.function(**options, name=self.name + GEN_SUFFIX)(gen_dispatcher)
         self.__doc__ = raw.__doc__
+
+    @staticmethod
+    def _batched_dispatcher(
+        raw: type,
+        plain: builtins.list[Callable[..., Any]],
+        batches: builtins.list[BatchedConfig],
+        class_concurrent: ConcurrentConfig | None,
+        options: dict[str, Any],
+    ) -> tuple[Callable[..., Any], dict[str, Any]]:
+        """The dispatcher of a class with ``@batched`` methods, and its function options.
+
+        The container must hold a whole batch, so the dispatcher takes up to the largest
+        ``max_batch_size`` inputs at once (or the class's own limit, if larger); the
+        dispatcher's gate keeps method bodies to the class's own limit.
+
+        Raises:
+            InvalidConfigError: ``concurrent_requests`` is not a positive integer.
+        """
+        limit = target = 1
+        if class_concurrent is not None:
+            limit, target = class_concurrent.max_inputs, class_concurrent.target_inputs
+        options = dict(options)
+        if "concurrent_requests" in options:
+            requests = options.pop("concurrent_requests")
+            if class_concurrent is not None:
+                raise InvalidConfigError(f"{raw.__name__}: use either concurrent_requests= or @concurrent, not both")
+            if isinstance(requests, bool) or not isinstance(requests, int) or requests < 1:
+                raise InvalidConfigError(f"concurrent_requests must be a positive integer, got {requests!r}")
+            limit = target = requests
+        batch = max(c.max_batch_size for c in batches)
+        max_inputs = max(limit, batch)
+        dispatcher = make_dispatcher(raw, is_async=all(map(inspect.iscoroutinefunction, plain)), limit=limit)
+        concurrent(max_inputs=max_inputs, target_inputs=min(max(target, batch), max_inputs))(dispatcher)
+        return dispatcher, options
 
     @property
     def app_name(self) -> str:
@@ -226,6 +377,9 @@ class Cls:
 
     def _function(self) -> _Invocable[..., Any]:
         return self._fn
+
+    def _gen_function(self) -> _Invocable[..., Any] | None:
+        return self._gen_fn
 
     def _method(self, name: str) -> Callable[..., Any]:
         found = self._methods.get(name)
@@ -283,12 +437,17 @@ class RemoteCls:
         self.app_name = app_name
         self.name = class_name
         self._fn = RemoteFunction(app_name, class_name, client=client)
+        self._gen_fn = RemoteFunction(app_name, class_name + GEN_SUFFIX, client=client)
 
     def __repr__(self) -> str:
         return f"RemoteCls({self.app_name!r}, {self.name!r})"
 
     def _function(self) -> _Invocable[..., Any]:
         return self._fn
+
+    def _gen_function(self) -> _Invocable[..., Any] | None:
+        # Whether the class has generator methods is known to its deployment only.
+        return self._gen_fn
 
     def _method(self, name: str) -> None:
         return None

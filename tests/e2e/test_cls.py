@@ -4,10 +4,13 @@ container stops, and the misuse cases."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import pickle
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -120,11 +123,32 @@ def test_misuse_is_refused(counter_app: tuple[apothic.App, apothic.Cls, str]) ->
         remote.named("x").helper.remote()
     with pytest.raises(InvalidConfigError, match="no @apothic.method"):
         app.cls(type("Empty", (), {}))
-    with pytest.raises(InvalidConfigError, match="generator methods"):
+    with pytest.raises(InvalidConfigError, match="generator method cannot be @batched"):
 
         @apothic.method()
+        @apothic.batched(max_batch_size=2, wait_ms=1)
         def gen(self):  # type: ignore[no-untyped-def]
             yield 1
+
+    with pytest.raises(InvalidConfigError, match="not on an @enter"):
+
+        @apothic.enter()
+        @apothic.batched(max_batch_size=2, wait_ms=1)
+        def hook(self) -> None: ...
+
+    with pytest.raises(InvalidConfigError, match="goes on the class"):
+
+        @apothic.method()
+        @apothic.concurrent(max_inputs=2)
+        def many(self) -> None: ...
+
+    with pytest.raises(InvalidConfigError, match="not on the class"):
+
+        @app.cls
+        @apothic.batched(max_batch_size=2, wait_ms=1)
+        class Whole:
+            @apothic.method()
+            def f(self) -> None: ...
 
 
 def test_a_terminated_instance_refuses_calls(counter_app: tuple[apothic.App, apothic.Cls, str]) -> None:
@@ -135,6 +159,10 @@ def test_a_terminated_instance_refuses_calls(counter_app: tuple[apothic.App, apo
     assert apothic.Queue.from_name(events, client=counter.app._client).get(timeout=10) == "exit 4"
     with pytest.raises(InstanceTerminatedError, match="was terminated"):
         inst.add.remote(1)
+    remote = apothic.Cls.from_name(counter.app_name, "Counter", client=counter.app._client)
+    remote.named("doomed-by-name").terminate()  # a class without generator methods: one function
+    with pytest.raises(InstanceTerminatedError, match="was terminated"):
+        counter.named("doomed-by-name").add.remote(1)
 
 
 def test_enter_that_raises_leaves_no_half_alive_instance(apothic_runtime: LocalRuntime) -> None:
@@ -186,3 +214,100 @@ def test_exit_runs_when_the_container_stops(apothic_runtime: LocalRuntime) -> No
     app.stop()
     q = apothic.Queue.from_name(events, client=apothic_runtime.config)
     assert wait_for(lambda: q.get(timeout=1), timeout=20, what="the @exit method") == "closed 5"
+
+
+def test_generator_methods_stream_their_items(apothic_runtime: LocalRuntime, tmp_path: Path) -> None:
+    app = apothic.App(unique_name("clsgen"), client=apothic_runtime.config)
+
+    @app.cls(timeout_s=60, scaledown_window_s=60)
+    class Tokens:
+        def __init__(self, prefix: str) -> None:
+            self.prefix = prefix
+            self.served = 0
+
+        @apothic.method()
+        def words(self, n: int) -> Iterator[tuple[str, int]]:
+            for i in range(n):
+                self.served += 1
+                yield f"{self.prefix}{i}", self.served
+
+        @apothic.method()
+        async def gated(self, gate: str) -> AsyncIterator[str]:
+            yield "first"
+            while not os.path.exists(gate):
+                await asyncio.sleep(0.01)
+            yield "second"
+
+        @apothic.method()
+        def runs_dry(self, n: int) -> Iterator[int]:
+            yield from range(n)
+            raise ValueError("ran dry")
+
+        @apothic.method()
+        def plain(self, x: int) -> int:
+            return x + 1
+
+    app.deploy()
+    try:
+        inst = Tokens("a")
+        assert list(inst.words.remote_gen(3)) == [("a0", 1), ("a1", 2), ("a2", 3)]
+        assert list(inst.words.remote_gen(1)) == [("a0", 4)], "the instance keeps its state between calls"
+        assert inst.plain.remote(1) == 2, "plain methods of the class work beside generator ones"
+        gate = tmp_path / "gate"
+        items = inst.gated.remote_gen(str(gate))
+        assert next(items) == "first", "items arrive while the method still runs"
+        gate.touch()
+        assert list(items) == ["second"]
+        seen = []
+        with pytest.raises(ValueError, match="ran dry"):
+            for item in inst.runs_dry.remote_gen(2):
+                seen.append(item)
+        assert seen == [0, 1]
+
+        with pytest.raises(TypeError, match="remote_gen"):
+            inst.words.remote(1)
+        with pytest.raises(TypeError, match="remote_gen"):
+            inst.words.map([1])
+        with pytest.raises(TypeError, match="not a generator method"):
+            inst.plain.remote_gen(1)
+
+        named = Tokens.named("shared", "n")
+        remote = apothic.Cls.from_name(app.name, "Tokens", client=apothic_runtime.config)
+        assert list(named.words.remote_gen(2)) == [("n0", 1), ("n1", 2)]
+        assert list(remote.named("shared").words.remote_gen(1)) == [("n0", 3)]
+        with pytest.raises(TypeError, match="remote_gen"):
+            remote.named("shared").words.remote(1)
+        with pytest.raises(TypeError, match="not a generator method"):
+            list(remote.named("shared").plain.remote_gen(1))
+        remote.named("shared").terminate()
+        with pytest.raises(InstanceTerminatedError):
+            list(named.words.remote_gen(1))
+        with pytest.raises(InstanceTerminatedError):
+            named.plain.remote(1)
+    finally:
+        app.stop()
+
+
+@pytest.mark.asyncio
+async def test_generator_methods_async_form(apothic_runtime: LocalRuntime) -> None:
+    app = apothic.App(unique_name("clsgenaio"), client=apothic_runtime.config)
+
+    @app.cls(timeout_s=60)
+    class Ticker:
+        @apothic.enter()
+        async def open(self) -> None:
+            await asyncio.sleep(0)
+            self.start = 10
+
+        @apothic.method()
+        async def ticks(self, n: int) -> AsyncIterator[int]:
+            for i in range(n):
+                await asyncio.sleep(0)
+                yield self.start + i
+
+    await app.aio.deploy()
+    try:
+        assert [i async for i in Ticker().ticks.aio.remote_gen(3)] == [10, 11, 12]
+        await asyncio.to_thread(Ticker.named("t").terminate)  # only generator methods: still terminates
+    finally:
+        await app.aio.stop()
