@@ -18,6 +18,7 @@ import grpc
 import grpc.aio
 
 from apothic import _serialization as ser
+from apothic._client_billing import BillingCalls
 from apothic._client_dict import DictCalls
 from apothic._client_image import BuildProgress, ImageCalls, image_to_pb
 from apothic._client_queue import QueueCalls
@@ -240,7 +241,7 @@ def function_ref(app_name: str, function_name: str, deployment_id: str = "") -> 
     return pb.FunctionRef(app_name=app_name, function_name=function_name, deployment_id=deployment_id)
 
 
-class Client(DictCalls, ImageCalls, QueueCalls, SandboxCalls, SecretCalls, VolumeCalls):
+class Client(BillingCalls, DictCalls, ImageCalls, QueueCalls, SandboxCalls, SecretCalls, VolumeCalls):
     """A connection to one control plane, bound to the event loop that created it."""
 
     def __init__(self, config: ClientConfig) -> None:

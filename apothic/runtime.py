@@ -19,6 +19,7 @@ from apothic.config import ClientConfig
 
 if TYPE_CHECKING:
     from apothic.server.server import ControlPlane
+    from apothic.server.settings import BillingSettings
     from apothic.server.watch import WatchSettings
     from apothic.worker.agent import Worker
 
@@ -56,6 +57,8 @@ class LocalRuntime:
         watch: how watches of queues and dicts retain changes and report progress (tests
             make both small); the server's defaults when None.
         executor: how the local workers run containers: ``process`` or ``docker``.
+        billing: how containers on priced workers are charged (tests shorten the
+            interval); the server's defaults when None.
     """
 
     def __init__(
@@ -70,8 +73,10 @@ class LocalRuntime:
         api_key: str | None = None,
         watch: WatchSettings | None = None,
         executor: str = "process",
+        billing: BillingSettings | None = None,
     ) -> None:
         self.executor = executor
+        self.billing = billing
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if state_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="apothic-")
@@ -118,6 +123,8 @@ class LocalRuntime:
         )
         if self.watch is not None:
             settings = replace(settings, watch=self.watch)
+        if self.billing is not None:
+            settings = replace(settings, billing=self.billing)
         self.plane = create_server(settings)
         await self.plane.start()
         accounts = self.plane.accounts
@@ -140,6 +147,8 @@ class LocalRuntime:
         labels: dict[str, str] | None = None,
         executor: str | None = None,
         hostname: str = "",
+        cost_per_hour: float = 0.0,
+        region: str = "",
     ) -> Worker:
         """Starts one more local worker and waits until its session is open.
 
@@ -149,6 +158,8 @@ class LocalRuntime:
             executor: ``process`` or ``docker``; the runtime's ``executor`` when None.
             hostname: the host name it reports (tests stand in for other machines with it);
                 workers that report one host share its vast_local volumes' directory.
+            cost_per_hour: what the worker offers to cost, in USD per hour (0: free).
+            region: the region it offers.
         """
         from apothic.worker.agent import Worker
         from apothic.worker.settings import WorkerSettings
@@ -166,6 +177,8 @@ class LocalRuntime:
                 executor=executor or self.executor,
                 hostname=hostname,
                 local_volumes_dir=self.state_dir / "hosts" / (hostname or "local") / "vast_local",
+                cost_per_hour=cost_per_hour,
+                region=region,
             ),
             transport=InProcessTransport(
                 self.plane.worker_servicer.Session,

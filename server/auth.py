@@ -30,6 +30,15 @@ CONTAINER_TOKEN_PREFIX = "ct-"
 #: RPCs only a worker's API key may make.
 WORKER_PREFIX = "/apothic.v1.WorkerService/"
 
+#: RPCs a container's credential may not make, with why: code in a container must not
+#: mint money (see apothic.server.servicers.billing).
+CONTAINER_DENIED = {
+    "/apothic.v1.BillingService/AddCredit": (
+        "a container's credential cannot add credit; add it with an API key of the account "
+        "(`apothic billing credit AMOUNT_USD` on the operator's machine)"
+    ),
+}
+
 #: Methods that need no key: health checks and reflection.
 PUBLIC_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 
@@ -199,6 +208,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             account = await self.accounts.verify(key)
             if key.startswith(CONTAINER_TOKEN_PREFIX) and handler_call_details.method.startswith(WORKER_PREFIX):
                 raise PermissionDenied("a container's credential cannot act as a worker; use an API key")
+            if key.startswith(CONTAINER_TOKEN_PREFIX) and handler_call_details.method in CONTAINER_DENIED:
+                raise PermissionDenied(CONTAINER_DENIED[handler_call_details.method])
         except DomainError as err:
             return _rejection(handler, err)
         cache_key = (handler_call_details.method, account)

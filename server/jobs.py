@@ -18,13 +18,15 @@ import asyncio
 import contextlib
 import copy
 import functools
+import json
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from apothic.server import ids
-from apothic.server.errors import InvalidArgument, NotFound, Unavailable
+from apothic.server.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from apothic.server.hub import Signal, Topics
 from apothic.server.maps import MapCall
 from apothic.server.models import (
@@ -55,6 +57,16 @@ LOG_LIMIT_BYTES = 1024 * 1024
 FLUSH_EVERY_EVENTS = 64
 #: Seconds an ended job stays in memory for fast waits and watches.
 RETAIN_ENDED_S = 30.0
+#: The same for the job of a web service's request (the store has it soon after it ends).
+RETAIN_ENDED_REQUEST_S = 5.0
+#: How long a lookup of a web request's job waits for the worker's report of it (the
+#: container and the worker each hold it back up to 50 ms to batch it).
+REQUEST_ARRIVAL_S = 1.0
+#: How far a worker's clock may be from ours before its request times are ignored.
+MAX_CLOCK_SKEW_S = 60.0
+#: Ended request jobs are written together at most this long after they end, so a busy
+#: service costs one write per batch of requests rather than one per request.
+REQUEST_WRITE_DELAY_S = 0.1
 #: Longest request id a spawn may carry.
 MAX_REQUEST_ID_CHARS = 128
 #: Longest a WaitJob call may wait.
@@ -97,6 +109,9 @@ class LiveJob:
     #: Set for the job of a map: its items run instead of the job itself.
     map_call: MapCall | None = None
     prefetchable: bool = False
+    #: The job of an HTTP request a web service answered: it runs on no input slot, is
+    #: never retried, and ends with the response (see :meth:`JobManager.service_request`).
+    service_request: bool = False
 
     @property
     def job_id(self) -> str:
@@ -137,6 +152,9 @@ class JobManager:
         self._evictions: dict[str, asyncio.TimerHandle] = {}
         #: Jobs with changes to write at the end of this turn of the event loop.
         self._dirty: dict[str, LiveJob] = {}
+        #: Ended request jobs to write within REQUEST_WRITE_DELAY_S, and its timer.
+        self._ended_requests: dict[str, LiveJob] = {}
+        self._requests_timer: asyncio.TimerHandle | None = None
         #: Set once the control plane is shutting down (see :meth:`close`).
         self.closing = False
 
@@ -201,6 +219,29 @@ class JobManager:
             if not job.final:
                 self.cancel(job, "the caller went away before the call finished")
             raise
+        return job
+
+    def service_request(
+        self,
+        dep: DeploymentRecord,
+        spec: FunctionSpecRecord,
+        job_id: str,
+        request: dict[str, str],
+        worker_id: str,
+        container_id: str,
+        started_at: float,
+    ) -> LiveJob:
+        """Records an HTTP request a web service container is answering as a running job of
+        its function (arguments: ``request`` as JSON), created and started at ``started_at``
+        (the worker's clock, seconds since the epoch; now when it is off by over a minute);
+        written behind like a warm call's."""
+        args = json.dumps(request).encode()
+        job = self._new(dep.account, dep, spec, "json", args, "json", durable=False, job_id=job_id)
+        job.service_request = True
+        self.started(job, worker_id, container_id)
+        began = datetime.fromtimestamp(started_at, UTC)
+        if abs((job.record.created_at - began).total_seconds()) <= MAX_CLOCK_SKEW_S:
+            job.record.created_at = job.record.started_at = began
         return job
 
     async def spawn(
@@ -415,6 +456,19 @@ class JobManager:
             asyncio.get_running_loop().call_soon(self._flush_dirty)
         self._dirty[job.job_id] = job
 
+    def _flush_request(self, job: LiveJob) -> None:
+        """Writes an ended request's job with the others that end within
+        REQUEST_WRITE_DELAY_S (a watched one is written at once all the same)."""
+        self._ended_requests[job.job_id] = job
+        if self._requests_timer is None:
+            self._requests_timer = asyncio.get_running_loop().call_later(REQUEST_WRITE_DELAY_S, self._flush_requests)
+
+    def _flush_requests(self) -> None:
+        self._requests_timer = None
+        for job in self._ended_requests.values():
+            self._flush(job)
+        self._ended_requests.clear()
+
     def _flush_pending(self, job: LiveJob) -> None:
         """Writes the job's changes now when some are not written yet."""
         if job.record_dirty or job.persisted < len(job.events):
@@ -519,7 +573,7 @@ class JobManager:
         if self.closing and job.durable and status == JOB_FAILED and result is None:
             return  # lost to the shutdown: the durable record is re-queued by the next start
         ran = job.record.attempt
-        retryable = status in (JOB_FAILED, JOB_TIMED_OUT) and not job.yielded_items
+        retryable = status in (JOB_FAILED, JOB_TIMED_OUT) and not job.yielded_items and not job.service_request
         if retryable and 1 <= ran <= job.spec.retry_max and not self.closing:
             delay = job.spec.retry_delay(ran)
             what = reason or status
@@ -573,8 +627,12 @@ class JobManager:
         self._append(job, "job.end", {"status": status, "reason": reason})
         job.done.set()
         loop = asyncio.get_running_loop()
-        self._flush(job)  # written in a later turn of the loop, after the waiting caller resumed
-        self._evictions[job.job_id] = loop.call_later(RETAIN_ENDED_S, self._evict, job.job_id)
+        if job.service_request:
+            self._flush_request(job)
+        else:
+            self._flush(job)  # written in a later turn of the loop, after the waiting caller resumed
+        retain = RETAIN_ENDED_REQUEST_S if job.service_request else RETAIN_ENDED_S
+        self._evictions[job.job_id] = loop.call_later(retain, self._evict, job.job_id)
 
     def _evict(self, job_id: str) -> None:
         self._live.pop(job_id, None)
@@ -591,9 +649,16 @@ class JobManager:
         Raises:
             NotFound: no such job in this account.
         """
-        ids.key_of(job_id, "jobs")
+        key = ids.key_of(job_id, "jobs")
         job = self._live.get(job_id)
         record = job.record if job is not None else await self.store.get_job(job_id)
+        if record is None and "r" in key:
+            # A web request's job (its id came with the response): its report may still be
+            # on its way from the worker.
+            deadline = asyncio.get_running_loop().time() + REQUEST_ARRIVAL_S
+            while (job := self._live.get(job_id)) is None and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.01)
+            record = job.record if job is not None else await self.store.get_job(job_id)
         if record is None or record.account != account:
             raise NotFound(f"job {job_id!r} not found")
         return record
@@ -624,6 +689,11 @@ class JobManager:
     async def cancel_by_id(self, account: str, job_id: str) -> JobRecord:
         record = await self.get(account, job_id)
         job = self._live.get(job_id)
+        if job is not None and job.service_request and not job.final:
+            raise FailedPrecondition(
+                f"job {job_id} is an HTTP request to web service {job.spec.name!r}; it ends with its response "
+                "and cannot be cancelled (stop the deployment to stop the service)"
+            )
         if job is not None:
             self.cancel(job)
             return job.record
@@ -790,6 +860,9 @@ class JobManager:
                 self._flush(job)
             else:
                 job.done.set()
+        if self._requests_timer is not None:
+            self._requests_timer.cancel()
+        self._flush_requests()
         self._flush_dirty()
         for handle in self._evictions.values():
             handle.cancel()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections import deque
@@ -19,18 +20,21 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from apothic._container.request_trail import request_job_id
 from apothic.server import ids
 from apothic.server.errors import ResourceExhausted
 from apothic.server.models import (
     DEPLOYMENT_LIVE,
+    JOB_FAILED,
     JOB_QUEUED,
+    JOB_SUCCEEDED,
     JOB_TIMED_OUT,
     DeploymentRecord,
     FunctionSpecRecord,
 )
 from apothic.server.placement import OfferFilter, describe_offer, function_filters, unmet
 from apothic.server.web import WebOptions, connections_per_container, web_options
-from apothic.server.work import Work
+from apothic.server.work import RequestJobs, Work
 
 log = logging.getLogger("apothic.server.scheduler")
 
@@ -144,6 +148,8 @@ class ContainerHandle:
     created: float = field(default_factory=time.monotonic)
     #: Open client connections (tunnels) of a service container.
     connections: int = 0
+    #: The jobs of the HTTP requests a service container is answering, by job id.
+    requests: dict[str, Work] = field(default_factory=dict)
 
     @property
     def busy(self) -> bool:
@@ -236,6 +242,15 @@ class Scheduler:
         #: who hears where a container was placed; set by the control plane.
         self.host_for: Callable[[str, FunctionSpecRecord], str | None] = lambda account, spec: None
         self.placed: Callable[[str, FunctionSpecRecord, str], None] = lambda account, spec, host: None
+        #: Billing (set by the control plane, see apothic.server.billing): why an account may
+        #: not start a container on a worker (None: it may), and who hears when a container
+        #: starts and when the scheduler lets go of it.
+        self.refusal: Callable[[str, WorkerHandle], str | None] = lambda account, worker: None
+        self.container_started: Callable[[ContainerHandle], None] = lambda container: None
+        self.container_ended: Callable[[ContainerHandle], None] = lambda container: None
+        #: Records a service container's HTTP request as a job (set by the control plane:
+        #: ``JobManager.service_request``); None keeps no trail.
+        self.request_jobs: RequestJobs | None = None
 
     def start(self) -> None:
         self._reaper = asyncio.create_task(self._reap_idle(), name="apothic-scheduler-reaper")
@@ -367,6 +382,53 @@ class Scheduler:
             "%s/%s %s %s: %s", pool.deployment.app_name, pool.spec.name, container_id, stream, data.rstrip()
         )
 
+    def request_started(
+        self, worker: WorkerHandle, container_id: str, number: int, request: dict[str, str], started_at: float
+    ) -> None:
+        """A service container of ``worker`` began answering an HTTP request at
+        ``started_at`` (seconds since the epoch): its job starts."""
+        container = self.containers.get(container_id)
+        if container is None or container.worker is not worker or container.pool.web is None or number < 1:
+            return
+        if self.request_jobs is None:
+            return
+        pool = container.pool
+        job_id = request_job_id(container_id, number)
+        if job_id in container.requests:
+            return
+        container.requests[job_id] = self.request_jobs(
+            pool.deployment, pool.spec, job_id, request, worker.worker_id, container_id, started_at
+        )
+
+    def request_ended(
+        self,
+        worker: WorkerHandle,
+        container_id: str,
+        number: int,
+        status_code: int,
+        error: dict[str, Any] | None,
+        duration_s: float,
+    ) -> None:
+        """A service container answered an HTTP request: its job ends. A 5xx answer, a
+        handler that raised, or no answer at all fails it; any other succeeds with
+        ``{"status_code": N}``."""
+        container = self.containers.get(container_id)
+        if container is None or container.worker is not worker:
+            return
+        work = container.requests.pop(request_job_id(container_id, number), None)
+        if work is None:
+            return
+        took = f" after {duration_s:.3f}s" if duration_s > 0 else ""
+        if error is not None:
+            reason = f"{error['type'].rpartition('.')[2]}: {error['message']}"
+            work.handler.ended(work, 1, JOB_FAILED, {"error": error}, reason)
+        elif status_code >= 500 or status_code <= 0:
+            what = f"HTTP {status_code}" if status_code > 0 else "no response"
+            work.handler.ended(work, 1, JOB_FAILED, None, f"the service answered {what}{took}")
+        else:
+            value = json.dumps({"status_code": status_code}).encode()
+            work.handler.ended(work, 1, JOB_SUCCEEDED, {"format": "json", "data": value}, "")
+
     def open_tunnel(self, container: ContainerHandle, tunnel_id: str) -> None:
         """Asks the container's worker to open tunnel ``tunnel_id`` to it."""
         container.connections += 1
@@ -453,6 +515,14 @@ class Scheduler:
         return True
 
     def _start_container(self, pool: FunctionPool, worker: WorkerHandle) -> None:
+        refusal = self.refusal(pool.deployment.account, worker)
+        if refusal is not None:
+            other, admitted = self._admitting_worker(pool)
+            if other is None:
+                if not admitted:
+                    self._refuse(pool, refusal)
+                return  # a worker that admits the account is full: the inputs wait for room
+            worker = other
         container = ContainerHandle(container_id=ids.new_id("containers"), worker=worker, pool=pool)
         self.placed(pool.deployment.account, pool.spec, str(worker.offer.get("hostname") or ""))
         pool.containers.add(container)
@@ -468,6 +538,46 @@ class Scheduler:
                 archive_sha256=pool.deployment.archive_sha256,
             )
         )
+        self.container_started(container)
+
+    def _admitting_worker(self, pool: FunctionPool) -> tuple[WorkerHandle | None, bool]:
+        """A worker with room that may run ``pool``'s function and that :attr:`refusal`
+        admits the pool's account to (a free worker when a priced one was refused), and
+        whether any such worker is connected, with room or not."""
+        account = pool.deployment.account
+        host = self.host_for(account, pool.spec)
+        admitted = False
+        for worker in sorted(self.workers.values(), key=lambda w: len(w.containers)):
+            if host is not None and worker.offer.get("hostname") != host:
+                continue
+            if pool.filters and unmet(pool.filters, worker.offer) is not None:
+                continue
+            if self.refusal(account, worker) is None:
+                if len(worker.containers) < worker.capacity:
+                    return worker, True
+                admitted = True
+        return None, admitted
+
+    def _refuse(self, pool: FunctionPool, reason: str) -> None:
+        """Fails a pool's waiting inputs with ``reason`` (like an unplaceable function's) and
+        tells a waiting service request (the ingress answers with the reason)."""
+        while pool.pending:
+            work = pool.pending.popleft()
+            if not work.final:
+                work.handler.ended(work, -1, "failed", None, reason)
+        pool.startup_failure = reason
+        # Later, not now: a service request asks for a container and only then waits on
+        # ``pool.changed``, which must still be the event this wakes.
+        asyncio.get_running_loop().call_soon(pool.notify)
+
+    def end_container(self, container_id: str, reason: str) -> None:
+        """Ends a container now: its running inputs fail with ``reason`` and the worker stops
+        it (billing ends the containers of an account whose balance ran out)."""
+        container = self.containers.get(container_id)
+        if container is None:
+            return
+        self._container_gone(container, reason, startup_failed=False)
+        container.worker.outbox.put_nowait(StopContainer(container_id=container_id, reason=reason))
 
     def _stop_container(self, container: ContainerHandle, reason: str) -> None:
         self._forget(container)
@@ -477,7 +587,8 @@ class Scheduler:
     def _forget(self, container: ContainerHandle) -> None:
         container.pool.containers.discard(container)
         container.worker.containers.pop(container.container_id, None)
-        self.containers.pop(container.container_id, None)
+        if self.containers.pop(container.container_id, None) is not None:
+            self.container_ended(container)
 
     def ensure_warm(self, deployment: DeploymentRecord) -> None:
         """Starts containers for functions whose ``min_containers`` are not running."""
@@ -544,6 +655,7 @@ class Scheduler:
             pool.startup_failure = reason
         pool.notify()
         lost, container.inflight = list(container.inflight.values()), {}
+        requests, container.requests = list(container.requests.values()), {}
         if pool.spec.prefetch:
             # A serial container runs what it holds in the order handed over: only the
             # oldest was running; the prefetched ones never started and run elsewhere.
@@ -561,6 +673,9 @@ class Scheduler:
                     None,
                     f"container {container.container_id} exited while running the input: {reason}",
                 )
+        for work in requests:
+            what = f"container {container.container_id} exited while answering the request: {reason}"
+            work.handler.ended(work, -1, JOB_FAILED, None, what)
         if startup_failed:
             # An import error repeats for every container: fail the waiting inputs with it.
             while pool.pending:
@@ -600,6 +715,12 @@ class Scheduler:
         work = self._find(input_id, container_id)
         if work is not None:
             work.handler.log(work, attempt, stream, data)
+            return
+        container = self.containers.get(container_id)
+        request = container.requests.get(input_id) if container is not None else None
+        if request is not None:  # a web request's output: its job's, and the service's
+            request.handler.log(request, attempt, stream, data)
+            self.service_log(container_id, stream, data)
 
     def input_yield(self, container_id: str, input_id: str, attempt: int, seq: int, fmt: str, data: bytes) -> None:
         work = self._find(input_id, container_id)

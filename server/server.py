@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from apothic._proto.v1 import (
     app_service_pb2,
+    billing_service_pb2,
     call_service_pb2,
     dict_service_pb2,
     function_service_pb2,
@@ -28,6 +29,7 @@ from apothic._proto.v1 import (
     worker_service_pb2,
 )
 from apothic._proto.v1 import app_service_pb2_grpc as app_grpc
+from apothic._proto.v1 import billing_service_pb2_grpc as billing_grpc
 from apothic._proto.v1 import call_service_pb2_grpc as call_grpc
 from apothic._proto.v1 import dict_service_pb2_grpc as dict_grpc
 from apothic._proto.v1 import function_service_pb2_grpc as fn_grpc
@@ -38,6 +40,7 @@ from apothic._proto.v1 import secret_service_pb2_grpc as secret_grpc
 from apothic._proto.v1 import volume_service_pb2_grpc as volume_grpc
 from apothic._proto.v1 import worker_service_pb2_grpc as w_grpc
 from apothic.server.auth import Accounts, AuthInterceptor
+from apothic.server.billing import Billing
 from apothic.server.deployments import DeploymentManager
 from apothic.server.dicts import DictManager
 from apothic.server.images import ImageManager
@@ -49,6 +52,7 @@ from apothic.server.scheduler import Scheduler
 from apothic.server.schedules import ScheduleRunner
 from apothic.server.secrets import SecretManager, load_key
 from apothic.server.servicers.apps import AppServicer
+from apothic.server.servicers.billing import BillingServicer
 from apothic.server.servicers.calls import CallServicer
 from apothic.server.servicers.dicts import DictServicer
 from apothic.server.servicers.functions import FunctionServicer
@@ -76,6 +80,7 @@ SERVICE_NAMES = (
     sandbox_service_pb2.DESCRIPTOR.services_by_name["SandboxService"].full_name,
     volume_service_pb2.DESCRIPTOR.services_by_name["VolumeService"].full_name,
     image_service_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name,
+    billing_service_pb2.DESCRIPTOR.services_by_name["BillingService"].full_name,
 )
 
 
@@ -104,8 +109,12 @@ class ControlPlane:
         self.deployments.volumes = self.volumes
         self.scheduler.host_for = self.volumes.host_for
         self.scheduler.placed = self.volumes.placed
+        self.scheduler.request_jobs = self.jobs.service_request
         self.scheduler.live_deployments = self.deployments.live
         self.images = ImageManager(self.store, self.scheduler)
+        #: Charges containers on priced workers and refuses work when a balance runs out.
+        self.billing = Billing(self.store, self.scheduler, settings.billing)
+        self.billing.attach()
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         #: Also serves in-process worker sessions (see apothic.worker.transport).
         self.worker_servicer = WorkerServicer(self.scheduler, self.deployments, self.secrets, self.images)
@@ -181,9 +190,11 @@ class ControlPlane:
         await self.deployments.load()
         await self.volumes.load()
         await self.queues.load()
+        await self.billing.load()
         self.queues.start()
         self.dicts.start()
         self.scheduler.start()
+        self.billing.start()
         self.deployments.start_reaper()
         await self._recover_jobs()
         self.schedules.start()
@@ -197,6 +208,7 @@ class ControlPlane:
             ],
         )
         functions = FunctionServicer(self.deployments, self.jobs)
+        functions.billing = self.billing
         fn_grpc.add_FunctionServiceServicer_to_server(functions, server)
         await self.ingress.start()
         apps = AppServicer(self.deployments, self.jobs, self.schedules, self.secrets, self.images)
@@ -205,7 +217,9 @@ class ControlPlane:
         image_grpc.add_ImageServiceServicer_to_server(ImageServicer(self.images), server)
         secret_grpc.add_SecretServiceServicer_to_server(SecretServicer(self.secrets), server)
         sandboxes = SandboxServicer(self.deployments, self.jobs, self.secrets, self.images)
+        sandboxes.billing = self.billing
         sandbox_grpc.add_SandboxServiceServicer_to_server(sandboxes, server)
+        billing_grpc.add_BillingServiceServicer_to_server(BillingServicer(self.billing), server)
         volume_grpc.add_VolumeServiceServicer_to_server(VolumeServicer(self.volumes), server)
         w_grpc.add_WorkerServiceServicer_to_server(self.worker_servicer, server)
         dicts, queues = DictServicer(self.dicts), QueueServicer(self.queues)
@@ -258,6 +272,7 @@ class ControlPlane:
         if self.server is not None:
             await self.server.stop(self.settings.shutdown_grace_s if grace is None else grace)
         await self.scheduler.stop()
+        await self.billing.close()
         await self.deployments.close()
         await self.store.close()
         if self._lock_file is not None:

@@ -9,6 +9,24 @@ from apothic.server.watch import WatchSettings
 
 
 @dataclass(frozen=True)
+class BillingSettings:
+    """How the control plane meters containers on priced workers (see apothic.server.billing).
+
+    Attributes:
+        interval_s: seconds between the charges of a running container (it is also charged
+            when it ends), and between refreshes of cached balances from the database.
+        max_credit_usd: the largest single ``AddCredit`` amount accepted.
+    """
+
+    interval_s: float = 60.0
+    max_credit_usd: float = 1_000_000.0
+
+    def __post_init__(self) -> None:
+        if not self.interval_s > 0:
+            raise ValueError(f"billing interval_s must be greater than zero, got {self.interval_s!r}")
+
+
+@dataclass(frozen=True)
 class ServerSettings:
     """How a control plane runs.
 
@@ -28,6 +46,7 @@ class ServerSettings:
             Empty means ``secret.key`` in ``state_dir``, generated on first start with mode
             0600 (an in-memory database gets a fresh key per process). Replicas sharing one
             database must share the key.
+        billing: how containers on priced workers are metered and charged.
     """
 
     db_url: str = ""
@@ -39,6 +58,7 @@ class ServerSettings:
     shutdown_grace_s: float = 5.0
     watch: WatchSettings = field(default_factory=WatchSettings)
     secret_key: str = field(default="", repr=False)
+    billing: BillingSettings = field(default_factory=BillingSettings)
 
     def resolved_db_url(self) -> str:
         """The database URL, defaulting to an embedded store under the state directory."""

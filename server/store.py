@@ -24,6 +24,7 @@ from apothic.server.models import (
     JobRecord,
 )
 from apothic.server.store_base import MAX_BATCH, Statement, StoreWriteError, _key, _rid
+from apothic.server.store_billing import BillingStore
 from apothic.server.store_images import ImageStore
 from apothic.server.store_primitives import PrimitiveStore
 from apothic.server.store_secrets import SecretStore
@@ -106,7 +107,7 @@ def _job_from_doc(doc: dict[str, Any]) -> JobRecord:
     )
 
 
-class Store(ImageStore, PrimitiveStore, SecretStore, VolumeStore):
+class Store(BillingStore, ImageStore, PrimitiveStore, SecretStore, VolumeStore):
     """The control plane's state in SurrealDB.
 
     Args:

@@ -7,7 +7,8 @@ about retries and results, the scheduler only about placement.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol, TypeAlias
 
 from apothic.server.models import DeploymentRecord, FunctionSpecRecord
 
@@ -57,3 +58,8 @@ class WorkHandler(Protocol):
 
     def returned(self, work: Any) -> None:
         """The attempt never started (its container stopped first); it runs again."""
+
+
+#: Starts the job of an HTTP request a web service container answers:
+#: ``(deployment, spec, job id, request, worker id, container id, started at) -> the job``.
+RequestJobs: TypeAlias = Callable[[DeploymentRecord, FunctionSpecRecord, str, dict[str, str], str, str, float], Work]

@@ -26,6 +26,7 @@ from apothic.worker.containers import (
     Log,
     Ready,
     Report,
+    Requests,
     Result,
     ServiceLog,
     Yield,
@@ -70,11 +71,34 @@ def _result_pb(report: Result) -> w_pb.InputResult:
     )
 
 
+def _requests_pb(report: Requests) -> w_pb.ServiceRequests:
+    ended = []
+    for end in report.ended:
+        error = None
+        if end.error is not None:
+            etype, message, tb, pickled = end.error
+            error = pb.RemoteError(type=etype, message=message, traceback=tb, pickled=pickled)
+        ended.append(
+            w_pb.ServiceRequestEnd(
+                number=end.number, status_code=end.status_code, error=error, duration_s=end.duration_s
+            )
+        )
+    started = [
+        w_pb.ServiceRequestStart(number=s.number, method=s.method, path=s.path, query=s.query, started_at=s.started_at)
+        for s in report.started
+    ]
+    return w_pb.ServiceRequests(container_id=report.container_id, started=started, ended=ended)
+
+
 def _to_message(report: Report) -> w_pb.SessionRequest:
     if isinstance(report, Log):
         return w_pb.SessionRequest(
             input_log=w_pb.InputLog(
-                job_id=report.job_id, attempt=report.attempt, stream=_STREAM_CODES[report.stream], data=report.data
+                job_id=report.job_id,
+                attempt=report.attempt,
+                stream=_STREAM_CODES[report.stream],
+                data=report.data,
+                container_id=report.container_id,
             )
         )
     if isinstance(report, Result):
@@ -94,6 +118,8 @@ def _to_message(report: Report) -> w_pb.SessionRequest:
                 container_id=report.container_id, stream=_STREAM_CODES[report.stream], data=report.data
             )
         )
+    if isinstance(report, Requests):
+        return w_pb.SessionRequest(service_requests=_requests_pb(report))
     if isinstance(report, Ready):
         return w_pb.SessionRequest(container_ready=w_pb.ContainerReady(container_id=report.container_id))
     assert isinstance(report, Exited)
@@ -265,7 +291,13 @@ class Worker:
     async def run(self) -> None:
         """Holds a session, reconnecting with backoff, until :meth:`stop`."""
         backoff = 0.1
-        offer = offer_mod.detect(self.settings.state_dir, self.settings.labels, hostname=self.settings.hostname)
+        offer = offer_mod.detect(
+            self.settings.state_dir,
+            self.settings.labels,
+            hostname=self.settings.hostname,
+            region=self.settings.region,
+            cost_per_hour=self.settings.cost_per_hour,
+        )
         self.launcher.warm()  # the zygote preloads while the session opens
         while not self._stopping.is_set():
             try:
@@ -360,6 +392,8 @@ class Worker:
                     arch=offer.arch,
                     hostname=offer.hostname,
                     labels=offer.labels,
+                    region=offer.region,
+                    cost_per_hour=offer.cost_per_hour,
                 ),
             )
         )

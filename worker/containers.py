@@ -13,6 +13,7 @@ import io
 import logging
 import os
 import signal
+import time
 import zipfile
 from collections import deque
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from apothic._container import protocol
+from apothic._container.request_trail import request_job_id
 from apothic.worker.process import ContainerProcess, ExecLauncher, Launcher, LaunchOptions
 from apothic.worker.recipe import BuiltImage
 
@@ -31,6 +33,9 @@ LOG_LIMIT_BYTES = 1024 * 1024
 STDERR_TAIL_BYTES = 4096
 #: Chunks of a service container's own output kept for its startup error.
 SERVICE_LOG_LINES = 50
+#: A service container's request starts and ends are reported at most this long after
+#: they happen, together.
+REQUEST_REPORT_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,8 @@ class Log:
     attempt: int
     stream: str
     data: str
+    #: Set for the output of a web service's request (its job runs on no input slot).
+    container_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -115,7 +122,49 @@ class ServiceLog:
     data: str
 
 
-Report = Ready | Exited | Log | Result | Yield | ServiceLog
+@dataclass(frozen=True)
+class RequestStart:
+    """A web service container began answering an HTTP request (see request_trail)."""
+
+    number: int
+    method: str
+    path: str
+    query: str
+    #: Seconds since the epoch.
+    started_at: float
+
+
+@dataclass(frozen=True)
+class RequestEnd:
+    """A web service container finished answering request ``number``."""
+
+    number: int
+    status_code: int
+    #: ``(type, message, traceback, pickled)`` of what the handler raised.
+    error: tuple[str, str, str, bytes] | None
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class Requests:
+    """Requests a service container began and ended since the last report (starts first)."""
+
+    container_id: str
+    started: tuple[RequestStart, ...]
+    ended: tuple[RequestEnd, ...]
+
+
+Report = Ready | Exited | Log | Result | Yield | ServiceLog | Requests
+
+
+@dataclass
+class _Request:
+    """An HTTP request a service container is answering."""
+
+    start: RequestStart
+    began: float
+    log_bytes: int = 0
+    log_truncated: bool = False
 
 
 @dataclass(eq=False)
@@ -176,6 +225,12 @@ class ProcessContainer:
         self.port: int | None = None
         #: The end of what a service container printed outside any input.
         self.service_log: deque[str] = deque(maxlen=SERVICE_LOG_LINES)
+        #: HTTP requests a service container is answering, by their job id.
+        self.requests: dict[str, _Request] = {}
+        #: Request starts and ends not reported yet, and the timer that reports them.
+        self._request_starts: list[RequestStart] = []
+        self._request_ends: list[RequestEnd] = []
+        self._requests_timer: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
         env = dict(self._env)
@@ -326,20 +381,62 @@ class ProcessContainer:
             self.service_log.append(data)
             self._report(ServiceLog(self.spec.container_id, stream, data))
             return
-        item = self.inflight.get(job_id)
-        if item is None or item.attempt != attempt or item.log_truncated:
+        item: _Input | _Request | None = self.inflight.get(job_id)
+        container_id = ""
+        if item is None:
+            item, container_id = self.requests.get(job_id), self.spec.container_id
+            if item is not None and self._request_starts:
+                self._report_requests()  # its start reaches the control plane first
+        elif isinstance(item, _Input) and item.attempt != attempt:
+            return
+        if item is None or item.log_truncated:
             return
         size = len(data.encode("utf-8", "replace"))
         if item.log_bytes + size > LOG_LIMIT_BYTES:
             item.log_truncated = True
             room = max(0, LOG_LIMIT_BYTES - item.log_bytes)
             if room:
-                self._report(Log(job_id, attempt, stream, data[:room]))
+                self._report(Log(job_id, attempt, stream, data[:room], container_id))
             notice = f"\n[output truncated: this job printed more than {LOG_LIMIT_BYTES:,} bytes]\n"
-            self._report(Log(job_id, attempt, "system", notice))
+            self._report(Log(job_id, attempt, "system", notice, container_id))
             return
         item.log_bytes += size
-        self._report(Log(job_id, attempt, stream, data))
+        self._report(Log(job_id, attempt, stream, data, container_id))
+
+    def _on_request(self, msg: tuple[Any, ...]) -> None:
+        """A request began or ended: reported within REQUEST_REPORT_S, many per message
+        (a busy service would otherwise cost two messages per request)."""
+        cid = self.spec.container_id
+        if msg[0] == protocol.REQUEST_START:
+            _, number, method, path, query, started_at = msg
+            start = RequestStart(number, method, path, query, started_at)
+            self.requests[request_job_id(cid, number)] = _Request(start, time.monotonic())
+            self._request_starts.append(start)
+        else:
+            # A quick request's end carries its start (it was never reported on its own).
+            _, number, status_code, error, unsent = msg
+            job_id = request_job_id(cid, number)
+            request = self.requests.pop(job_id, None)
+            if unsent is not None:
+                self._request_starts.append(RequestStart(*unsent))
+                duration = max(0.0, time.time() - unsent[4])
+            elif request is not None:
+                duration = time.monotonic() - request.began
+            else:
+                return
+            self._request_ends.append(RequestEnd(number, status_code, tuple(error) if error else None, duration))
+        if self._requests_timer is None:
+            self._requests_timer = asyncio.get_running_loop().call_later(REQUEST_REPORT_S, self._report_requests)
+
+    def _report_requests(self) -> None:
+        if self._requests_timer is not None:
+            self._requests_timer.cancel()
+            self._requests_timer = None
+        if self._request_starts or self._request_ends:
+            starts, ends = tuple(self._request_starts), tuple(self._request_ends)
+            self._request_starts.clear()
+            self._request_ends.clear()
+            self._report(Requests(self.spec.container_id, starts, ends))
 
     def _on_results(self, results: list[tuple[Any, ...]]) -> None:
         cid = self.spec.container_id
@@ -376,6 +473,8 @@ class ProcessContainer:
                         self._on_results(msg[1])
                     elif kind == protocol.LOG:
                         self._on_log(msg[1], msg[2], msg[3], msg[4])
+                    elif kind in (protocol.REQUEST_START, protocol.REQUEST_END):
+                        self._on_request(msg)
                     elif kind == protocol.YIELD:
                         _, job_id, attempt, seq, fmt, data = msg
                         item = self.inflight.get(job_id)
@@ -407,6 +506,7 @@ class ProcessContainer:
         for item in self.inflight.values():
             if item.timer is not None:
                 item.timer.cancel()
+        self._report_requests()  # the control plane fails those still running with the exit
         if startup_error:
             reason = f"importing the function failed:\n{startup_error}"
         elif self._exit_reason is not None:

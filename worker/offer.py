@@ -1,4 +1,4 @@
-"""What this machine offers: cores, memory, disk, GPUs, arch, labels."""
+"""What this machine offers: cores, memory, disk, GPUs, arch, labels, region and price."""
 
 from __future__ import annotations
 
@@ -27,6 +27,10 @@ class Offer:
     arch: str
     hostname: str
     labels: dict[str, str] = field(default_factory=dict)
+    #: Where the machine is (free-form, e.g. ``eu-west``; "" when not set).
+    region: str = ""
+    #: USD per hour the machine costs; containers are charged their share of it (0: free).
+    cost_per_hour: float = 0.0
 
 
 def _memory_mb() -> int:
@@ -65,8 +69,11 @@ def detect_gpus() -> tuple[GpuInfo, ...]:
     return tuple(GpuInfo(name=n, count=c, vram_mb=v) for (n, v), c in groups.items())
 
 
-def detect(state_dir: Path, labels: dict[str, str], *, hostname: str = "") -> Offer:
-    """Measures this machine (``hostname`` overrides the name it reports)."""
+def detect(
+    state_dir: Path, labels: dict[str, str], *, hostname: str = "", region: str = "", cost_per_hour: float = 0.0
+) -> Offer:
+    """Measures this machine (``hostname`` overrides the name it reports); ``region`` and
+    ``cost_per_hour`` are what the operator configured."""
     state_dir.mkdir(parents=True, exist_ok=True)
     return Offer(
         cpu_cores=float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1),
@@ -76,4 +83,6 @@ def detect(state_dir: Path, labels: dict[str, str], *, hostname: str = "") -> Of
         arch=platform.machine(),
         hostname=hostname or socket.gethostname(),
         labels=dict(labels),
+        region=region,
+        cost_per_hour=cost_per_hour,
     )

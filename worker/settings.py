@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,9 @@ class WorkerSettings:
         zygote: start containers by forking a zygote process that has already imported
             what they need (cold starts skip the interpreter start); False starts a fresh
             interpreter for each container.
+        region: where the machine is, offered for placement (``region=`` on a function).
+        cost_per_hour: what the machine costs in USD per hour, offered to the control plane:
+            containers are charged their share of it (0: free, never charged).
     """
 
     base_url: str
@@ -37,7 +41,11 @@ class WorkerSettings:
     executor: str = "process"
     hostname: str = ""
     local_volumes_dir: Path | None = None
+    region: str = ""
+    cost_per_hour: float = 0.0
 
     def __post_init__(self) -> None:
+        if not math.isfinite(self.cost_per_hour) or self.cost_per_hour < 0:
+            raise ValueError(f"cost_per_hour must be a finite number of USD, 0 or more, got {self.cost_per_hour!r}")
         if self.executor not in EXECUTORS:
             raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")

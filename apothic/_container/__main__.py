@@ -9,7 +9,8 @@ source directory), ``APOTHIC_PYTHON_PATH`` (more ``sys.path`` entries,
 ``APOTHIC_BATCH_MAX_SIZE``, ``APOTHIC_BATCH_WAIT_MS``; ``APOTHIC_VOLUMES`` (JSON, mount
 path -> volume name: mounted before the function is imported, committed on exit);
 ``APOTHIC_LOCAL_VOLUMES`` (JSON, mount path -> a directory on this host: vast_local volumes);
-``APOTHIC_WEB`` (JSON: a web service's kind and settings; see apothic._container.web).
+``APOTHIC_WEB`` (JSON: a web service's kind and settings; see apothic._container.web);
+``APOTHIC_CONTAINER_ID`` (names the jobs of a web service's requests).
 """
 
 from __future__ import annotations
@@ -64,15 +65,17 @@ def _serve_web(
     outputs: tuple[OutputForwarder, OutputForwarder],
     running: Running,
 ) -> None:
-    """Runs a web service until the worker says stop; its output is the container's own
-    (job id "")."""
+    """Runs a web service until the worker says stop; its output outside requests is the
+    container's own (job id ""), each HTTP request's is the request's job's."""
     from apothic._container import web
+    from apothic._container.request_trail import RequestTrail
 
     for out in outputs:
         out.default = ("", 0)
     running.add(("", 0))
     try:
-        service = web.start(func, json.loads(os.environ["APOTHIC_WEB"]))
+        trail = RequestTrail(channel, outputs, running, os.environ.get("APOTHIC_CONTAINER_ID", ""))
+        service = web.start(func, json.loads(os.environ["APOTHIC_WEB"]), trail)
     except BaseException:  # noqa: BLE001 - a startup failure of any kind is reported
         for out in outputs:
             out.flush()

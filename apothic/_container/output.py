@@ -14,6 +14,7 @@ import io
 import os
 import select
 import threading
+from collections.abc import Callable
 
 from apothic._container import protocol
 
@@ -58,6 +59,8 @@ class OutputForwarder(io.TextIOBase):
         self._size = 0
         #: Where output outside any input goes (a web service's own output); None drops it.
         self.default: Key | None = None
+        #: Called with each key before its output is sent (a web request reports its start).
+        self.before_send: Callable[[Key], None] | None = None
         self._lock = threading.Lock()
 
     def writable(self) -> bool:
@@ -87,6 +90,8 @@ class OutputForwarder(io.TextIOBase):
         self._buf.clear()
         self._size = 0
         for (job_id, attempt), parts in grouped.items():
+            if self.before_send is not None:
+                self.before_send((job_id, attempt))
             data = "".join(parts)
             for i in range(0, len(data), CHUNK_CHARS):
                 self._channel.send((protocol.LOG, job_id, attempt, self._stream, data[i : i + CHUNK_CHARS]))

@@ -42,6 +42,9 @@ INIT_FAILED = "init_failed"
 LOG = "log"
 YIELD = "yield"
 RESULTS = "results"
+#: A web service began / finished answering an HTTP request (see request_trail).
+REQUEST_START = "request_start"
+REQUEST_END = "request_end"
 
 
 def encode(message: tuple[Any, ...]) -> bytes:

@@ -26,6 +26,8 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+from apothic._container.request_trail import RequestTrail
+
 #: How often a web_server's port is probed while it starts.
 PROBE_INTERVAL_S = 0.05
 
@@ -54,17 +56,32 @@ def _free_socket() -> socket.socket:
     return sock
 
 
-def _serve_asgi(app: Any, *, interface: str = "auto") -> WebService:
-    """Serves an ASGI (or WSGI, ``interface="wsgi"``) app with uvicorn on a thread."""
+def _is_asgi3(app: Any) -> bool:
+    """Whether ``app`` speaks ASGI 3 (one ``async (scope, receive, send)`` call), as uvicorn
+    decides it."""
+    if inspect.isclass(app):
+        return hasattr(app, "__await__")
+    if inspect.isfunction(app):
+        return inspect.iscoroutinefunction(app)
+    return callable(app) and inspect.iscoroutinefunction(app.__call__)
+
+
+def _serve_asgi(app: Any, trail: RequestTrail | None, *, lifespan: bool = True) -> WebService:
+    """Serves an ASGI app with uvicorn on a thread; ``trail`` reports its requests."""
     import uvicorn
 
+    if trail is not None:
+        if not _is_asgi3(app):
+            from uvicorn.middleware.asgi2 import ASGI2Middleware
+
+            app = ASGI2Middleware(app)
+        app = trail.wrap(app)
     sock = _free_socket()
     config = uvicorn.Config(
         app,
-        interface=interface,  # type: ignore[arg-type]
         log_level="warning",
         access_log=False,
-        lifespan="auto" if interface != "wsgi" else "off",
+        lifespan="auto" if lifespan else "off",
         timeout_keep_alive=30,
     )
     server = uvicorn.Server(config)
@@ -114,9 +131,9 @@ def endpoint_app(func: Callable[..., Any], method: str) -> Any:
     return app
 
 
-def start(func: Callable[..., Any], options: dict[str, Any]) -> WebService:
+def start(func: Callable[..., Any], options: dict[str, Any], trail: RequestTrail | None = None) -> WebService:
     """Starts the service the function describes and returns once its port accepts
-    connections.
+    connections. ``trail`` reports each HTTP request an ASGI or WSGI service answers.
 
     Raises:
         Exception: what the user's function raised, or the server's startup error.
@@ -126,19 +143,18 @@ def start(func: Callable[..., Any], options: dict[str, Any]) -> WebService:
         app = func()
         if inspect.isawaitable(app):
             raise TypeError("@app.asgi: the function must return an ASGI app, not a coroutine; make it a plain def")
-        return _serve_asgi(app)
+        return _serve_asgi(app, trail)
     if kind == "wsgi":
         app = func()
         try:
             from a2wsgi import WSGIMiddleware  # type: ignore[import-not-found, unused-ignore]
-
-            return _serve_asgi(WSGIMiddleware(app))
         except ImportError:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
-                return _serve_asgi(app, interface="wsgi")
+                from uvicorn.middleware.wsgi import WSGIMiddleware
+        return _serve_asgi(WSGIMiddleware(app), trail, lifespan=False)
     if kind in ("endpoint", "fastapi_endpoint"):
-        return _serve_asgi(endpoint_app(func, str(options.get("method") or "GET")))
+        return _serve_asgi(endpoint_app(func, str(options.get("method") or "GET")), trail)
     if kind == "web_server":
         port = int(options["port"])
         # The function may return at once (a server on a thread or a subprocess) or serve

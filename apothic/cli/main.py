@@ -13,7 +13,16 @@ from typing import Any, TypeVar
 
 import typer
 
-from apothic.cli import dict_cmds, queue_cmds, runtime_cmds, sandbox_cmds, secret_cmds, volume_cmds, web_cmds
+from apothic.cli import (
+    billing_cmds,
+    dict_cmds,
+    queue_cmds,
+    runtime_cmds,
+    sandbox_cmds,
+    secret_cmds,
+    volume_cmds,
+    web_cmds,
+)
 from apothic.cli._common import JSON_OPT, handle_errors
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -32,6 +41,7 @@ app.add_typer(job_app, name="job")
 app.add_typer(deployment_app, name="deployment")
 app.add_typer(app_app, name="app")
 runtime_cmds.register(app)
+billing_cmds.register(app)
 dict_cmds.register(app)
 queue_cmds.register(app)
 sandbox_cmds.register(app)

@@ -161,15 +161,26 @@ def register(app: typer.Typer) -> None:
         executor: str = typer.Option(
             "process", "--executor", help="How containers run: process (default) or docker (the local Docker daemon)."
         ),
+        cost_per_hour: float = typer.Option(
+            0.0,
+            "--cost-per-hour",
+            help="What this machine costs, in USD per hour: containers are charged their share of it "
+            "(default 0: free, never charged).",
+        ),
+        region: str = typer.Option("", "--region", help="Where this machine is (matched by region= on functions)."),
         verbose: bool = typer.Option(False, "--verbose", "-v"),
     ) -> None:
         """Run a worker that dials the control plane and runs containers."""
+        import math
+
         from apothic.config import load_client_config, parse_labels, worker_env
         from apothic.worker.agent import Worker
         from apothic.worker.settings import EXECUTORS, WorkerSettings
 
         if executor not in EXECUTORS:
             raise typer.BadParameter(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+        if not math.isfinite(cost_per_hour) or cost_per_hour < 0:
+            raise typer.BadParameter(f"--cost-per-hour must be a number of USD, 0 or more, got {cost_per_hour!r}")
         _setup_logging(verbose)
         config = load_client_config(base_url=base_url, api_key=api_key)
         if config is None:
@@ -184,6 +195,8 @@ def register(app: typer.Typer) -> None:
             state_dir=folder / wid.replace(":", "_"),
             labels={**env.labels, **parse_labels(labels)},
             executor=executor,
+            region=region,
+            cost_per_hour=cost_per_hour,
         )
 
         async def main() -> None:

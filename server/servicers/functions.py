@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc.aio
 
@@ -16,6 +16,9 @@ from apothic.server.deployments import DeploymentManager
 from apothic.server.errors import InvalidArgument, Unavailable
 from apothic.server.jobs import JobManager
 from apothic.server.servicers import convert
+
+if TYPE_CHECKING:
+    from apothic.server.billing import Billing
 
 #: Largest inline argument payload.
 INLINE_LIMIT = 2 * 1024 * 1024
@@ -43,11 +46,19 @@ class FunctionServicer(fn_grpc.FunctionServiceServicer):
     def __init__(self, deployments: DeploymentManager, jobs: JobManager) -> None:
         self.deployments = deployments
         self.jobs = jobs
+        #: Refuses calls at entry when the account's balance is exhausted (set by the server).
+        self.billing: Billing | None = None
+
+    async def _resolve(self, account: str, ref: Any) -> tuple[Any, Any]:
+        """The deployment and spec a call names, once billing admits the call."""
+        dep, spec = await self.deployments.resolve(account, ref.app_name, ref.function_name, ref.deployment_id)
+        if self.billing is not None:
+            await self.billing.check_call(account, spec, f"function {spec.name!r} of app {dep.app_name!r}")
+        return dep, spec
 
     async def _target(self, request: Any) -> tuple[str, Any, Any, str, str]:
         account = current_account.get()
-        ref = request.function
-        dep, spec = await self.deployments.resolve(account, ref.app_name, ref.function_name, ref.deployment_id)
+        dep, spec = await self._resolve(account, request.function)
         args_fmt = _check_args(request.args)
         result_fmt = convert.FORMAT_NAMES.get(request.result_format, args_fmt)
         return account, dep, spec, args_fmt, result_fmt
@@ -126,8 +137,7 @@ class FunctionServicer(fn_grpc.FunctionServiceServicer):
         self, request: fn_pb.SpawnFunctionManyRequest, context: grpc.aio.ServicerContext
     ) -> fn_pb.SpawnFunctionManyResponse:
         account = current_account.get()
-        ref = request.function
-        dep, spec = await self.deployments.resolve(account, ref.app_name, ref.function_name, ref.deployment_id)
+        dep, spec = await self._resolve(account, request.function)
         _not_a_generator(spec)
         if not request.args:
             return fn_pb.SpawnFunctionManyResponse()
@@ -179,8 +189,7 @@ class FunctionServicer(fn_grpc.FunctionServiceServicer):
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("message") != "start":
             raise InvalidArgument("a MapFunction stream must begin with a start message naming the function")
-        ref = first.start.function
-        dep, spec = await self.deployments.resolve(account, ref.app_name, ref.function_name, ref.deployment_id)
+        dep, spec = await self._resolve(account, first.start.function)
         if spec.is_generator:
             raise InvalidArgument(f"function {spec.name!r} is a generator; map it with remote_gen per input instead")
         call = self.jobs.open_map(account, dep, spec, "", convert.FORMAT_NAMES.get(first.start.result_format, ""))

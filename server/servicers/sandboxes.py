@@ -12,6 +12,7 @@ from apothic._proto.v1 import sandbox_service_pb2 as sb_pb
 from apothic._proto.v1 import sandbox_service_pb2_grpc as sb_grpc
 from apothic._proto.v1 import types_pb2 as pb
 from apothic.server.auth import current_account
+from apothic.server.billing import Billing
 from apothic.server.deployments import DeploymentManager
 from apothic.server.errors import FailedPrecondition, InvalidArgument
 from apothic.server.images import ImageManager
@@ -65,6 +66,8 @@ class SandboxServicer(sb_grpc.SandboxServiceServicer):
         self.sandboxes = SandboxManager(deployments, jobs)
         self.secrets = secrets
         self.images = images
+        #: Refuses sandboxes at entry when the account's balance is exhausted (set by the server).
+        self.billing: Billing | None = None
 
     async def _with_image(self, request: sb_pb.CreateSandboxRequest) -> pb.FunctionSpec:
         """The request's spec with its image checked, named and built (as for DeployApp)."""
@@ -88,6 +91,8 @@ class SandboxServicer(sb_grpc.SandboxServiceServicer):
     ) -> sb_pb.CreateSandboxResponse:
         spec = await self._with_image(request)
         record = convert.spec_from_pb(spec, self.secrets.seal_inline if self.secrets else None)
+        if self.billing is not None:
+            await self.billing.check_call(current_account.get(), record, "the sandbox")
         view = await self.sandboxes.create(
             current_account.get(),
             request.name,

@@ -194,7 +194,10 @@ class WorkerServicer(w_grpc.WorkerServiceServicer):
             sched.service_log(lg.container_id, convert.LOG_STREAM_NAMES.get(lg.stream, "stdout"), lg.data)
         elif which == "input_log":
             lg = msg.input_log
-            sched.input_log("", lg.job_id, lg.attempt, convert.LOG_STREAM_NAMES.get(lg.stream, "stdout"), lg.data)
+            stream = convert.LOG_STREAM_NAMES.get(lg.stream, "stdout")
+            sched.input_log(lg.container_id, lg.job_id, lg.attempt, stream, lg.data)
+        elif which == "service_requests":
+            self._requests(msg.service_requests, worker)
         elif which == "input_yield":
             y = msg.input_yield
             fmt = convert.FORMAT_NAMES.get(y.item.format, "cloudpickle")
@@ -206,6 +209,22 @@ class WorkerServicer(w_grpc.WorkerServiceServicer):
             if self.accounts is not None:
                 self.accounts.revoke_container_token(ex.container_id)
             sched.container_exited(ex.container_id, ex.reason, startup_failed=ex.startup_failed)
+
+    def _requests(self, msg: w_pb.ServiceRequests, worker: WorkerHandle) -> None:
+        """Starts and ends the jobs of a service container's HTTP requests."""
+        for st in msg.started:
+            request = {"method": st.method, "path": st.path, "query": st.query}
+            self.scheduler.request_started(worker, msg.container_id, st.number, request, st.started_at)
+        for end in msg.ended:
+            error = convert.result_from_pb(pb.JobResult(error=end.error)) if end.HasField("error") else None
+            self.scheduler.request_ended(
+                worker,
+                msg.container_id,
+                end.number,
+                end.status_code,
+                error["error"] if error else None,
+                end.duration_s,
+            )
 
     def _result(self, r: w_pb.InputResult) -> None:
         self.scheduler.input_finished(

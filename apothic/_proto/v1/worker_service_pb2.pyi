@@ -160,6 +160,7 @@ class SessionRequest(_message.Message):
     INPUT_YIELD_FIELD_NUMBER: _builtins.int
     IMAGE_BUILD_LOG_FIELD_NUMBER: _builtins.int
     IMAGE_BUILT_FIELD_NUMBER: _builtins.int
+    SERVICE_REQUESTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___WorkerHello: ...
     @_builtins.property
@@ -180,6 +181,8 @@ class SessionRequest(_message.Message):
     def image_build_log(self) -> _types_pb2.ImageBuildLog: ...
     @_builtins.property
     def image_built(self) -> Global___ImageBuilt: ...
+    @_builtins.property
+    def service_requests(self) -> Global___ServiceRequests: ...
     def __init__(
         self,
         *,
@@ -193,12 +196,13 @@ class SessionRequest(_message.Message):
         input_yield: Global___InputYield | None = ...,
         image_build_log: _types_pb2.ImageBuildLog | None = ...,
         image_built: Global___ImageBuilt | None = ...,
+        service_requests: Global___ServiceRequests | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["container_exited", b"container_exited", "container_ready", b"container_ready", "heartbeat", b"heartbeat", "hello", b"hello", "image_build_log", b"image_build_log", "image_built", b"image_built", "input_log", b"input_log", "input_result", b"input_result", "input_results", b"input_results", "input_yield", b"input_yield", "message", b"message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["container_exited", b"container_exited", "container_ready", b"container_ready", "heartbeat", b"heartbeat", "hello", b"hello", "image_build_log", b"image_build_log", "image_built", b"image_built", "input_log", b"input_log", "input_result", b"input_result", "input_results", b"input_results", "input_yield", b"input_yield", "message", b"message", "service_requests", b"service_requests"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_exited", b"container_exited", "container_ready", b"container_ready", "heartbeat", b"heartbeat", "hello", b"hello", "image_build_log", b"image_build_log", "image_built", b"image_built", "input_log", b"input_log", "input_result", b"input_result", "input_results", b"input_results", "input_yield", b"input_yield", "message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_exited", b"container_exited", "container_ready", b"container_ready", "heartbeat", b"heartbeat", "hello", b"hello", "image_build_log", b"image_build_log", "image_built", b"image_built", "input_log", b"input_log", "input_result", b"input_result", "input_results", b"input_results", "input_yield", b"input_yield", "message", b"message", "service_requests", b"service_requests"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["hello", "heartbeat", "container_ready", "container_exited", "input_log", "input_result", "input_results", "input_yield", "image_build_log", "image_built"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["hello", "heartbeat", "container_ready", "container_exited", "input_log", "input_result", "input_results", "input_yield", "image_build_log", "image_built", "service_requests"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
@@ -477,6 +481,113 @@ class InputLog(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InputLog: _TypeAlias = InputLog  # noqa: Y015
+
+@_typing.final
+class ServiceRequests(_message.Message):
+    """HTTP requests a web service container began and finished answering since the last such
+    message. The control plane records each request as a job of the service's function,
+    running on that container; the job id is ``jobs:<the container id's key>r<number>``.
+    A request's output arrives as InputLog messages for its job (attempt 1), always after
+    the message that reported its start. Starts are handled before ends.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTAINER_ID_FIELD_NUMBER: _builtins.int
+    STARTED_FIELD_NUMBER: _builtins.int
+    ENDED_FIELD_NUMBER: _builtins.int
+    container_id: _builtins.str
+    @_builtins.property
+    def started(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServiceRequestStart]: ...
+    @_builtins.property
+    def ended(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServiceRequestEnd]: ...
+    def __init__(
+        self,
+        *,
+        container_id: _builtins.str = ...,
+        started: _abc.Iterable[Global___ServiceRequestStart] | None = ...,
+        ended: _abc.Iterable[Global___ServiceRequestEnd] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_id", b"container_id", "ended", b"ended", "started", b"started"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServiceRequests: _TypeAlias = ServiceRequests  # noqa: Y015
+
+@_typing.final
+class ServiceRequestStart(_message.Message):
+    """A request a container began answering."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NUMBER_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    QUERY_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    number: _builtins.int
+    """1, 2, 3... per container."""
+    method: _builtins.str
+    path: _builtins.str
+    query: _builtins.str
+    started_at: _builtins.float
+    """When it began: seconds since the Unix epoch, by the worker's clock."""
+    def __init__(
+        self,
+        *,
+        number: _builtins.int = ...,
+        method: _builtins.str = ...,
+        path: _builtins.str = ...,
+        query: _builtins.str = ...,
+        started_at: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["method", b"method", "number", b"number", "path", b"path", "query", b"query", "started_at", b"started_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServiceRequestStart: _TypeAlias = ServiceRequestStart  # noqa: Y015
+
+@_typing.final
+class ServiceRequestEnd(_message.Message):
+    """A request a container finished answering (its start was reported before, or in the
+    same message).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NUMBER_FIELD_NUMBER: _builtins.int
+    STATUS_CODE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    DURATION_S_FIELD_NUMBER: _builtins.int
+    number: _builtins.int
+    status_code: _builtins.int
+    """The response's status; 0 when none was sent (the client went away, or the app failed
+    before answering).
+    """
+    duration_s: _builtins.float
+    @_builtins.property
+    def error(self) -> _types_pb2.RemoteError:
+        """What the handler raised, if it did."""
+
+    def __init__(
+        self,
+        *,
+        number: _builtins.int = ...,
+        status_code: _builtins.int = ...,
+        error: _types_pb2.RemoteError | None = ...,
+        duration_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration_s", b"duration_s", "error", b"error", "number", b"number", "status_code", b"status_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServiceRequestEnd: _TypeAlias = ServiceRequestEnd  # noqa: Y015
 
 @_typing.final
 class InputResult(_message.Message):

@@ -85,7 +85,14 @@ def crashy() -> Any:
     async def crash(request: Any) -> JSONResponse:
         os._exit(3)
 
-    return Starlette(routes=[Route("/pid", pid), Route("/crash", crash)])
+    async def crash_later(request: Any) -> JSONResponse:
+        import asyncio
+
+        print("about to crash", flush=True)
+        await asyncio.sleep(0.3)  # the request's job is reported as running by now
+        os._exit(3)
+
+    return Starlette(routes=[Route("/pid", pid), Route("/crash", crash), Route("/crash-later", crash_later)])
 
 
 @app.wsgi_app()
