@@ -177,6 +177,7 @@ class JobManager:
         *,
         durable: bool,
         job_id: str = "",
+        queued: bool = True,
     ) -> LiveJob:
         now = utcnow()
         record = JobRecord(
@@ -196,7 +197,8 @@ class JobManager:
         )
         job = LiveJob(record=record, deployment=dep, spec=spec, durable=durable, handler=self)
         self._live[record.job_id] = job
-        self._append(job, "job.queued", {})
+        if queued:
+            self._append(job, "job.queued", {})
         return job
 
     async def invoke(
@@ -232,11 +234,12 @@ class JobManager:
         started_at: float,
     ) -> LiveJob:
         """Records an HTTP request a web service container is answering as a running job of
-        its function (arguments: ``request`` as JSON), created and started at ``started_at``
+        its function (arguments: ``request`` as JSON; it was never queued, so its first
+        event is ``job.running``), created and started at ``started_at``
         (the worker's clock, seconds since the epoch; now when it is off by over a minute);
         written behind like a warm call's."""
         args = json.dumps(request).encode()
-        job = self._new(dep.account, dep, spec, "json", args, "json", durable=False, job_id=job_id)
+        job = self._new(dep.account, dep, spec, "json", args, "json", durable=False, job_id=job_id, queued=False)
         job.service_request = True
         self.started(job, worker_id, container_id)
         began = datetime.fromtimestamp(started_at, UTC)
