@@ -13,7 +13,6 @@ import io
 import logging
 import os
 import signal
-import time
 import zipfile
 from collections import deque
 from collections.abc import Callable
@@ -159,10 +158,8 @@ Report = Ready | Exited | Log | Result | Yield | ServiceLog | Requests
 
 @dataclass
 class _Request:
-    """An HTTP request a service container is answering."""
+    """An HTTP request a service container is answering (its output so far)."""
 
-    start: RequestStart
-    began: float
     log_bytes: int = 0
     log_truncated: bool = False
 
@@ -410,23 +407,23 @@ class ProcessContainer:
         if msg[0] == protocol.REQUEST_START:
             _, number, method, path, query, started_at = msg
             start = RequestStart(number, method, path, query, started_at)
-            self.requests[request_job_id(cid, number)] = _Request(start, time.monotonic())
+            self.requests[request_job_id(cid, number)] = _Request()
             self._request_starts.append(start)
         else:
-            # A quick request's end carries its start (it was never reported on its own).
-            _, number, status_code, error, unsent = msg
-            job_id = request_job_id(cid, number)
-            request = self.requests.pop(job_id, None)
-            if unsent is not None:
-                self._request_starts.append(RequestStart(*unsent))
-                duration = max(0.0, time.time() - unsent[4])
-            elif request is not None:
-                duration = time.monotonic() - request.began
-            else:
-                return
-            self._request_ends.append(RequestEnd(number, status_code, tuple(error) if error else None, duration))
+            for end in msg[1]:
+                self._on_request_end(*end)
         if self._requests_timer is None:
             self._requests_timer = asyncio.get_running_loop().call_later(REQUEST_REPORT_S, self._report_requests)
+
+    def _on_request_end(
+        self, number: int, status_code: int, error: Any, unsent: tuple[Any, ...] | None, duration: float
+    ) -> None:
+        request = self.requests.pop(request_job_id(self.spec.container_id, number), None)
+        if unsent is not None:  # a quick request's end carries its start (never reported alone)
+            self._request_starts.append(RequestStart(*unsent))
+        elif request is None:
+            return
+        self._request_ends.append(RequestEnd(number, status_code, tuple(error) if error else None, duration))
 
     def _report_requests(self) -> None:
         if self._requests_timer is not None:
@@ -473,7 +470,7 @@ class ProcessContainer:
                         self._on_results(msg[1])
                     elif kind == protocol.LOG:
                         self._on_log(msg[1], msg[2], msg[3], msg[4])
-                    elif kind in (protocol.REQUEST_START, protocol.REQUEST_END):
+                    elif kind in (protocol.REQUEST_START, protocol.REQUEST_ENDS):
                         self._on_request(msg)
                     elif kind == protocol.YIELD:
                         _, job_id, attempt, seq, fmt, data = msg

@@ -87,6 +87,7 @@ def _serve_web(
         if any(frame[0] == protocol.STOP for frame in frames):
             break
     service.close()
+    trail.send_ends()  # the ends of the last requests
 
 
 def main() -> None:

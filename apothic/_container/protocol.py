@@ -44,7 +44,7 @@ YIELD = "yield"
 RESULTS = "results"
 #: A web service began / finished answering an HTTP request (see request_trail).
 REQUEST_START = "request_start"
-REQUEST_END = "request_end"
+REQUEST_ENDS = "request_ends"
 
 
 def encode(message: tuple[Any, ...]) -> bytes:

@@ -2,7 +2,7 @@
 
 Each HTTP request an ASGI service (``@app.asgi``, ``@app.wsgi_app``, ``@app.endpoint``,
 ``@app.fastapi_endpoint``) answers becomes a job of the service's function: the container
-tells the worker when a request starts (``REQUEST_START``) and ends (``REQUEST_END``, with
+tells the worker when a request starts (``REQUEST_START``) and ends (``REQUEST_ENDS``, with
 the response status and what the handler raised), and what the handler prints in between
 is that job's output; the response carries the job's id in an ``x-apothic-job-id`` header.
 The worker reports starts and ends in batches and the control plane writes the jobs behind
@@ -12,7 +12,8 @@ and leaves no trail.
 The job id is derived from the container id and the request's number
 (:func:`request_job_id`), so output can be attributed before the control plane has seen
 the start. A quick request that prints nothing costs one frame (its end carries its
-start); one that prints, or runs past ``START_AFTER_S``, reports its start first.
+start); one that prints, or runs past ``START_AFTER_S``, reports its start first. Ends
+travel in batches (``END_BATCH_S``), so a busy service sends one frame per batch.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from apothic._container.output import Key, OutputForwarder, Running, current_inp
 #: A request still running after this many seconds is reported as started (a quicker one
 #: only with its end, in one frame).
 START_AFTER_S = 0.05
+#: Request ends are reported together, at most this long after the first of them.
+END_BATCH_S = 0.05
 #: The response header that names a request's job.
 JOB_HEADER = b"x-apothic-job-id"
 #: Longest path and query string a request's job records.
@@ -66,6 +69,8 @@ class RequestTrail:
         self._numbers = itertools.count(1)
         #: Starts not reported yet: job id -> (number, method, path, query, started at).
         self._unsent: dict[str, tuple[int, str, str, str, float]] = {}
+        #: Ends not reported yet: (number, status, error, its start when never reported, seconds).
+        self._ends: list[tuple[int, int, tuple[str, str, str, bytes] | None, tuple[Any, ...] | None, float]] = []
         self._lock = threading.Lock()
         for out in outputs:
             out.before_send = self.send_start
@@ -94,6 +99,7 @@ class RequestTrail:
             time.time(),
         )
         self._unsent[job_id] = start
+        began = time.monotonic()
         timer = asyncio.get_running_loop().call_later(START_AFTER_S, self.send_start, key)
         status = 0
         job_header = (JOB_HEADER, job_id.encode())
@@ -126,7 +132,17 @@ class RequestTrail:
                 out.flush()  # the request's output (after its start) reaches the worker first
             with self._lock:
                 unsent = self._unsent.pop(job_id, None)
-            self._channel.send((protocol.REQUEST_END, number, status, error, unsent))
+                self._ends.append((number, status, error, unsent, time.monotonic() - began))
+                first = len(self._ends) == 1
+            if first:  # ends travel together, one frame per END_BATCH_S
+                asyncio.get_running_loop().call_later(END_BATCH_S, self.send_ends)
+
+    def send_ends(self) -> None:
+        """Reports the ends of requests answered since the last call, in one frame."""
+        with self._lock:
+            ends, self._ends = self._ends, []
+            if ends:
+                self._channel.send((protocol.REQUEST_ENDS, ends))
 
     def send_start(self, key: Key) -> None:
         """Reports the start of request ``key`` now, unless it was reported already (a
