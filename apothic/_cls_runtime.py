@@ -126,12 +126,22 @@ def _install_sigterm() -> None:
     _sigterm_installed = True
 
 
+def _live_instance(cls: type, key: str) -> Any:
+    """The instance ``key`` of ``cls`` when it is constructed, else None (hold ``_lock``).
+
+    Raises:
+        InstanceTerminatedError: it was terminated.
+    """
+    ident = (cls.__qualname__, key)
+    if ident in _terminated:
+        raise InstanceTerminatedError(f"instance {key!r} of {cls.__name__} was terminated; create a new one")
+    return _instances.get(ident)
+
+
 def _instance(cls: type, key: str, params: tuple[tuple[Any, ...], dict[str, Any]]) -> Any:
     ident = (cls.__qualname__, key)
     with _lock:
-        if ident in _terminated:
-            raise InstanceTerminatedError(f"instance {key!r} of {cls.__name__} was terminated; create a new one")
-        inst = _instances.get(ident)
+        inst = _live_instance(cls, key)
         if inst is not None:
             return inst
         args, kwargs = params
@@ -150,9 +160,7 @@ async def _instance_async(cls: type, key: str, params: tuple[tuple[Any, ...], di
     ident = (cls.__qualname__, key)
     while True:
         with _lock:
-            if ident in _terminated:
-                raise InstanceTerminatedError(f"instance {key!r} of {cls.__name__} was terminated; create a new one")
-            inst = _instances.get(ident)
+            inst = _live_instance(cls, key)
             if inst is not None:
                 return inst
             waiting = _constructing.get(ident)

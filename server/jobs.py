@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+from apothic._container.request_trail import is_request_job_id
 from apothic.server import ids
 from apothic.server.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from apothic.server.hub import Signal, Topics
@@ -632,9 +633,10 @@ class JobManager:
         loop = asyncio.get_running_loop()
         if job.service_request:
             self._flush_request(job)
+            retain = RETAIN_ENDED_REQUEST_S
         else:
             self._flush(job)  # written in a later turn of the loop, after the waiting caller resumed
-        retain = RETAIN_ENDED_REQUEST_S if job.service_request else RETAIN_ENDED_S
+            retain = RETAIN_ENDED_S
         self._evictions[job.job_id] = loop.call_later(retain, self._evict, job.job_id)
 
     def _evict(self, job_id: str) -> None:
@@ -652,10 +654,10 @@ class JobManager:
         Raises:
             NotFound: no such job in this account.
         """
-        key = ids.key_of(job_id, "jobs")
+        ids.key_of(job_id, "jobs")
         job = self._live.get(job_id)
         record = job.record if job is not None else await self.store.get_job(job_id)
-        if record is None and "r" in key:
+        if record is None and is_request_job_id(job_id):
             # A web request's job (its id came with the response): its report may still be
             # on its way from the worker.
             deadline = asyncio.get_running_loop().time() + REQUEST_ARRIVAL_S

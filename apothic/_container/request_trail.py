@@ -52,6 +52,11 @@ def request_job_id(container_id: str, number: int) -> str:
     return f"jobs:{container_id.partition(':')[2]}r{number}"
 
 
+def is_request_job_id(job_id: str) -> bool:
+    """Whether ``job_id`` names a web request's job (other job ids are hex after ``jobs:``)."""
+    return "r" in job_id.partition(":")[2]
+
+
 class RequestTrail:
     """Wraps an ASGI app so each HTTP request it answers is reported as a job."""
 

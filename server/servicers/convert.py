@@ -89,9 +89,13 @@ def result_from_pb(result: pb.JobResult) -> dict[str, Any] | None:
     if which == "value":
         return {"format": FORMAT_NAMES.get(result.value.format, "cloudpickle"), "data": result.value.data}
     if which == "error":
-        e = result.error
-        return {"error": {"type": e.type, "message": e.message, "traceback": e.traceback, "pickled": e.pickled}}
+        return {"error": error_from_pb(result.error)}
     return None
+
+
+def error_from_pb(e: pb.RemoteError) -> dict[str, Any]:
+    """A remote error as a job result stores it."""
+    return {"type": e.type, "message": e.message, "traceback": e.traceback, "pickled": e.pickled}
 
 
 def job_to_pb(job: JobRecord) -> pb.Job:

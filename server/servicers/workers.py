@@ -216,15 +216,8 @@ class WorkerServicer(w_grpc.WorkerServiceServicer):
             request = {"method": st.method, "path": st.path, "query": st.query}
             self.scheduler.request_started(worker, msg.container_id, st.number, request, st.started_at)
         for end in msg.ended:
-            error = convert.result_from_pb(pb.JobResult(error=end.error)) if end.HasField("error") else None
-            self.scheduler.request_ended(
-                worker,
-                msg.container_id,
-                end.number,
-                end.status_code,
-                error["error"] if error else None,
-                end.duration_s,
-            )
+            error = convert.error_from_pb(end.error) if end.HasField("error") else None
+            self.scheduler.request_ended(worker, msg.container_id, end.number, end.status_code, error, end.duration_s)
 
     def _result(self, r: w_pb.InputResult) -> None:
         self.scheduler.input_finished(
