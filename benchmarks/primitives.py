@@ -27,6 +27,11 @@ Figures (each client loops for ``--seconds`` after ``--warmup`` seconds; ops/s c
    ``Range(k)`` then ``Txn(compare mod_revision(k) == rev, then Put(k, v))``. Sequential and 16
    concurrent clients, each on its own key. Target: at least equal to etcd.
 
+3. Sequential floors (:mod:`benchmarks._floors`, after the figures): one gRPC round trip between
+   two bare Python processes and one durable embedded SurrealDB commit, with no Apothic code in
+   the path, and the most sequential cycles per second they allow (a Queue cycle is three
+   mutations, each a round trip and a commit; a Dict CAS is a read and a mutation).
+
 etcd is reached over its native gRPC API (``etcdserverpb.KV/Range`` and ``/Txn``) with grpcio,
 the messages encoded by hand (a few fields): the same transport as Apothic's client, without
 ``aetcd``'s pinned protobuf or the HTTP/JSON gateway's extra hop.
@@ -403,6 +408,10 @@ def apothic_figures(address: dict[str, Any], opts: argparse.Namespace) -> dict[s
         out["dict_conc"] = await _profiled(
             opts, "apothic-dict", pid, run_concurrent(cas_aio, clients=n, warmup=w, seconds=s, server_pid=pid)
         )
+        # Closed before asyncio.run closes the loop, which gRPC's poller would otherwise still call.
+        from apothic._lazy import get_client
+
+        await get_client().close()
 
     asyncio.run(concurrent())
     return out
@@ -519,7 +528,45 @@ def verdicts(results: dict[str, dict[str, Figure]]) -> dict[str, dict[str, Any]]
     return out
 
 
-def print_report(header: list[str], results: dict[str, dict[str, Figure]], n: int) -> None:
+def measure_floors(tmp: Path) -> dict[str, float] | None:
+    """Runs :mod:`benchmarks._floors` in a process of its own; None (with a message) when it fails."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks._floors", "--dir", str(tmp)],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        print(f"measuring the floors failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
+        return None
+    floors: dict[str, float] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return floors
+
+
+def ceilings(floors: dict[str, float], results: dict[str, dict[str, Figure]]) -> dict[str, dict[str, Any]]:
+    """The most sequential cycles per second the floors allow, beside what was measured.
+
+    A Queue cycle is three mutations (each one round trip and one durable commit); a Dict CAS
+    is a read (one round trip) and a mutation.
+    """
+    rpc, commit = floors["rpc_ms"], floors["commit_ms"]
+    shapes = {"queue_seq": 3 * (rpc + commit), "dict_seq": 2 * rpc + commit}
+    out = {}
+    for key, floor_ms in shapes.items():
+        peer = "redis" if key.startswith("queue") else "etcd"
+        row: dict[str, Any] = {"floor_ms": round(floor_ms, 4), "ceiling_ops_s": round(1e3 / floor_ms, 1)}
+        measured, p = results.get("apothic", {}).get(key), results.get(peer, {}).get(key)
+        if measured is not None:
+            row["apothic_ms"] = round(1e3 / measured.ops_s, 4)
+        if p is not None:
+            row["ceiling_ratio"] = round(1e3 / floor_ms / p.ops_s, 3)
+        out[key] = row
+    return out
+
+
+def print_report(
+    header: list[str], results: dict[str, dict[str, Figure]], n: int, floors: dict[str, float] | None = None
+) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -552,6 +599,26 @@ def print_report(header: list[str], results: dict[str, dict[str, Figure]], n: in
         "server, user+system CPU over the timed window per cycle.",
         highlight=False,
     )
+    if floors is None:
+        return
+    console.print(
+        f"Sequential floors on this machine (medians, no Apothic code): one gRPC round trip between two Python "
+        f"processes {floors['rpc_ms']:.3f} ms; one durable embedded SurrealDB commit {floors['commit_ms']:.3f} ms; "
+        f"fdatasync of 200 bytes {floors['fsync_ms']:.3f} ms.",
+        highlight=False,
+    )
+    floor_table = Table()
+    for name in ("sequential", "floor ms/cycle", "ceiling cycles/s", "ceiling/peer", "apothic ms/cycle"):
+        floor_table.add_column(name, justify="left" if name == "sequential" else "right")
+    for key, row in ceilings(floors, results).items():
+        floor_table.add_row(
+            "Queue cycle: 3 x (round trip + commit)" if key == "queue_seq" else "Dict CAS: 2 round trips + commit",
+            f"{row['floor_ms']:.3f}",
+            f"{row['ceiling_ops_s']:,.0f}",
+            f"{row['ceiling_ratio']:.2f}x" if "ceiling_ratio" in row else "-",
+            f"{row['apothic_ms']:.3f}" if "apothic_ms" in row else "-",
+        )
+    console.print(floor_table)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -599,6 +666,7 @@ def main(argv: list[str] | None = None) -> None:
         with runtime_process(db_url) as address:
             results["apothic"] = apothic_figures(address, args)
         versions["apothic"] = dist_version("apothic")
+        floors = measure_floors(tmp)
     wall_s = time.perf_counter() - t_start
 
     out: dict[str, Any] = {
@@ -615,6 +683,8 @@ def main(argv: list[str] | None = None) -> None:
         "source": source_state(),
         "results": {peer: {k: asdict(f) for k, f in figs.items()} for peer, figs in results.items()},
         "verdicts": verdicts(results),
+        "floors": floors,
+        "ceilings": ceilings(floors, results) if floors is not None else None,
     }
     if args.json_out is not None:
         args.json_out.write_text(json.dumps(out, indent=2) + "\n")
@@ -630,7 +700,7 @@ def main(argv: list[str] | None = None) -> None:
     ]
     if source := out["source"]:
         header.append(f"source: {source}")
-    print_report(header, results, args.clients)
+    print_report(header, results, args.clients, floors)
 
 
 if __name__ == "__main__":
