@@ -22,6 +22,9 @@ Control plane (``apothic server`` / ``apothic up``; flags override):
 ``APOTHIC_SECRET_KEY``      Fernet key secrets are encrypted with (default: the state
                             dir's ``secret.key``, generated on first start, mode 0600);
                             replicas sharing a database must share it
+``TOKIO_WORKER_THREADS``    threads of the embedded SurrealDB engine's async runtime
+                            (default 1, ``ServerSettings.engine_threads``: the control
+                            plane sends it one transaction at a time)
 ==========================  ===========================================================
 
 Worker (``apothic worker``):
@@ -228,3 +231,11 @@ def worker_env() -> WorkerEnv:
 def container_id() -> str | None:
     """The container id when running inside an Apothic container, else None."""
     return os.environ.get("APOTHIC_CONTAINER_ID") or None
+
+
+def set_engine_threads(threads: int) -> None:
+    """Sizes the embedded SurrealDB engine's async runtime (``TOKIO_WORKER_THREADS``) unless the
+    environment already does; 0 leaves the engine's default. Read by the engine when the
+    first embedded database of the process starts, so it only counts before that."""
+    if threads > 0:
+        os.environ.setdefault("TOKIO_WORKER_THREADS", str(threads))

@@ -59,9 +59,12 @@ async def commit_ms(url: str, n: int) -> float:
     control plane calls it (:func:`apothic.server.cbor.query_raw`)."""
     from surrealdb import AsyncSurreal
 
+    from apothic.config import set_engine_threads
     from apothic.server import cbor
+    from apothic.server.settings import ServerSettings
 
     cbor.install()
+    set_engine_threads(ServerSettings().engine_threads)  # the engine as the control plane runs it
     db: Any = AsyncSurreal(url)  # an embedded connection: connect() takes no URL
     if hasattr(db, "connect"):
         await db.connect()

@@ -47,6 +47,12 @@ class ServerSettings:
             0600 (an in-memory database gets a fresh key per process). Replicas sharing one
             database must share the key.
         billing: how containers on priced workers are metered and charged.
+        engine_threads: worker threads of the async runtime the embedded SurrealDB engine
+            runs its queries on (``TOKIO_WORKER_THREADS``); 0 leaves the engine's default (one
+            per core). The control plane sends it one transaction at a time, so one thread
+            does the work and a second only spins: on 2 cores, 1 gave 7-9% more queue cycles
+            sequentially and with 16 clients (BENCHMARKS.md). The first store a process opens
+            decides it, and a ``TOKIO_WORKER_THREADS`` set in the environment wins.
     """
 
     db_url: str = ""
@@ -59,6 +65,11 @@ class ServerSettings:
     watch: WatchSettings = field(default_factory=WatchSettings)
     secret_key: str = field(default="", repr=False)
     billing: BillingSettings = field(default_factory=BillingSettings)
+    engine_threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.engine_threads < 0:
+            raise ValueError(f"engine_threads must be 0 (the engine's default) or more, got {self.engine_threads!r}")
 
     def resolved_db_url(self) -> str:
         """The database URL, defaulting to an embedded store under the state directory."""

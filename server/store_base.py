@@ -18,6 +18,7 @@ from typing import Any
 
 from surrealdb import AsyncSurreal, RecordID
 
+from apothic.config import set_engine_threads
 from apothic.server import cbor
 
 log = logging.getLogger("apothic.server.store")
@@ -268,10 +269,13 @@ class StoreBase:
 
     Args:
         url: ``mem://``, ``surrealkv:///abs/path`` or ``ws://host:port``.
+        engine_threads: worker threads of the embedded engine's async runtime (see
+            :attr:`apothic.server.settings.ServerSettings.engine_threads`); 0: its default.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, engine_threads: int = 1) -> None:
         self.url = url
+        self.engine_threads = engine_threads
         self._db: Any = None
         self._committer: _GroupCommitter | None = None
         #: The loop the store was opened on (and runs its writes on).
@@ -281,6 +285,8 @@ class StoreBase:
         """Connects, selects the namespace and applies the schema."""
         cbor.install()
         self.loop = asyncio.get_running_loop()
+        if not self.url.startswith(("ws://", "wss://", "http://", "https://")):
+            set_engine_threads(self.engine_threads)
         self._db = AsyncSurreal(self.url)
         if hasattr(self._db, "connect"):
             await self._db.connect()

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from apothic.config import load_client_config, write_profile
+from apothic.config import load_client_config, set_engine_threads, write_profile
 from apothic.exceptions import InvalidConfigError
+from apothic.server.settings import ServerSettings
 
 
 @pytest.fixture
@@ -69,3 +70,19 @@ def test_a_missing_profile_is_named(home: Path) -> None:
     write_profile("local", base_url="127.0.0.1:1", api_key="ak-one")
     with pytest.raises(InvalidConfigError, match="'nope' is not in"):
         load_client_config(profile="nope")
+
+
+def test_engine_threads_are_set_unless_the_environment_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TOKIO_WORKER_THREADS", raising=False)
+    set_engine_threads(0)
+    assert "TOKIO_WORKER_THREADS" not in os.environ
+    set_engine_threads(1)
+    assert os.environ["TOKIO_WORKER_THREADS"] == "1"
+    monkeypatch.setenv("TOKIO_WORKER_THREADS", "4")
+    set_engine_threads(1)
+    assert os.environ["TOKIO_WORKER_THREADS"] == "4"
+
+
+def test_negative_engine_threads_are_refused() -> None:
+    with pytest.raises(ValueError, match="engine_threads must be 0"):
+        ServerSettings(engine_threads=-1)
