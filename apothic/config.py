@@ -25,6 +25,10 @@ Control plane (``apothic server`` / ``apothic up``; flags override):
 ``TOKIO_WORKER_THREADS``    threads of the embedded SurrealDB engine's async runtime
                             (default 1, ``ServerSettings.engine_threads``: the control
                             plane sends it one transaction at a time)
+``SURREAL_SYNC_DATA``       whether the embedded on-disk engine fsyncs each commit before
+                            it is acknowledged (default ``true``,
+                            ``ServerSettings.sync_commits``; ``false`` is faster but a
+                            machine crash can lose the last acknowledged writes)
 ==========================  ===========================================================
 
 Worker (``apothic worker``):
@@ -239,3 +243,11 @@ def set_engine_threads(threads: int) -> None:
     first embedded database of the process starts, so it only counts before that."""
     if threads > 0:
         os.environ.setdefault("TOKIO_WORKER_THREADS", str(threads))
+
+
+def set_sync_commits(sync: bool) -> None:
+    """Makes the embedded SurrealDB engine fsync each commit (``SURREAL_SYNC_DATA``), or not,
+    unless the environment already says. The engine's own default is not to: a commit then
+    survives the process dying but not the machine. Read by the engine at its first commit in
+    the process, so it only counts before that."""
+    os.environ.setdefault("SURREAL_SYNC_DATA", "true" if sync else "false")

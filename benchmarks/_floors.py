@@ -9,7 +9,8 @@ between. This measures those parts alone, with no Apothic code in the path:
 * ``fsync_ms``: appending 200 bytes to a file and ``fdatasync`` (the disk's own floor, which
   Redis with ``appendfsync always`` and etcd pay as well);
 * ``commit_ms``: one transaction creating one small row through the embedded engine on
-  ``surrealkv://`` (durable per commit), called the way the control plane calls it;
+  ``surrealkv://``, flushed to the disk as the control plane has it do (one fsync per
+  commit, ``ServerSettings.sync_commits``), called the way the control plane calls it;
 * ``rpc_ms``: one message there and back on an open grpc.aio bidirectional stream between two
   Python processes, both ends bare (no auth, no dispatch).
 
@@ -59,12 +60,14 @@ async def commit_ms(url: str, n: int) -> float:
     control plane calls it (:func:`apothic.server.cbor.query_raw`)."""
     from surrealdb import AsyncSurreal
 
-    from apothic.config import set_engine_threads
+    from apothic.config import set_engine_threads, set_sync_commits
     from apothic.server import cbor
     from apothic.server.settings import ServerSettings
 
     cbor.install()
-    set_engine_threads(ServerSettings().engine_threads)  # the engine as the control plane runs it
+    settings = ServerSettings()  # the engine as the control plane runs it
+    set_engine_threads(settings.engine_threads)
+    set_sync_commits(settings.sync_commits)
     db: Any = AsyncSurreal(url)  # an embedded connection: connect() takes no URL
     if hasattr(db, "connect"):
         await db.connect()

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Gets this machine ready for the docker executor (`apothic worker --executor docker`) and its
 # tests: installs Docker and debootstrap, starts dockerd, and builds the base image the
-# executor's Debian slim images start from (apothic-base:bookworm, Python 3.11).
+# executor's Debian slim images start from (apothic-base:bookworm, Python 3.11). Also installs
+# strace, which the durability test uses to count the control plane's fsyncs.
 #
 # Idempotent: each part runs only when missing. Needs root. There is no image registry here,
 # so the base image is made with debootstrap (~2-3 minutes the first time).
@@ -22,6 +23,13 @@ if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq docker.io debootstrap >/dev/null
+fi
+
+if ! command -v strace >/dev/null; then
+    echo "== docker-setup: installing strace"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq strace >/dev/null
 fi
 
 if ! docker info >/dev/null 2>&1; then

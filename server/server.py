@@ -93,7 +93,9 @@ class ControlPlane:
 
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
-        self.store = Store(settings.resolved_db_url(), engine_threads=settings.engine_threads)
+        self.store = Store(
+            settings.resolved_db_url(), engine_threads=settings.engine_threads, sync_commits=settings.sync_commits
+        )
         self.accounts = Accounts(self.store)
         self.jobs = JobManager(self.store, watch=settings.watch)
         self.scheduler = Scheduler()

@@ -18,7 +18,7 @@ from typing import Any
 
 from surrealdb import AsyncSurreal, RecordID
 
-from apothic.config import set_engine_threads
+from apothic.config import set_engine_threads, set_sync_commits
 from apothic.server import cbor
 
 log = logging.getLogger("apothic.server.store")
@@ -271,11 +271,14 @@ class StoreBase:
         url: ``mem://``, ``surrealkv:///abs/path`` or ``ws://host:port``.
         engine_threads: worker threads of the embedded engine's async runtime (see
             :attr:`apothic.server.settings.ServerSettings.engine_threads`); 0: its default.
+        sync_commits: whether an embedded on-disk engine fsyncs each commit (see
+            :attr:`apothic.server.settings.ServerSettings.sync_commits`).
     """
 
-    def __init__(self, url: str, *, engine_threads: int = 1) -> None:
+    def __init__(self, url: str, *, engine_threads: int = 1, sync_commits: bool = True) -> None:
         self.url = url
         self.engine_threads = engine_threads
+        self.sync_commits = sync_commits
         self._db: Any = None
         self._committer: _GroupCommitter | None = None
         #: The loop the store was opened on (and runs its writes on).
@@ -287,6 +290,7 @@ class StoreBase:
         self.loop = asyncio.get_running_loop()
         if not self.url.startswith(("ws://", "wss://", "http://", "https://")):
             set_engine_threads(self.engine_threads)
+            set_sync_commits(self.sync_commits)
         self._db = AsyncSurreal(self.url)
         if hasattr(self._db, "connect"):
             await self._db.connect()

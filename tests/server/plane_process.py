@@ -3,6 +3,7 @@ on one ``surrealkv://`` state directory, restarted on the same port so clients r
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -27,10 +28,12 @@ class PlaneProcess:
         state_dir: the state directory (the database and the API key file live there).
         port: the gRPC port, the same across restarts.
         log_path: where the server's output is appended.
+        env: variables added to the server's environment.
     """
 
-    def __init__(self, state_dir: Path, port: int, log_path: Path) -> None:
+    def __init__(self, state_dir: Path, port: int, log_path: Path, env: dict[str, str] | None = None) -> None:
         self.state_dir = state_dir
+        self.env = env or {}
         self.port = port
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
@@ -55,6 +58,7 @@ class PlaneProcess:
                 + ["--state-dir", str(self.state_dir), "--port", str(self.port)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                env={**os.environ, **self.env},
             )
         self.starts += 1
         wait_for(self._serving, timeout=60, interval=0.05, what="the control plane to serve")
