@@ -17,10 +17,12 @@ Reads are served from memory: on a replica that has not written a dict since ano
 replica did, they can be stale (there is no cross-replica invalidation yet).
 
 Every committed mutation raises the dict's ``rev`` by one; each key carries ``version``
-(1 on creation, +1 per write), ``mod_rev`` and ``create_rev``. Mutations may carry a
-request id: the outcome is stored in the same transaction (the ids of one write set share
-a row), and a retry with that id answers the stored outcome without applying anything; a
-retry that arrives while the original is in flight waits for it. Ids are kept at least
+(1 on creation, +1 per write), ``mod_rev`` and ``create_rev``. A write set's keys and
+request ids are stored as one log row (:mod:`apothic.server.dict_log`), folded into the
+dict's entry and request rows in the background. Mutations may carry a request id: the
+outcome is stored in the same transaction, and a retry with that id answers the stored
+outcome without applying anything; a retry that arrives while the original is in flight
+waits for it. Ids are kept at least
 :data:`~apothic.server.request_ids.REQUEST_ID_TTL_S` seconds, longer than the SDK retries.
 Committed changes feed the dict's watches (:mod:`apothic.server.dict_watch`).
 
@@ -44,6 +46,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from apothic.server.deployments import validate_name
+from apothic.server.dict_log import MAX_FOLD, Fold, LogRecord, fold, replay_entries, replay_requests
 from apothic.server.dict_records import (
     COMPARE_OPS,
     DICT_CHAIN_BROKEN,
@@ -131,6 +134,10 @@ class _LiveDict:
     #: own, an int for a row recording several), and how many remembered ids each holds.
     request_rows: dict[str, str | int] = field(default_factory=dict)
     row_live: dict[str | int, int] = field(default_factory=dict)
+    #: What the committed write sets whose log rows are not folded yet did, in lsn order.
+    log: list[LogRecord] = field(default_factory=list)
+    #: Whether a fold of its log rows is in flight.
+    folding: bool = False
 
     def sorted_keys(self) -> list[str]:
         if self._sorted is None:
@@ -246,28 +253,24 @@ class _DictWrites(WriteSet):
         self.rev = rev_before
         self.writes = writes_before
         self.entries: dict[str, DictEntryRecord | None] = {}
-        #: Keys stored before this set (their rows are rewritten rather than upserted).
-        self.existing: set[str] = set()
         self.requests: list[tuple[str, int, dict[str, Any], float]] = []
         self.evicted: list[str | int] = []
         self.lease_puts: list[DictLeaseRecord] = []
         self.lease_drops: list[str] = []
+        #: What the set appends to the dict's log (made when it is rendered).
+        self.logged: LogRecord | None = None
 
     def add(
         self,
         rev: int,
         writes: int,
         written: dict[str, DictEntryRecord | None],
-        existed: set[str],
         request: tuple[str, int, dict[str, Any], float] | None,
         evicted: list[str | int],
         lease_puts: list[DictLeaseRecord],
         lease_drops: list[str],
     ) -> None:
         self.rev, self.writes = rev, writes
-        for key in written:
-            if key not in self.entries and key in existed:
-                self.existing.add(key)
         self.entries.update(written)
         if request is not None:
             self.requests.append(request)
@@ -281,19 +284,42 @@ class _DictWrites(WriteSet):
         return self.store.dict_chain_conflict()
 
     def render(self) -> list[Statement]:
-        return self.store.dict_mutation_statements(
+        self.logged = LogRecord(
+            self.writes,
+            self.entries,
+            self.requests[0][1] if self.requests else None,
+            self.requests,
+            self.evicted,
+        )
+        return self.store.dict_write_statements(
             self.record,
             self.rev,
-            [e for e in self.entries.values() if e is not None],
-            [k for k, e in self.entries.items() if e is None],
-            requests=self.requests,
-            request_row=self.requests[0][1] if self.requests else None,
-            evicted_requests=self.evicted,
+            self.writes,
+            self.logged,
             lease_puts=self.lease_puts,
             lease_drops=self.lease_drops,
-            new_writes=self.writes,
-            existing=self.existing,
         )
+
+
+class _DictFold(WriteSet):
+    """Folds committed log rows of a dict into its entry and request rows (see
+    :mod:`apothic.server.dict_log`), guarded on the write counter the dict's write sets
+    submitted before it leave: ``after``, the newest of them, is rendered (its counter final)
+    by the time this is."""
+
+    def __init__(self, store: Store, record: DictRecord, folded: Fold, after: _DictWrites | None) -> None:
+        super().__init__(after, loop=store.loop)
+        self.store = store
+        self.record = record
+        self.folded = folded
+        self.writes_before: _DictWrites | None = after
+
+    def render(self) -> list[Statement]:
+        writes = self.writes_before.writes if self.writes_before is not None else self.record.writes
+        return self.store.dict_fold_statements(replace(self.record, writes=writes), self.folded)
+
+    def chain_error(self, cause: BaseException) -> BaseException:
+        return self.store.dict_chain_conflict()
 
 
 def _lease_gone(lease_id: str, name: str) -> NotFound:
@@ -373,6 +399,8 @@ class DictManager:
             while True:
                 await self.expire()
                 await self.expire_ephemeral()
+                while await self.fold() and any(len(live.log) >= MAX_FOLD for live in self._live.values()):
+                    pass  # a backlog: fold on at once
                 await asyncio.sleep(SWEEP_INTERVAL_S)
         except asyncio.CancelledError:
             raise
@@ -388,6 +416,47 @@ class DictManager:
                     await self._fresh(account, name)
                 except NotFound:
                     continue
+
+    async def fold(self) -> int:
+        """Folds the committed log rows of every dict in memory into its rows now (up to
+        :data:`~apothic.server.dict_log.MAX_FOLD` each; a dict whose previous fold is still
+        in flight waits for the next round); returns how many dicts it folded. A fold that
+        fails leaves its log rows, and the dict is reloaded on its next use (another replica
+        may have written it)."""
+        pending: list[Any] = []
+        for live in list(self._live.values()):
+            if live.folding or not live.log or live.broken:
+                continue
+            live.folding = True
+            pending.append(self._fold(live, live.log[:MAX_FOLD]))
+        if pending:
+            await asyncio.gather(*pending)
+        return len(pending)
+
+    async def _fold(self, live: _LiveDict, records: list[LogRecord]) -> None:
+        folded = fold(records, lambda rid, row_key: live.request_rows.get(rid) == row_key)
+        if folded.merged is not None:
+            # From now on the ids are in the fold's row: a write that forgets them all
+            # evicts that row (after the fold, in commit order).
+            merged_key = folded.merged[0]
+            for rid, *_ in folded.merged[1]:
+                self._forget_request_rows(live, [rid])
+                live.request_rows[rid] = merged_key
+                live.row_live[merged_key] = live.row_live.get(merged_key, 0) + 1
+        ws = live.write_set
+        folding = _DictFold(self.store, live.record, folded, ws if ws is not None and live.inflight else None)
+        self.store.submit_write_set(folding)
+        try:
+            await asyncio.shield(folding.future)
+        except Exception as exc:
+            # Memory moved the ids to a row that does not exist: reload from the store.
+            self._forget(live)
+            if not self.store.is_dict_conflict(exc):  # else another replica wrote it
+                log.error("folding %d log rows of dict %r failed (they stay): %s", len(records), live.record.name, exc)
+        else:
+            del live.log[: len(records)]  # only a fold takes from the front, one at a time
+        finally:
+            live.folding = False
 
     async def expire_ephemeral(self) -> None:
         """Deletes every ephemeral dict whose heartbeats stopped (its deadline passed)."""
@@ -1007,7 +1076,6 @@ class DictManager:
         lease_puts: list[DictLeaseRecord] = []
         lease_drops: list[str] = []
         entries = view.entries
-        existed: set[str] = set()
         for op in ops:
             if isinstance(op, LeasePut):
                 lease_puts.append(op.lease)
@@ -1018,12 +1086,7 @@ class DictManager:
             if rev_per_key or not changes:
                 changes.append((rec_rev + len(changes) + 1, []))
             op_rev, events = changes[-1]
-            if op.key in written:
-                old = written[op.key]
-            else:
-                old = entries.get(op.key)
-                if old is not None:
-                    existed.add(op.key)
+            old = written[op.key] if op.key in written else entries.get(op.key)
             if isinstance(op, DictPut):
                 entry = DictEntryRecord(
                     op.key,
@@ -1049,12 +1112,12 @@ class DictManager:
             after = ws if ws is not None and live.inflight else None
             ws = live.write_set = _DictWrites(self.store, live.record, writes_before, rec_rev, after)
             self.store.submit_write_set(ws)
+            ws.future.add_done_callback(lambda f, live=live, ws=ws: self._logged(live, ws, f))
             ws.future.add_done_callback(lambda _f, live=live: self._landed(live))
         ws.add(
             rev,
             writes_before + 1,
             written,
-            existed,
             (request_id, writes_before + 1, outcome_to_doc(outcome), now) if request_id else None,
             gone,
             lease_puts,
@@ -1103,6 +1166,12 @@ class DictManager:
                 live.row_live.pop(row_key, None)
                 gone.append(row_key)
         return gone
+
+    @staticmethod
+    def _logged(live: _LiveDict, ws: _DictWrites, future: asyncio.Future[None]) -> None:
+        """Keeps what a committed write set appended to the dict's log, for the next fold."""
+        if not future.cancelled() and future.exception() is None and ws.logged:
+            live.log.append(ws.logged)
 
     def _landed(self, live: _LiveDict) -> None:
         """Applies, in order, the mutations whose commits settled (a failed one drops the
@@ -1182,11 +1251,13 @@ class DictManager:
         if record is None:
             self.feeds.close((account, name))  # deleted by another replica
             return None
-        entries = {e.key: e for e in await self.store.dict_entries(record.dict_id)}
+        stored, remembered, logged = await self.store.dict_contents(record.dict_id)
+        entries = {e.key: e for e in stored}
+        replay_entries(entries, logged)
         requests: RecentRequests[Outcome] = RecentRequests()
         request_rows: dict[str, str | int] = {}
         row_live: dict[str | int, int] = {}
-        for rid, doc, at, row_key in await self.store.dict_requests(record.dict_id):
+        for rid, doc, at, row_key in replay_requests(remembered, logged):
             requests.restore(rid, outcome_from_doc(doc), at)
             request_rows[rid] = row_key
             row_live[row_key] = row_live.get(row_key, 0) + 1
@@ -1196,7 +1267,7 @@ class DictManager:
             if entry.lease:
                 by_lease.setdefault(entry.lease, set()).add(entry.key)
         live = self._live[(account, name)] = _LiveDict(
-            record, entries, requests, leases, by_lease, request_rows=request_rows, row_live=row_live
+            record, entries, requests, leases, by_lease, request_rows=request_rows, row_live=row_live, log=logged
         )
         self.feeds.attach((account, name), live)
         if record.expires_at is not None:

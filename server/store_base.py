@@ -310,6 +310,20 @@ class StoreBase:
     async def _q(self, sql: str, params: dict[str, Any] | None = None) -> Any:
         return await self._db.query(sql, params or {})
 
+    async def _read_together(self, statements: list[Statement]) -> list[Any]:
+        """Runs read-only statements in one transaction (one snapshot of the database) and
+        returns each one's result. Values come back as plain CBOR decodes them: record ids
+        and datetimes stay CBOR tags, so select neither."""
+        sql, params = _compose(statements)
+        response = await cbor.query_raw(self._db, sql, params)
+        if response.get("error"):
+            raise StoreWriteError(str(response["error"]))
+        results = response.get("result") or []
+        failed = [str(r.get("result")) for r in results if r.get("status") == "ERR"]
+        if failed:
+            raise StoreWriteError(failed[0])
+        return [r.get("result") for r in results]
+
     async def commit(self, statements: list[Statement]) -> None:
         """Queues statements and waits until they are durable."""
         assert self._committer is not None

@@ -10,6 +10,7 @@ from typing import Any
 import cbor2
 from surrealdb import RecordID
 
+from apothic.server.dict_log import Fold, LogRecord, Remembered
 from apothic.server.dict_records import DICT_CHAIN_BROKEN
 from apothic.server.dicts import DictEntryRecord, DictLeaseRecord, DictRecord
 from apothic.server.store_base import Statement, StoreBase, StoreWriteError, _deletes, _key, _rid, _upserts
@@ -190,8 +191,9 @@ class PrimitiveStore(StoreBase):
 
     # -- dicts -------------------------------------------------------------------------
     # A dict is one ``dict`` record (rev), one ``dict_entry`` record per key ([dict key,
-    # key]), its recent request ids (``dict_request``) and its leases (``dict_lease``, [dict
-    # key, lease id]). See apothic.server.dicts.
+    # key]), its recent request ids (``dict_request``), its leases (``dict_lease``, [dict
+    # key, lease id]) and its log rows not folded yet (``dict_oplog``, [dict key, lsn]). See
+    # apothic.server.dicts and apothic.server.dict_log.
 
     async def create_dict(self, record: DictRecord) -> None:
         """Creates a dict's row; fails when the account already has a dict of that name."""
@@ -239,14 +241,51 @@ class PrimitiveStore(StoreBase):
         rows = await self._q("SELECT account, name, expires_at FROM dict WHERE expires_at != NONE")
         return [(r["account"], r["name"], r["expires_at"]) for r in rows]
 
-    async def dict_entries(self, dict_id: str) -> list[DictEntryRecord]:
-        rows = await self._q("SELECT * FROM dict_entry WHERE dict = $d", {"d": dict_id})
-        return [
-            DictEntryRecord(
-                r["key"], r["value"], r["format"], r["version"], r["mod_rev"], r["create_rev"], r.get("lease") or ""
-            )
-            for r in rows
-        ]
+    async def dict_contents(self, dict_id: str) -> tuple[list[DictEntryRecord], list[Remembered], list[LogRecord]]:
+        """A dict's stored entries, the request ids its request rows remember (with outcome,
+        when applied, in seconds, 0 when unknown, and the key of the row, oldest first) and
+        its log rows not folded yet (``lsn`` order), read in one snapshot: a fold deletes log
+        rows in the transaction that writes what they did to entry and request rows.
+
+        A request row records one request id (keyed by it) or several (keyed by an int; its
+        ``outcome`` is ``{"batch": [[request id, outcome, at], ...]}``, or that list is
+        CBOR-encoded in ``packed``, as a fold writes it)."""
+        params = {"d": dict_id}
+        entries, requests, logged = await self._read_together(
+            [
+                (
+                    "SELECT key, value, format, version, mod_rev, create_rev, lease FROM dict_entry WHERE dict = $d",
+                    params,
+                ),
+                (
+                    "SELECT request_id, outcome, packed, at, seq, record::id(id)[1] AS row_key FROM dict_request "
+                    "WHERE dict = $d ORDER BY seq",
+                    params,
+                ),
+                ("SELECT lsn, ops FROM dict_oplog WHERE dict = $d ORDER BY lsn", params),
+            ]
+        )
+        remembered: list[Remembered] = []
+        for r in requests:
+            row_key = r["row_key"]
+            if r.get("packed") is not None:
+                remembered += [(rid, outcome, at or 0.0, row_key) for rid, outcome, at in cbor2.loads(r["packed"])]
+                continue
+            batch = r["outcome"].get("batch") if isinstance(row_key, int) else None
+            if batch is None:
+                remembered.append((r["request_id"], r["outcome"], r.get("at") or 0.0, row_key))
+            else:
+                remembered += [(rid, outcome, at or 0.0, row_key) for rid, outcome, at in batch]
+        return (
+            [
+                DictEntryRecord(
+                    r["key"], r["value"], r["format"], r["version"], r["mod_rev"], r["create_rev"], r.get("lease") or ""
+                )
+                for r in entries
+            ],
+            remembered,
+            [LogRecord.decode(r["lsn"], r["ops"]) for r in logged],
+        )
 
     async def dict_leases(self, dict_id: str) -> list[DictLeaseRecord]:
         """A dict's live leases."""
@@ -258,133 +297,56 @@ class PrimitiveStore(StoreBase):
         rows = await self._q("SELECT account, name FROM dict_lease GROUP BY account, name")
         return [(r["account"], r["name"]) for r in rows]
 
-    async def dict_requests(self, dict_id: str) -> list[tuple[str, dict[str, Any], float, str | int]]:
-        """The request ids a dict remembers, with their outcome, when they were applied
-        (seconds; 0 when unknown) and the key of the row that records them, oldest first.
-
-        A row records one request id (keyed by it) or several (keyed by an int; its
-        ``outcome`` is ``{"batch": [[request id, outcome, at], ...]}``)."""
-        rows = await self._q(
-            "SELECT id, request_id, outcome, at, seq FROM dict_request WHERE dict = $d ORDER BY seq", {"d": dict_id}
-        )
-        out: list[tuple[str, dict[str, Any], float, str | int]] = []
-        for r in rows:
-            row_key = r["id"].id[1] if isinstance(r.get("id"), RecordID) else r["request_id"]
-            batch = r["outcome"].get("batch") if isinstance(row_key, int) else None
-            if batch is None:
-                out.append((r["request_id"], r["outcome"], r.get("at") or 0.0, row_key))
-            else:
-                out += [(rid, outcome, at or 0.0, row_key) for rid, outcome, at in batch]
-        return out
-
     async def delete_dict(self, dict_id: str) -> None:
-        """Deletes a dict's row, its entries and its request ids."""
+        """Deletes a dict's row, its entries, its request ids, its leases and its log rows."""
         await self.commit(
             [
                 ("DELETE $id RETURN NONE", {"id": _rid("dict", dict_id)}),
                 ("DELETE dict_entry WHERE dict = $d RETURN NONE", {"d": dict_id}),
                 ("DELETE dict_request WHERE dict = $d RETURN NONE", {"d": dict_id}),
                 ("DELETE dict_lease WHERE dict = $d RETURN NONE", {"d": dict_id}),
+                ("DELETE dict_oplog WHERE dict = $d RETURN NONE", {"d": dict_id}),
             ]
         )
 
-    def dict_mutation_statements(
+    def dict_write_statements(
         self,
         record: DictRecord,
         new_rev: int,
-        writes: list[DictEntryRecord],
-        deletes: list[str],
+        new_writes: int,
+        logged: LogRecord | None,
         *,
-        requests: list[tuple[str, int, dict[str, Any], float]] | None = None,
-        request_row: int | None = None,
-        evicted_requests: list[str | int] | None = None,
         lease_puts: list[DictLeaseRecord] | None = None,
         lease_drops: list[str] | None = None,
-        new_writes: int | None = None,
-        existing: frozenset[str] | set[str] = frozenset(),
     ) -> list[Statement]:
-        """Statements of one dict mutation, or of several in a row (a write set).
+        """Statements of one dict write set (one mutation or several in a row).
 
         Guarded on the dict row's write counter still being at ``record.writes``
-        (:meth:`is_dict_conflict` recognizes the failure), they advance it to
-        ``new_writes`` (default: by one), move the rev to ``new_rev`` and write the
-        entries (those whose keys are in ``existing`` are stored already: they are
-        rewritten, the others upserted). ``requests`` (id, seq, outcome, applied at) are
-        stored for idempotent retries, in one row keyed ``request_row`` when given (else
-        one row each, keyed by the id), and the request rows ``evicted_requests`` (by key)
-        are deleted; ``lease_puts`` are created or updated and ``lease_drops`` deleted. With
-        no writes and no deletes the rev stays (the write counter advances).
+        (:meth:`is_dict_conflict` recognizes the failure), they advance it to ``new_writes``,
+        move the rev to ``new_rev``, append ``logged`` (its keys, request ids and evicted
+        request rows; see apothic.server.dict_log) as the dict's log row ``new_writes``, and
+        create or update ``lease_puts`` and delete ``lease_drops``.
         """
         dict_rid = _rid("dict", record.dict_id)
-        dkey = _key(record.dict_id)
         guard = {
             "d": dict_rid,
             "expected": record.writes,
-            "writes": record.writes + 1 if new_writes is None else new_writes,
+            "writes": new_writes,
             "rev": new_rev,
             "msg": f"{_DICT_CONFLICT}: {record.dict_id} changed since write {record.writes}",
         }
         stmts: list[Statement] = [
             ("IF $d.writes != $expected { THROW $msg }; UPDATE $d SET rev = $rev, writes = $writes RETURN NONE", guard)
         ]
-        if writes:
-            fresh = []
-            for e in writes:
-                rid = RecordID("dict_entry", [dkey, e.key])
-                doc = {
-                    "account": record.account,
-                    "dict": record.dict_id,
-                    "key": e.key,
-                    "value": e.value,
-                    "format": e.format,
-                    "version": e.version,
-                    "mod_rev": e.mod_rev,
-                    "create_rev": e.create_rev,
-                    "lease": e.lease,
-                }
-                if e.key in existing:
-                    # Cheaper than an UPSERT (or a FOR loop of them) in SurrealDB.
-                    stmts.append(("UPDATE $id CONTENT $doc RETURN NONE", {"id": rid, "doc": doc}))
-                else:
-                    fresh.append({"id": rid, "doc": doc})
-            if fresh:
-                stmts.append(_upserts(fresh))
-        if deletes:
-            stmts.append(_deletes([RecordID("dict_entry", [dkey, k]) for k in deletes]))
-        if evicted_requests:
-            stmts.append(_deletes([RecordID("dict_request", [dkey, r]) for r in evicted_requests]))
-        if requests and request_row is not None:
-            last_seq, last_at = requests[-1][1], requests[-1][3]
-            doc = {
-                "account": record.account,
-                "dict": record.dict_id,
-                "request_id": f"#{request_row}",
-                "seq": last_seq,
-                "at": last_at,
-                "outcome": {"batch": [[rid, outcome, at] for rid, _, outcome, at in requests]},
-            }
+        if logged:
+            doc = {"account": record.account, "dict": record.dict_id, "lsn": logged.lsn, "ops": logged.encode()}
             stmts.append(
                 (
                     "CREATE $id CONTENT $doc RETURN NONE",
-                    {"id": RecordID("dict_request", [dkey, request_row]), "doc": doc},
+                    {"id": RecordID("dict_oplog", [_key(record.dict_id), logged.lsn]), "doc": doc},
                 )
             )
-        elif requests:
-            rows = [
-                {
-                    "id": RecordID("dict_request", [dkey, request_id]),
-                    "doc": {
-                        "account": record.account,
-                        "dict": record.dict_id,
-                        "request_id": request_id,
-                        "seq": seq,
-                        "at": at,
-                        "outcome": outcome,
-                    },
-                }
-                for request_id, seq, outcome, at in requests
-            ]
-            stmts.append(_upserts(rows))
+        dkey = _key(record.dict_id)
         if lease_puts:
             rows = [
                 {
@@ -403,6 +365,63 @@ class PrimitiveStore(StoreBase):
             stmts.append(_upserts(rows))
         if lease_drops:
             stmts.append(_deletes([RecordID("dict_lease", [dkey, lid]) for lid in lease_drops]))
+        return stmts
+
+    def dict_fold_statements(self, record: DictRecord, folded: Fold) -> list[Statement]:
+        """Statements that fold a dict's log rows into its entry and request rows and delete
+        them, guarded on the dict's write counter still being at ``record.writes`` (a replica
+        whose copy is stale must not fold; :meth:`is_dict_conflict` recognizes the failure)."""
+        dkey = _key(record.dict_id)
+        stmts: list[Statement] = [
+            (
+                "IF $d.writes != $expected { THROW $msg }",
+                {
+                    "d": _rid("dict", record.dict_id),
+                    "expected": record.writes,
+                    "msg": f"{_DICT_CONFLICT}: {record.dict_id} changed since write {record.writes}",
+                },
+            )
+        ]
+        if folded.puts:
+            stmts.append(
+                _upserts(
+                    [
+                        {
+                            "id": RecordID("dict_entry", [dkey, e.key]),
+                            "doc": {
+                                "account": record.account,
+                                "dict": record.dict_id,
+                                "key": e.key,
+                                "value": e.value,
+                                "format": e.format,
+                                "version": e.version,
+                                "mod_rev": e.mod_rev,
+                                "create_rev": e.create_rev,
+                                "lease": e.lease,
+                            },
+                        }
+                        for e in folded.puts
+                    ]
+                )
+            )
+        if folded.deletes:
+            stmts.append(_deletes([RecordID("dict_entry", [dkey, k]) for k in folded.deletes]))
+        if folded.gone_rows:
+            stmts.append(_deletes([RecordID("dict_request", [dkey, r]) for r in folded.gone_rows]))
+        if folded.merged is not None:
+            row_key, requests = folded.merged
+            doc = {
+                "account": record.account,
+                "dict": record.dict_id,
+                "request_id": f"#{row_key}",
+                "seq": requests[-1][1],
+                "at": requests[-1][3],
+                "outcome": {},
+                "packed": cbor2.dumps([[rid, outcome, at] for rid, _, outcome, at in requests]),
+            }
+            # Upserted, as the entries are: folding the same log rows twice writes the same.
+            stmts.append(_upserts([{"id": RecordID("dict_request", [dkey, row_key]), "doc": doc}]))
+        stmts.append(_deletes([RecordID("dict_oplog", [dkey, lsn]) for lsn in folded.lsns]))
         return stmts
 
     async def dict_writes(self, dict_id: str) -> int | None:
