@@ -181,5 +181,10 @@ async def test_the_log_survives_a_restart_on_disk(tmp_path: Path) -> None:
         # A remembered id answers what it answered (its condition is not evaluated again).
         outcome = await again.put(ACCOUNT, "d", "k1", b"x", "json", if_version=1, request_id="r9")
         assert outcome.version == 3 and again._live[(ACCOUNT, "d")].entries == expected
+        # The log rows it loaded fold like its own.
+        assert await _log_rows(store) == 5
+        await again.fold()
+        assert await _log_rows(store) == 0
+        await _same_as_a_fresh_load(store, again, "d")
     finally:
         await store.close()

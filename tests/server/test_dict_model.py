@@ -1,7 +1,7 @@
 """DictManager against a pure-Python model: a hypothesis state machine over put (plain,
-if_absent, if_version), delete, compare-and-set, transactions and retried request ids, on a
-real ``mem://`` Store. A second manager on the same store (another replica) writes too, so
-the rev guard and reload path run as well."""
+if_absent, if_version), delete, compare-and-set, transactions, retried request ids and folds of the
+write log, on a real ``mem://`` Store. A second manager on the same store (another replica)
+writes and folds too, so the rev guard and reload path run as well."""
 
 from __future__ import annotations
 
@@ -192,6 +192,11 @@ class DictModel(RuleBasedStateMachine):
         assert outcome == TxnOutcome(succeeded, self.rev)
         if request_id:
             self.requests[request_id] = outcome
+
+    @rule(m=st.integers(0, 1))
+    def fold(self, m: int) -> None:
+        """A replica folds the log rows it knows of (one whose copy is stale must not)."""
+        self.run(self.managers[m].fold())
 
     @rule()
     def restart(self) -> None:
