@@ -30,6 +30,16 @@ RETRY_FIRST_DELAY_S = 0.05
 RETRY_MAX_DELAY_S = 1.0
 #: Message full name -> whether it has a ``request_id`` field.
 _HAS_REQUEST_ID: dict[str, bool] = {}
+#: The unary calls that change nothing (their request messages): safe to repeat as they are.
+_READS = frozenset(
+    f"apothic.v1.{name}Request"
+    for name in (
+        "GetBalance", "GetDeployment", "GetDict", "GetDictValue", "GetFile", "GetJob", "GetJobLogs", "GetQueue",
+        "GetQueueLength", "GetSandbox", "GetVolume", "ListApps", "ListCharges", "ListDeployments",
+        "ListDictEntries", "ListDir", "ListFiles", "ListJobs", "ListSandboxes", "ListSchedules", "ListSecrets",
+        "ListVolumes", "ReadFile", "WaitJob", "WaitSandbox",
+    )
+)  # fmt: skip
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -81,6 +91,8 @@ class Transport:
         self._channel = grpc.aio.insecure_channel(config.base_url, options=CHANNEL_OPTIONS)
         self._metadata = (("authorization", f"Bearer {config.api_key}"),)
         self._calls = CallStream(self._channel, self._metadata)
+        #: Whether the control plane has answered a call of this transport yet.
+        self._reached = False
 
     async def close(self) -> None:
         """Closes the call stream and the channel."""
@@ -97,9 +109,12 @@ class Transport:
         A request with a ``request_id`` field gets a fresh id when it has none, which makes it
         safe to repeat: while the control plane is unreachable (restarting, or it died after
         receiving the call) it is retried with the same id for up to
-        :data:`UNAVAILABLE_RETRY_S` seconds, and the server applies it once.
+        :data:`UNAVAILABLE_RETRY_S` seconds, and the server applies it once. A read (a call
+        that changes nothing, :data:`_READS`) is retried the same way once the control plane
+        has answered this transport before: a restart is ridden out, while a wrong or dead
+        address still fails at once.
         """
-        retry = _idempotent(request)
+        retry = _idempotent(request) or (self._reached and request.DESCRIPTOR.full_name in _READS)
         field = CALL_FIELDS.get(request.DESCRIPTOR.full_name) if timeout is None else None
         give_up = 0.0  # set on the first failure (asking for the loop's clock costs a syscall)
         delay = RETRY_FIRST_DELAY_S
@@ -107,15 +122,21 @@ class Transport:
             try:
                 if field is not None and self._calls.supported:
                     try:
-                        return await self._calls.call(field, request)
+                        response = await self._calls.call(field, request)
                     except CallStreamUnsupported:
                         continue
-                return await method(request, metadata=self._metadata, timeout=timeout)
+                else:
+                    response = await method(request, metadata=self._metadata, timeout=timeout)
+                self._reached = True
+                return response
             except grpc.aio.AioRpcError as err:
                 error = from_grpc_error(err)
             except ServiceError as err:
                 error = err
-            if not retry or error.code != "UNAVAILABLE":
+            if error.code != "UNAVAILABLE":
+                self._reached = True  # it answered, with an error
+                raise error from None
+            if not retry:
                 raise error from None
             now = asyncio.get_running_loop().time()
             if not give_up:
