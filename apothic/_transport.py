@@ -31,13 +31,14 @@ RETRY_MAX_DELAY_S = 1.0
 #: Message full name -> whether it has a ``request_id`` field.
 _HAS_REQUEST_ID: dict[str, bool] = {}
 #: The unary calls that change nothing (their request messages): safe to repeat as they are.
+#: The long polls (WaitJob, WaitSandbox) are not among them: their callers keep a deadline.
 _READS = frozenset(
     f"apothic.v1.{name}Request"
     for name in (
         "GetBalance", "GetDeployment", "GetDict", "GetDictValue", "GetFile", "GetJob", "GetJobLogs", "GetQueue",
         "GetQueueLength", "GetSandbox", "GetVolume", "ListApps", "ListCharges", "ListDeployments",
         "ListDictEntries", "ListDir", "ListFiles", "ListJobs", "ListSandboxes", "ListSchedules", "ListSecrets",
-        "ListVolumes", "ReadFile", "WaitJob", "WaitSandbox",
+        "ListVolumes", "ReadFile",
     )
 )  # fmt: skip
 CHANNEL_OPTIONS = [

@@ -54,3 +54,21 @@ def test_a_read_against_an_address_that_never_answered_fails_at_once() -> None:
     with pytest.raises(UnavailableError):
         apothic.Queue.from_name("nowhere", create_if_missing=False, client=config).len()
     assert time.monotonic() - started < 10  # not the 30 s retry window of a known control plane
+
+
+def test_every_read_named_is_a_unary_call_of_the_api() -> None:
+    import importlib
+    import pkgutil
+
+    import apothic._proto.v1 as v1
+    from apothic._transport import _READS
+
+    unary: set[str] = set()
+    for module in pkgutil.iter_modules(v1.__path__):
+        if module.name.endswith("_pb2"):
+            descriptor = importlib.import_module(f"apothic._proto.v1.{module.name}").DESCRIPTOR
+            for service in descriptor.services_by_name.values():
+                unary |= {
+                    m.input_type.full_name for m in service.methods if not m.client_streaming and not m.server_streaming
+                }
+    assert _READS <= unary, sorted(_READS - unary)
