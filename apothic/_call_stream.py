@@ -155,11 +155,22 @@ class CallStream:
 
     async def close(self) -> None:
         """Ends the stream (calls in flight fail)."""
-        call, tasks = self._call, [t for t in (self._writer, self._reader) if t is not None]
+        call, writer, reader = self._call, self._writer, self._reader
         self._call = None
         if call is not None:
             call.cancel()
-        for task in tasks:
-            task.cancel()
+        if writer is not None:
+            writer.cancel()
             with contextlib.suppress(BaseException):
-                await task
+                await writer
+        if reader is not None:
+            # Not cancelled: it ends once gRPC has reported the cancelled call's pending read to
+            # this loop. Cancelled, it would leave that report to arrive later, maybe after
+            # the loop closed (an error gRPC logs on another loop).
+            try:
+                await asyncio.wait_for(asyncio.shield(reader), 5)
+            except TimeoutError:
+                reader.cancel()
+            except asyncio.CancelledError:
+                reader.cancel()
+                raise
