@@ -312,10 +312,10 @@ class _DictFold(WriteSet):
         self.store = store
         self.record = record
         self.folded = folded
-        self.writes_before: _DictWrites | None = after
 
     def render(self) -> list[Statement]:
-        writes = self.writes_before.writes if self.writes_before is not None else self.record.writes
+        after = self.after
+        writes = after.writes if isinstance(after, _DictWrites) else self.record.writes
         return self.store.dict_fold_statements(replace(self.record, writes=writes), self.folded)
 
     def chain_error(self, cause: BaseException) -> BaseException:

@@ -63,8 +63,9 @@ class StoreWriteError(RuntimeError):
 _NOT_EXECUTED = "not executed due to a failed transaction"
 
 
-async def _transact(db: Any, sql: str, params: dict[str, Any]) -> None:
-    """Runs one transaction and raises the error of the statement that failed it.
+async def _transact(db: Any, sql: str, params: dict[str, Any]) -> list[Any]:
+    """Runs one transaction and returns each statement's result, or raises the error of the
+    statement that failed it.
 
     ``query()`` raises the first statement's error, which for a failed transaction is
     usually only "not executed due to a failed transaction"; the cause comes later.
@@ -76,6 +77,7 @@ async def _transact(db: Any, sql: str, params: dict[str, Any]) -> None:
     failures = [str(r.get("result")) for r in response.get("result") or () if r.get("status") == "ERR"]
     if failures:
         raise StoreWriteError(next((f for f in failures if _NOT_EXECUTED not in f), failures[0]))
+    return [r.get("result") for r in response.get("result") or ()]
 
 
 #: Renamed SQL of each (statement text, position): composing a transaction of many
@@ -314,15 +316,7 @@ class StoreBase:
         """Runs read-only statements in one transaction (one snapshot of the database) and
         returns each one's result. Values come back as plain CBOR decodes them: record ids
         and datetimes stay CBOR tags, so select neither."""
-        sql, params = _compose(statements)
-        response = await cbor.query_raw(self._db, sql, params)
-        if response.get("error"):
-            raise StoreWriteError(str(response["error"]))
-        results = response.get("result") or []
-        failed = [str(r.get("result")) for r in results if r.get("status") == "ERR"]
-        if failed:
-            raise StoreWriteError(failed[0])
-        return [r.get("result") for r in results]
+        return await _transact(self._db, *_compose(statements))
 
     async def commit(self, statements: list[Statement]) -> None:
         """Queues statements and waits until they are durable."""

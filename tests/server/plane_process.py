@@ -105,6 +105,14 @@ def start_worker(plane: PlaneProcess, state_dir: Path, log_path: Path) -> subpro
         )
 
 
+def start_client(plane: PlaneProcess, args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """``python ARGS...`` as a client of ``plane`` (its address and API key in the
+    environment); its output goes to ``log_path``."""
+    env = {**os.environ, "APOTHIC_BASE_URL": plane.address, "APOTHIC_API_KEY": plane.api_key}
+    with open(log_path, "wb") as log:
+        return subprocess.Popen([sys.executable, *args], env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
 def end(proc: subprocess.Popen[bytes]) -> None:
     """Stops a child process (SIGTERM, then SIGKILL)."""
     if proc.poll() is None:

@@ -12,16 +12,14 @@ process records an increment only after its put returned.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
 
 import apothic
 from apothic.testing import unique_name, wait_for
-from tests.server.plane_process import PlaneProcess, end, free_port
+from tests.server.plane_process import PlaneProcess, end, free_port, start_client
 
 WRITERS = 3
 KEYS_EACH = 4
@@ -70,11 +68,9 @@ def test_dict_survives_kill_9_during_compare_and_set_increments(tmp_path: Path) 
     plane.start()
     try:
         apothic.Dict.from_name(name, client=plane.config).len()  # created before the writers start
-        env = {**os.environ, "APOTHIC_BASE_URL": plane.address, "APOTHIC_API_KEY": plane.api_key}
         for i, out in enumerate(outs):
-            args = [sys.executable, str(script), name, f"w{i}", str(KEYS_EACH), str(INCREMENTS_EACH), str(out)]
-            err = open(tmp_path / f"w{i}.err", "wb")  # noqa: SIM115 - closed with the test's tmp_path
-            children.append(subprocess.Popen(args, env=env, stdout=err, stderr=subprocess.STDOUT))
+            args = [str(script), name, f"w{i}", str(KEYS_EACH), str(INCREMENTS_EACH), str(out)]
+            children.append(start_client(plane, args, tmp_path / f"w{i}.err"))
 
         total = WRITERS * INCREMENTS_EACH
         for k in range(1, KILLS + 1):

@@ -11,9 +11,7 @@ are what a user of the SDK could rely on.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import textwrap
 import time
 from collections import Counter
@@ -22,7 +20,7 @@ from pathlib import Path
 import apothic
 from apothic.runtime import LocalRuntime
 from apothic.testing import unique_name, wait_for
-from tests.server.plane_process import PlaneProcess, end, free_port
+from tests.server.plane_process import PlaneProcess, end, free_port, start_client
 
 PRODUCERS = 3
 PUTS_EACH = 1100
@@ -104,14 +102,12 @@ def test_queue_survives_kill_9_during_puts_claims_and_acks(tmp_path: Path) -> No
     plane.start()
     try:
         apothic.Queue.from_name(name, client=plane.config).info()  # created before anyone races to create it
-        env = {**os.environ, "APOTHIC_BASE_URL": plane.address, "APOTHIC_API_KEY": plane.api_key}
 
         def spawn(role: str, who: str, count: int) -> None:
             out = tmp_path / f"{who}.log"
             outs.append(out)
-            args = [sys.executable, str(script), role, name, who, str(count), str(out), str(done), str(LEASE_S)]
-            err = open(tmp_path / f"{who}.err", "wb")  # noqa: SIM115 - closed with the test's tmp_path
-            children.append(subprocess.Popen(args, env=env, stdout=err, stderr=subprocess.STDOUT))
+            args = [str(script), role, name, who, str(count), str(out), str(done), str(LEASE_S)]
+            children.append(start_client(plane, args, tmp_path / f"{who}.err"))
 
         for i in range(PRODUCERS):
             spawn("producer", f"p{i}", PUTS_EACH)
