@@ -138,6 +138,12 @@ class CallStream:
             if err.code() == grpc.StatusCode.UNIMPLEMENTED:
                 self.supported = False
                 error = CallStreamUnsupported(err.details() or "")
+            elif err.code() == grpc.StatusCode.INTERNAL:
+                # The control plane answers a failed call inside the stream and never ends the
+                # stream with INTERNAL: this is gRPC failing the stream itself, as it does when
+                # the connection dies under a write ("Internal error from Core"). A broken
+                # stream, like any other: calls that are safe to repeat are retried.
+                error = from_status("UNAVAILABLE", f"the call stream broke: {err.details() or 'INTERNAL'}")
             else:
                 error = from_grpc_error(err)
         except asyncio.CancelledError:

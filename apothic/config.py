@@ -29,6 +29,8 @@ Control plane (``apothic server`` / ``apothic up``; flags override):
                             it is acknowledged (default ``true``,
                             ``ServerSettings.sync_commits``; ``false`` is faster but a
                             machine crash can lose the last acknowledged writes)
+``APOTHIC_EVENT_LOOP``      the event loop the control plane and workers serve on:
+                            ``uvloop`` (default, where it is installed) or ``asyncio``
 ==========================  ===========================================================
 
 Worker (``apothic worker``):
@@ -230,6 +232,23 @@ def worker_env() -> WorkerEnv:
         worker_id=os.environ.get("APOTHIC_WORKER_ID") or None,
         labels=parse_labels(os.environ.get("APOTHIC_WORKER_LABELS", "")),
     )
+
+
+#: The values ``APOTHIC_EVENT_LOOP`` takes.
+EVENT_LOOPS = ("uvloop", "asyncio")
+
+
+def serving_event_loop() -> str:
+    """``APOTHIC_EVENT_LOOP``: which event loop a control plane or worker serves on,
+    ``uvloop`` (the default) or ``asyncio``.
+
+    Raises:
+        InvalidConfigError: another value.
+    """
+    value = os.environ.get("APOTHIC_EVENT_LOOP", "").strip().lower() or "uvloop"
+    if value not in EVENT_LOOPS:
+        raise InvalidConfigError(f"APOTHIC_EVENT_LOOP must be one of {', '.join(EVENT_LOOPS)}, got {value!r}")
+    return value
 
 
 def container_id() -> str | None:

@@ -12,11 +12,22 @@ between. This measures those parts alone, with no Apothic code in the path:
   ``surrealkv://``, flushed to the disk as the control plane has it do (one fsync per
   commit, ``ServerSettings.sync_commits``), called the way the control plane calls it;
 * ``rpc_ms``: one message there and back on an open grpc.aio bidirectional stream between two
-  Python processes, both ends bare (no auth, no dispatch).
+  Python processes, both ends bare (no auth, no dispatch);
+* ``bare_queue_ms`` and ``bare_dict_ms``: the two together, as a *bare service*: a grpc.aio
+  server in its own process that answers each message on one open stream, after one durable
+  commit (the ``commit_ms`` transaction) when the message is a write, and does nothing else.
+  A sequential Queue cycle is three writes there and back; a Dict CAS is a message answered
+  at once (a read the control plane serves from memory) and a write. This is the fastest
+  any control plane built the fixed way (Python, grpc.aio, the embedded engine, durable
+  acknowledgements) could serve those cycles on this machine: the parts' costs as they add up
+  when they share the machine's cores and the server's event loop, which the sum of
+  ``rpc_ms`` and ``commit_ms`` leaves out.
 
-Each is the median of ``--n`` tries. Prints one JSON object. :mod:`benchmarks.primitives`
-runs it in a process of its own (so the engine's threads are gone before the next figure)
-and turns the floors into the most cycles per second the design allows.
+Everything runs on the loop the control plane serves on (:func:`apothic.runtime.run_serving`:
+uvloop's), the clients too, which makes them the fastest a Python client could be (one
+coroutine, no blocking facade). Each is the median of ``--n`` tries. Prints one JSON object.
+:mod:`benchmarks.primitives` runs it in a process of its own (so the engine's threads are gone
+before the next figure) and turns the floors into the most cycles per second the design allows.
 """
 
 from __future__ import annotations
@@ -33,9 +44,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from apothic.runtime import run_serving
+
 #: The message both ways in the RPC floor: about the size of a small Queue or Dict call.
 _PAYLOAD = b"x" * 100
-_METHOD = "/apothic.floors.Echo/Stream"
+_METHOD = "/apothic.floors.Bare/Stream"
+#: The bare service commits before answering a message that starts with this byte.
+_WRITE = b"w"
+#: The statement of the commit floor and of the bare service's writes.
+_COMMIT_SQL = "BEGIN TRANSACTION; CREATE floor CONTENT {n: $n, b: $b} RETURN NONE; COMMIT TRANSACTION;"
 
 
 def fsync_ms(directory: Path, n: int) -> float:
@@ -55,9 +72,8 @@ def fsync_ms(directory: Path, n: int) -> float:
     return statistics.median(times) * 1e3
 
 
-async def commit_ms(url: str, n: int) -> float:
-    """Median ms of one transaction creating one small row, through the embedded engine as the
-    control plane calls it (:func:`apothic.server.cbor.query_raw`)."""
+async def _open_engine(url: str) -> Any:
+    """An embedded connection to ``url``, opened as the control plane opens its store."""
     from surrealdb import AsyncSurreal
 
     from apothic.config import set_engine_threads, set_sync_commits
@@ -72,81 +88,113 @@ async def commit_ms(url: str, n: int) -> float:
     if hasattr(db, "connect"):
         await db.connect()
     await db.use("floors", "floors")
-    sql = "BEGIN TRANSACTION; CREATE floor CONTENT {n: $n, b: $b} RETURN NONE; COMMIT TRANSACTION;"
+    return db
+
+
+async def _commit(db: Any, n: int, payload: bytes) -> None:
+    """One durable transaction creating one small row, called as the control plane calls the engine."""
+    from apothic.server import cbor
+
+    response = await cbor.query_raw(db, _COMMIT_SQL, {"n": n, "b": payload})
+    if response.get("error"):
+        raise RuntimeError(f"the floor commit failed: {response['error']}")
+
+
+async def commit_ms(url: str, n: int) -> float:
+    """Median ms of one transaction creating one small row, through the embedded engine as the
+    control plane calls it (:func:`apothic.server.cbor.query_raw`)."""
+    db = await _open_engine(url)
     times = []
     try:
         for i in range(n + n // 10):
             t0 = time.perf_counter()
-            response = await cbor.query_raw(db, sql, {"n": i, "b": _PAYLOAD})
+            await _commit(db, i, _PAYLOAD)
             times.append(time.perf_counter() - t0)
-            if response.get("error"):
-                raise RuntimeError(f"the floor commit failed: {response['error']}")
     finally:
         await db.close()
     return statistics.median(times[n // 10 :]) * 1e3
 
 
-async def _echo_server(port_file: Path) -> None:
+async def _bare_server(port_file: Path, url: str) -> None:
+    """The bare service: answers each message of a stream, after one durable commit for a write."""
     import grpc
     import grpc.aio
 
+    db = await _open_engine(url)
+    count = 0
+
     async def stream(requests, context):  # type: ignore[no-untyped-def]
+        nonlocal count
         async for message in requests:
+            if message[:1] == _WRITE:
+                count += 1
+                await _commit(db, count, message)
             yield message
 
     server = grpc.aio.server()
     handler = grpc.stream_stream_rpc_method_handler(stream)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("apothic.floors.Echo", {"Stream": handler}),))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("apothic.floors.Bare", {"Stream": handler}),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     port_file.write_text(str(port))
     await server.wait_for_termination()
 
 
-async def rpc_ms(n: int) -> float:
-    """Median ms of one message there and back on an open grpc.aio stream to an echo server
-    in another Python process."""
+async def service_floors(directory: Path, n: int) -> dict[str, float]:
+    """``rpc_ms``, ``bare_queue_ms`` and ``bare_dict_ms`` (medians of ``n`` tries each) against
+    the bare service in another Python process, its engine on ``surrealkv://`` in ``directory``."""
     import grpc.aio
 
-    with tempfile.TemporaryDirectory() as tmp:
-        port_file = Path(tmp) / "port"
-        server = subprocess.Popen([sys.executable, "-m", "benchmarks._floors", "--echo-server", str(port_file)])
-        try:
-            deadline = time.monotonic() + 30
-            while not port_file.exists() or not port_file.read_text():
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the echo server did not start")
-                await asyncio.sleep(0.05)
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port_file.read_text()}") as channel:
-                call = channel.stream_stream(_METHOD)()
+    port_file = directory / "bare-port"
+    url = f"surrealkv://{directory / 'bare'}"
+    server = subprocess.Popen([sys.executable, "-m", "benchmarks._floors", "--bare-server", str(port_file), url])
+    try:
+        deadline = time.monotonic() + 30
+        while not port_file.exists() or not port_file.read_text():
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the bare service did not start")
+            await asyncio.sleep(0.05)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port_file.read_text()}") as channel:
+            call = channel.stream_stream(_METHOD)()
+            read, write = b"r" + _PAYLOAD[1:], _WRITE + _PAYLOAD[1:]
+
+            async def median_ms(cycle: tuple[bytes, ...]) -> float:
                 times = []
                 for _ in range(n + n // 10):
                     t0 = time.perf_counter()
-                    await call.write(_PAYLOAD)
-                    await call.read()
+                    for message in cycle:
+                        await call.write(message)
+                        await call.read()
                     times.append(time.perf_counter() - t0)
-                await call.done_writing()
-        finally:
-            server.terminate()
-            server.wait(10)
-    return statistics.median(times[n // 10 :]) * 1e3
+                return statistics.median(times[n // 10 :]) * 1e3
+
+            out = {
+                "rpc_ms": await median_ms((read,)),
+                "bare_queue_ms": await median_ms((write, write, write)),
+                "bare_dict_ms": await median_ms((read, write)),
+            }
+            await call.done_writing()
+    finally:
+        server.terminate()
+        server.wait(10)
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks._floors", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dir", type=Path, help="where the disk floors write (default: a temporary directory)")
     parser.add_argument("--n", type=int, default=2000, help="tries per floor (default: 2000)")
-    parser.add_argument("--echo-server", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--bare-server", nargs=2, metavar=("PORT_FILE", "URL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.echo_server is not None:
-        asyncio.run(_echo_server(args.echo_server))
+    if args.bare_server is not None:
+        run_serving(_bare_server(Path(args.bare_server[0]), args.bare_server[1]))
         return
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="apothic-floors-") as tmp_name:
         tmp = Path(tmp_name)
         out = {
             "fsync_ms": round(fsync_ms(tmp, args.n), 4),
-            "commit_ms": round(asyncio.run(commit_ms(f"surrealkv://{tmp / 'db'}", args.n)), 4),
-            "rpc_ms": round(asyncio.run(rpc_ms(args.n)), 4),
+            "commit_ms": round(run_serving(commit_ms(f"surrealkv://{tmp / 'db'}", args.n)), 4),
+            **{k: round(v, 4) for k, v in run_serving(service_floors(tmp, args.n)).items()},
         }
     print(json.dumps(out))
 

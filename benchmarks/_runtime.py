@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 
-from apothic.runtime import LocalRuntime, tune_gc_for_serving
+from apothic.runtime import LocalRuntime, run_serving, tune_gc_for_serving
 
 
 def _watch_stdin(loop: asyncio.AbstractEventLoop, done: asyncio.Event) -> None:
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=1, help="local workers to start (default: 1)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
-    asyncio.run(serve(db_url=args.db_url, workers=args.workers))
+    run_serving(serve(db_url=args.db_url, workers=args.workers))  # the loop `apothic up` serves on
 
 
 if __name__ == "__main__":

@@ -30,7 +30,10 @@ Figures (each client loops for ``--seconds`` after ``--warmup`` seconds; ops/s c
 3. Sequential floors (:mod:`benchmarks._floors`, after the figures): one gRPC round trip between
    two bare Python processes and one durable embedded SurrealDB commit, with no Apothic code in
    the path, and the most sequential cycles per second they allow (a Queue cycle is three
-   mutations, each a round trip and a commit; a Dict CAS is a read and a mutation).
+   mutations, each a round trip and a commit; a Dict CAS is a read and a mutation); then the
+   same cycles measured against a *bare service*, a grpc.aio server that does nothing but
+   answer each message, after one durable commit when it is a write: the fastest a control
+   plane built the fixed way could be, beside the peer of the same run.
 
 etcd is reached over its native gRPC API (``etcdserverpb.KV/Range`` and ``/Txn``) with grpcio,
 the messages encoded by hand (a few fields): the same transport as Apothic's client, without
@@ -551,6 +554,7 @@ def ceilings(floors: dict[str, float], results: dict[str, dict[str, Figure]]) ->
     """
     rpc, commit = floors["rpc_ms"], floors["commit_ms"]
     shapes = {"queue_seq": 3 * (rpc + commit), "dict_seq": 2 * rpc + commit}
+    bare = {"queue_seq": floors.get("bare_queue_ms"), "dict_seq": floors.get("bare_dict_ms")}
     out = {}
     for key, floor_ms in shapes.items():
         peer = "redis" if key.startswith("queue") else "etcd"
@@ -558,8 +562,12 @@ def ceilings(floors: dict[str, float], results: dict[str, dict[str, Figure]]) ->
         measured, p = results.get("apothic", {}).get(key), results.get(peer, {}).get(key)
         if measured is not None:
             row["apothic_ms"] = round(1e3 / measured.ops_s, 4)
+        if (bare_ms := bare[key]) is not None:
+            row["bare_ms"] = round(bare_ms, 4)
         if p is not None:
             row["ceiling_ratio"] = round(1e3 / floor_ms / p.ops_s, 3)
+            if bare_ms is not None:
+                row["bare_ratio"] = round(1e3 / bare_ms / p.ops_s, 3)
         out[key] = row
     return out
 
@@ -608,7 +616,9 @@ def print_report(
         highlight=False,
     )
     floor_table = Table()
-    for name in ("sequential", "floor ms/cycle", "ceiling cycles/s", "ceiling/peer", "apothic ms/cycle"):
+    columns = ("sequential", "floor ms/cycle", "ceiling cycles/s", "ceiling/peer", "bare service ms/cycle",
+               "bare service/peer", "apothic ms/cycle")  # fmt: skip
+    for name in columns:
         floor_table.add_column(name, justify="left" if name == "sequential" else "right")
     for key, row in ceilings(floors, results).items():
         floor_table.add_row(
@@ -616,9 +626,16 @@ def print_report(
             f"{row['floor_ms']:.3f}",
             f"{row['ceiling_ops_s']:,.0f}",
             f"{row['ceiling_ratio']:.2f}x" if "ceiling_ratio" in row else "-",
+            f"{row['bare_ms']:.3f}" if "bare_ms" in row else "-",
+            f"{row['bare_ratio']:.2f}x" if "bare_ratio" in row else "-",
             f"{row['apothic_ms']:.3f}" if "apothic_ms" in row else "-",
         )
     console.print(floor_table)
+    console.print(
+        "floor = the sum of the parts measured alone; bare service = the same cycle against a grpc.aio server that "
+        "only answers, after one durable commit per write (medians).",
+        highlight=False,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

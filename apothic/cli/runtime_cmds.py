@@ -58,7 +58,7 @@ def register(app: typer.Typer) -> None:
         """
         from apothic.cli._render import console
         from apothic.config import load_client_config, server_env, write_profile
-        from apothic.runtime import LocalRuntime, tune_gc_for_serving
+        from apothic.runtime import LocalRuntime, run_serving, tune_gc_for_serving
 
         _setup_logging(verbose)
         env = server_env()
@@ -92,7 +92,7 @@ def register(app: typer.Typer) -> None:
                 console.print("Stopping…")
                 await runtime.astop()
 
-        asyncio.run(main())
+        run_serving(main())
 
     @app.command()
     def server(
@@ -109,7 +109,7 @@ def register(app: typer.Typer) -> None:
         """Run only the control plane (workers connect with `apothic worker`)."""
         from apothic.cli._render import console
         from apothic.config import server_env
-        from apothic.runtime import LOCAL_ACCOUNT, tune_gc_for_serving
+        from apothic.runtime import LOCAL_ACCOUNT, run_serving, tune_gc_for_serving
         from apothic.server.errors import Unauthenticated
         from apothic.server.server import create_server
         from apothic.server.settings import ServerSettings
@@ -149,7 +149,7 @@ def register(app: typer.Typer) -> None:
             finally:
                 await plane.stop()
 
-        asyncio.run(main())
+        run_serving(main())
 
     @app.command()
     def worker(
@@ -174,6 +174,7 @@ def register(app: typer.Typer) -> None:
         import math
 
         from apothic.config import load_client_config, parse_labels, worker_env
+        from apothic.runtime import run_serving
         from apothic.worker.agent import Worker
         from apothic.worker.settings import EXECUTORS, WorkerSettings
 
@@ -207,7 +208,7 @@ def register(app: typer.Typer) -> None:
             await agent.stop()
             await task
 
-        asyncio.run(main())
+        run_serving(main())
 
 
 def _default_worker_id(folder: Path) -> str:
