@@ -65,8 +65,18 @@ def new_serving_loop() -> asyncio.AbstractEventLoop:
 
 
 def run_serving(main: Coroutine[Any, Any, T]) -> T:
-    """Runs ``main`` to its end on a new :func:`new_serving_loop`, as :func:`asyncio.run` does."""
-    with asyncio.Runner(loop_factory=new_serving_loop) as runner:
+    """Runs ``main`` to its end on a new :func:`new_serving_loop`, as :func:`asyncio.run` does.
+
+    Raises:
+        InvalidConfigError: ``APOTHIC_EVENT_LOOP`` is neither ``uvloop`` nor ``asyncio``
+            (``main`` is closed unrun).
+    """
+    try:
+        loop = new_serving_loop()
+    except BaseException:
+        main.close()
+        raise
+    with asyncio.Runner(loop_factory=lambda: loop) as runner:
         return runner.run(main)
 
 

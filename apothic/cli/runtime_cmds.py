@@ -12,6 +12,8 @@ from typing import Any
 
 import typer
 
+from apothic.cli._common import handle_errors
+
 
 def _setup_logging(verbose: bool) -> None:
     from rich.logging import RichHandler
@@ -41,6 +43,7 @@ def register(app: typer.Typer) -> None:
     """Adds the runtime commands to the CLI."""
 
     @app.command()
+    @handle_errors
     def up(
         state_dir: Path = typer.Option(None, "--state-dir", help="State directory (default ~/.apothic)."),
         port: int = typer.Option(None, "--port", help="gRPC port (default 50051; 0 picks a free one)."),
@@ -95,6 +98,7 @@ def register(app: typer.Typer) -> None:
         run_serving(main())
 
     @app.command()
+    @handle_errors
     def server(
         state_dir: Path = typer.Option(None, "--state-dir", help="State directory (default ~/.apothic)."),
         port: int = typer.Option(None, "--port", help="gRPC port."),
@@ -152,6 +156,7 @@ def register(app: typer.Typer) -> None:
         run_serving(main())
 
     @app.command()
+    @handle_errors
     def worker(
         base_url: str = typer.Option(None, "--base-url", help="Control-plane address (default: configured)."),
         api_key: str = typer.Option(None, "--api-key", help="API key (default: configured)."),

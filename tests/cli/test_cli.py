@@ -266,3 +266,27 @@ def test_server_and_worker_run_separately(tmp_path: Path) -> None:
         if worker is not None:
             _stop(worker)
         _stop(server)
+
+
+@pytest.mark.parametrize(
+    ("command", "var", "value", "message"),
+    [
+        ("server", "APOTHIC_EVENT_LOOP", "trio", "APOTHIC_EVENT_LOOP must be one of uvloop, asyncio, got 'trio'"),
+        ("up", "APOTHIC_GRPC_PORT", "x", "APOTHIC_GRPC_PORT must be an integer, got 'x'"),
+        ("worker", "APOTHIC_EVENT_LOOP", "gevent", "APOTHIC_EVENT_LOOP must be one of uvloop, asyncio, got 'gevent'"),
+    ],
+)
+def test_a_runtime_command_names_a_bad_setting_without_a_traceback(
+    tmp_path: Path, command: str, var: str, value: str, message: str
+) -> None:
+    env = {**_clean_env(tmp_path / "home"), var: value}
+    args = [command, "--state-dir", str(tmp_path / "state")]
+    if command == "worker":
+        env.update(APOTHIC_BASE_URL="127.0.0.1:1", APOTHIC_API_KEY="ak-x.y")
+    proc = subprocess.run(
+        [sys.executable, "-m", "apothic.cli.main", *args], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert message in " ".join(proc.stderr.split()), proc.stderr
+    assert "never awaited" not in proc.stderr, proc.stderr
