@@ -48,8 +48,8 @@ def new_serving_loop() -> asyncio.AbstractEventLoop:
     ``APOTHIC_EVENT_LOOP=asyncio`` or uvloop is not installed (it has no Windows build).
 
     Every durable commit of the embedded engine ends with its thread waking the loop, and
-    every gRPC message does too; uvloop makes that wake-up and the loop's turn cheaper: 6-13%
-    more sequential Queue cycles and 4-8% more Dict CAS on this machine (BENCHMARKS.md).
+    every gRPC message does too; uvloop makes that wake-up and the loop's turn cheaper: 5-7%
+    more sequential Queue cycles and 4-6% more Dict CAS on this machine (BENCHMARKS.md).
 
     Raises:
         InvalidConfigError: ``APOTHIC_EVENT_LOOP`` is neither ``uvloop`` nor ``asyncio``.

@@ -38,7 +38,7 @@ def test_the_standard_loop_on_request(monkeypatch: pytest.MonkeyPatch) -> None:
         return type(asyncio.get_running_loop())
 
     assert not issubclass(run_serving(which()), uvloop.Loop)
-    monkeypatch.setenv("APOTHIC_EVENT_LOOP", "UVLoop")  # case and spaces do not matter
+    monkeypatch.setenv("APOTHIC_EVENT_LOOP", " UVLoop ")  # case and spaces do not matter
     assert issubclass(run_serving(which()), uvloop.Loop)
 
 
