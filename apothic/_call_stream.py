@@ -30,6 +30,11 @@ CALL_FIELDS: dict[str, str] = {
 }
 
 
+#: The status details gRPC's asyncio client sets when sending a message failed inside gRPC
+#: (``_AioCall.set_internal_error``, after a failed send batch).
+_WRITE_FAILED = "Internal error from Core"
+
+
 class CallStreamUnsupported(Exception):
     """The control plane has no CallService (an older version): use unary calls."""
 
@@ -138,12 +143,12 @@ class CallStream:
             if err.code() == grpc.StatusCode.UNIMPLEMENTED:
                 self.supported = False
                 error = CallStreamUnsupported(err.details() or "")
-            elif err.code() == grpc.StatusCode.INTERNAL:
-                # The control plane answers a failed call inside the stream and never ends the
-                # stream with INTERNAL: this is gRPC failing the stream itself, as it does when
-                # the connection dies under a write ("Internal error from Core"). A broken
-                # stream, like any other: calls that are safe to repeat are retried.
-                error = from_status("UNAVAILABLE", f"the call stream broke: {err.details() or 'INTERNAL'}")
+            elif err.code() == grpc.StatusCode.INTERNAL and err.details() == _WRITE_FAILED:
+                # Not the control plane's answer (it fails a call inside the stream, never the
+                # stream with INTERNAL): gRPC's own status for a write it could not send, as when
+                # the connection dies under it. A broken stream like any other, so the calls
+                # that are safe to repeat are retried.
+                error = from_status("UNAVAILABLE", "the call stream broke: gRPC could not send a message on it")
             else:
                 error = from_grpc_error(err)
         except asyncio.CancelledError:
