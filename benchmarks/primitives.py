@@ -4,7 +4,8 @@ Run it from the repository root::
 
     python -m benchmarks.primitives              # about 90 s
     python -m benchmarks.primitives --json       # machine-readable
-    python -m benchmarks.primitives --seconds 1  # a smoke test
+    python -m benchmarks.primitives --seconds 1  # a quick run
+    python -m benchmarks.primitives --no-peers --seconds 0.3 --floor-tries 50   # a smoke test (the tests run it)
     python -m benchmarks.primitives --profile prof/   # py-spy on the runtime during the 16-client phases
 
 Everything runs on loopback and is started here, in temporary directories, on free ports:
@@ -531,10 +532,11 @@ def verdicts(results: dict[str, dict[str, Figure]]) -> dict[str, dict[str, Any]]
     return out
 
 
-def measure_floors(tmp: Path) -> dict[str, float] | None:
-    """Runs :mod:`benchmarks._floors` in a process of its own; None (with a message) when it fails."""
+def measure_floors(tmp: Path, tries: int) -> dict[str, float] | None:
+    """Runs :mod:`benchmarks._floors` (``tries`` per floor) in a process of its own; None (with
+    a message) when it fails."""
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks._floors", "--dir", str(tmp)],
+        [sys.executable, "-m", "benchmarks._floors", "--dir", str(tmp), "--n", str(tries)],
         cwd=Path(__file__).resolve().parent.parent,
         capture_output=True,
         text=True,
@@ -638,6 +640,26 @@ def print_report(
     )
 
 
+def peer_figures(
+    tmp: Path, opts: argparse.Namespace, results: dict[str, dict[str, Figure]], versions: dict[str, str | None]
+) -> None:
+    """Starts Redis, then etcd, each alone, and adds their figures and versions (a missing one is skipped)."""
+    try:
+        import redis
+    except ImportError:
+        print("the `redis` client is not installed; skipping Redis (`pip install 'apothic[bench]'`)", file=sys.stderr)
+    else:
+        with redis_server(tmp) as srv:
+            if srv is not None:
+                versions["redis"] = redis.Redis(port=srv[0]).info("server")["redis_version"]
+                results["redis"] = redis_figures(srv[0], srv[1], opts)
+    with etcd_server(tmp) as srv:
+        if srv is not None:
+            ver = subprocess.run(["etcd", "--version"], capture_output=True, text=True).stdout.split()
+            versions["etcd"] = ver[2] if len(ver) > 2 else ""
+            results["etcd"] = etcd_figures(srv[0], srv[1], opts)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.primitives", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="timed seconds per figure (default: 8)")
@@ -651,9 +673,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--profile", type=Path, metavar="DIR", help="py-spy on the runtime during Apothic's concurrent figures"
     )
+    parser.add_argument("--no-peers", action="store_true", help="measure Apothic and the floors only (a smoke test)")
+    parser.add_argument("--floor-tries", type=int, default=2000, help="tries per floor (default: 2000)")
     args = parser.parse_args(argv)
-    if args.seconds <= 0 or args.warmup < 0 or args.clients < 1:
-        parser.error("--seconds must be positive, --warmup at least 0, --clients at least 1")
+    if args.seconds <= 0 or args.warmup < 0 or args.clients < 1 or args.floor_tries < 1:
+        parser.error("--seconds must be positive, --warmup at least 0, --clients and --floor-tries at least 1")
 
     started = datetime.datetime.now(datetime.UTC)
     load_start = os.getloadavg()
@@ -663,27 +687,13 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="apothic-primitives-") as tmp_name:
         tmp = Path(tmp_name)
         # One server at a time, so that none shares the two cores with another.
-        try:
-            import redis
-        except ImportError:
-            print(
-                "the `redis` client is not installed; skipping Redis (`pip install 'apothic[bench]'`)", file=sys.stderr
-            )
-        else:
-            with redis_server(tmp) as srv:
-                if srv is not None:
-                    versions["redis"] = redis.Redis(port=srv[0]).info("server")["redis_version"]
-                    results["redis"] = redis_figures(srv[0], srv[1], args)
-        with etcd_server(tmp) as srv:
-            if srv is not None:
-                ver = subprocess.run(["etcd", "--version"], capture_output=True, text=True).stdout.split()
-                versions["etcd"] = ver[2] if len(ver) > 2 else ""
-                results["etcd"] = etcd_figures(srv[0], srv[1], args)
+        if not args.no_peers:
+            peer_figures(tmp, args, results, versions)
         db_url = args.db_url or f"surrealkv://{tmp / 'apothic'}"
         with runtime_process(db_url) as address:
             results["apothic"] = apothic_figures(address, args)
         versions["apothic"] = dist_version("apothic")
-        floors = measure_floors(tmp)
+        floors = measure_floors(tmp, args.floor_tries)
     wall_s = time.perf_counter() - t_start
 
     out: dict[str, Any] = {
