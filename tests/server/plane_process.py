@@ -105,6 +105,16 @@ def start_worker(plane: PlaneProcess, state_dir: Path, log_path: Path) -> subpro
         )
 
 
+def client_rows(paths: list[Path]) -> list[list[str]]:
+    """The lines client processes have written to ``paths`` so far, each split on whitespace
+    (a file not written yet counts as empty, blank lines are skipped)."""
+    rows = []
+    for path in paths:
+        if path.exists():
+            rows += [line.split() for line in path.read_text().splitlines() if line.strip()]
+    return rows
+
+
 def start_client(plane: PlaneProcess, args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     """``python ARGS...`` as a client of ``plane`` (its address and API key in the
     environment); its output goes to ``log_path``."""

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import apothic
 from apothic.testing import unique_name, wait_for
-from tests.server.plane_process import PlaneProcess, end, free_port, start_client
+from tests.server.plane_process import PlaneProcess, client_rows, end, free_port, start_client
 
 WRITERS = 3
 KEYS_EACH = 4
@@ -49,12 +49,8 @@ CHILD = textwrap.dedent(
 
 def _acknowledged(paths: list[Path]) -> dict[str, list[int]]:
     values: dict[str, list[int]] = {}
-    for path in paths:
-        if path.exists():
-            for line in path.read_text().splitlines():
-                if line.strip():
-                    key, value = line.split()
-                    values.setdefault(key, []).append(int(value))
+    for key, value in client_rows(paths):
+        values.setdefault(key, []).append(int(value))
     return values
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import apothic
 from apothic.runtime import LocalRuntime
 from apothic.testing import unique_name, wait_for
-from tests.server.plane_process import PlaneProcess, end, free_port, start_client
+from tests.server.plane_process import PlaneProcess, client_rows, end, free_port, start_client
 
 PRODUCERS = 3
 PUTS_EACH = 1100
@@ -83,14 +83,6 @@ CHILD = textwrap.dedent(
 )
 
 
-def _records(paths: list[Path]) -> list[list[str]]:
-    rows = []
-    for path in paths:
-        if path.exists():
-            rows += [line.split() for line in path.read_text().splitlines() if line.strip()]
-    return rows
-
-
 def test_queue_survives_kill_9_during_puts_claims_and_acks(tmp_path: Path) -> None:
     plane = PlaneProcess(tmp_path / "state", free_port(), tmp_path / "server.log")
     name = unique_name("crash")
@@ -115,7 +107,7 @@ def test_queue_survives_kill_9_during_puts_claims_and_acks(tmp_path: Path) -> No
             spawn("consumer", f"c{i}", 0)
 
         def ops() -> int:
-            return len(_records(outs))
+            return len(client_rows(outs))
 
         started = time.monotonic()
         kills: list[int] = []
@@ -157,7 +149,7 @@ def test_queue_survives_kill_9_during_puts_claims_and_acks(tmp_path: Path) -> No
             end(proc)
         plane.stop()
 
-    rows = _records(outs)
+    rows = client_rows(outs)
 
     def history(value: str) -> list[str]:
         return [" ".join(r) for r in rows if r[1] == value]
